@@ -1,0 +1,1 @@
+"""longstream: backbones/ops package."""

@@ -1,0 +1,1 @@
+"""longstream: encoders package."""

@@ -1,0 +1,1 @@
+"""longstream: memory package."""

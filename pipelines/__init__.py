@@ -1,0 +1,1 @@
+"""longstream: pipelines package."""
