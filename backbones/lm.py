@@ -1,0 +1,315 @@
+"""Language model wrapper: token embedding -> backbone (with final norm) -> tied LM head.
+
+The layout of ``mamba_ssm``'s ``MambaLMHeadModel`` (Gu & Dao, "Mamba: Linear-Time
+Sequence Modeling with Selective State Spaces", 2023) for any longstream backbone,
+with the embedding and head weights tied (Press & Wolf, "Using the Output Embedding
+to Improve Language Models", 2017) and the vocabulary padded to a multiple of
+``pad_vocab_size_multiple``. ``generate`` prefills the prompt with one ``forward``
+(chunked prefill is the caller's choice) and then decodes with O(1)-per-token
+``step``. Checkpoints are ``model.safetensors`` + ``config.json`` (sha256 of the
+weights recorded in the config), written to a temporary directory and renamed, and
+verified when loaded.
+
+Axis legend: b batch, l length, d model width, v vocabulary (padded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import State
+from .config import BackboneConfig
+from .registry import backbone_config
+from .stack import SequenceBackbone
+
+__all__ = ["CheckpointError", "LanguageModel", "load_checkpoint", "save_checkpoint", "sha256_file"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory exists but is corrupt or not of the expected kind."""
+
+
+# ---------------------------------------------------------------------- checkpoint files
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    directory: str | Path,
+    tensors: dict[str, Tensor],
+    config: dict[str, Any],
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (+ ``extra_files``) to ``directory``.
+
+    Everything is written to a temporary sibling directory which then replaces
+    ``directory`` by rename, so a crash never leaves a half-written checkpoint. The
+    sha256 of the weights is stored in ``config["sha256"]``.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        seen: set[int] = set()
+        flat: dict[str, Tensor] = {}
+        for k, t in tensors.items():
+            t = t.detach().to("cpu").contiguous()
+            if t.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+            flat[k] = t
+        save_file(flat, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        config = dict(config)
+        config["sha256"] = {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}
+        config.setdefault("format_version", 1)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
+            os.rmdir(old)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict[str, Tensor]]:
+    """Read ``(config, tensors)`` from a checkpoint directory, verifying the sha256.
+
+    Raises ``FileNotFoundError`` naming the missing file and :class:`CheckpointError`
+    for a corrupt config or weights file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist; save one with save_pretrained()")
+    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint file {p} is missing; re-save or re-download the checkpoint")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); re-save or re-download the checkpoint") from None
+    expected = (config.get("sha256") or {}).get(WEIGHTS_NAME)
+    if expected is not None:
+        got = sha256_file(w_path)
+        if got != expected:
+            raise CheckpointError(
+                f"{w_path} is corrupt: sha256 {got[:16]}... does not match {expected[:16]}... recorded in "
+                f"{cfg_path}; re-save or re-download the checkpoint"
+            )
+    try:
+        tensors = load_file(str(w_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{w_path} could not be read as safetensors ({e}); re-download it") from None
+    return config, tensors
+
+
+# ---------------------------------------------------------------------- model
+class LanguageModel(nn.Module):
+    """``embedding`` (v, d) -> ``backbone`` (:class:`SequenceBackbone`, ends with
+    ``norm_f``) -> ``lm_head`` (d -> v, tied to the embedding by default).
+
+    ``backbone`` is a :class:`BackboneConfig` or a registered preset name;
+    ``backbone_overrides`` are applied to a preset (``d_model=64``, ...).
+    Logits cover the real vocabulary (the padding rows of the embedding are cut).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        backbone: BackboneConfig | str,
+        tie_embeddings: bool = True,
+        pad_vocab_size_multiple: int = 8,
+        **backbone_overrides: Any,
+    ) -> None:
+        super().__init__()
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        if isinstance(backbone, str):
+            cfg = backbone_config(backbone, **backbone_overrides)
+        elif backbone_overrides:
+            import dataclasses
+
+            cfg = dataclasses.replace(backbone, **backbone_overrides)
+        else:
+            cfg = backbone
+        m = max(1, pad_vocab_size_multiple)
+        self.vocab_size = vocab_size
+        self.padded_vocab_size = (vocab_size + m - 1) // m * m
+        self.pad_vocab_size_multiple = pad_vocab_size_multiple
+        self.tie_embeddings = tie_embeddings
+        self.embedding = nn.Embedding(self.padded_vocab_size, cfg.d_model)
+        self.backbone = SequenceBackbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, self.padded_vocab_size, bias=False)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        if tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able description (what ``config.json`` holds, minus checksums)."""
+        return {
+            "model_type": "longstream_lm",
+            "vocab_size": self.vocab_size,
+            "pad_vocab_size_multiple": self.pad_vocab_size_multiple,
+            "tie_embeddings": self.tie_embeddings,
+            "backbone": self.backbone.cfg.to_dict(),
+        }
+
+    def _check_ids(self, input_ids: Tensor) -> None:
+        if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}); got range "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+
+    def forward(
+        self, input_ids: Tensor, state: State = None, *, mask: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """input_ids (b, l) -> (logits (b, l, vocab_size), backbone state)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        self._check_ids(input_ids)
+        h = self.embedding(input_ids.long())  # (b, l, d)
+        h, state = self.backbone(h, state, mask=mask)
+        logits = self.lm_head(h)[..., : self.vocab_size]  # (b, l, vocab_size)
+        return logits, state
+
+    def init_state(self, batch_size: int, *, device: torch.device | str | None = None) -> State:
+        """Empty streaming state of the backbone."""
+        return self.backbone.init_state(batch_size, device=device or self.embedding.weight.device,
+                                        dtype=self.embedding.weight.dtype)
+
+    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
+        """token (b,) -> (logits (b, vocab_size), new state)."""
+        h = self.embedding(token.long())  # (b, d)
+        h, state = self.backbone.step(h, state)
+        return self.lm_head(h)[..., : self.vocab_size], state
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        eos_token_id: int | None = None,
+    ) -> Tensor:
+        """Continue ``input_ids`` (b, l) by up to ``max_new_tokens`` tokens -> (b, l + n).
+
+        ``temperature == 0`` is greedy; otherwise sample from softmax(logits / T),
+        restricted to the ``top_k`` most likely tokens if given, with a generator
+        seeded by ``seed``. Rows that emitted ``eos_token_id`` keep emitting it; decoding
+        stops early once every row has. The prompt is prefilled with one ``forward``
+        and each new token costs one ``step``.
+        """
+        bb = self.backbone
+        if not bb.supports_step:
+            raise NotImplementedError(
+                f"generate() needs a causal backbone with step(); pattern {bb.cfg.pattern!r} "
+                f"(bidirectional={bb.cfg.bidirectional}) has none"
+            )
+        if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+            raise ValueError(f"input_ids must be (batch, length >= 1), got shape {tuple(input_ids.shape)}")
+        self._check_ids(input_ids)
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=input_ids.device)
+            gen.manual_seed(seed)
+        if bb.supports_state:
+            logits, state = self(input_ids)
+            last = logits[:, -1]  # (b, vocab)
+        else:
+            state = self.init_state(input_ids.shape[0])
+            for t in range(input_ids.shape[1]):
+                last, state = self.step(input_ids[:, t], state)
+        out = [input_ids.long()]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for i in range(max_new_tokens):
+            tok = _sample(last, temperature, top_k, gen)  # (b,)
+            if eos_token_id is not None:
+                tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
+                done = done | (tok == eos_token_id)
+            out.append(tok[:, None])
+            if i + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
+                break
+            last, state = self.step(tok, state)
+        return torch.cat(out, dim=1)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | Path, model_card: str | None = None) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (+ ``README.md``) atomically."""
+        sd = self.state_dict()
+        if self.tie_embeddings:
+            sd.pop("lm_head.weight", None)
+        extra = {"README.md": model_card} if model_card else None
+        return save_checkpoint(directory, sd, self.config, extra_files=extra)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
+        """Load a model written by :meth:`save_pretrained`; the sha256 is verified."""
+        config, tensors = load_checkpoint(directory, map_location=map_location)
+        if config.get("model_type") != "longstream_lm":
+            raise CheckpointError(
+                f"{Path(directory) / CONFIG_NAME} has model_type {config.get('model_type')!r}, "
+                "expected 'longstream_lm'"
+            )
+        model = cls(
+            config["vocab_size"],
+            BackboneConfig.from_dict(config["backbone"]),
+            tie_embeddings=config.get("tie_embeddings", True),
+            pad_vocab_size_multiple=config.get("pad_vocab_size_multiple", 8),
+        )
+        if model.tie_embeddings and "embedding.weight" in tensors:
+            tensors.setdefault("lm_head.weight", tensors["embedding.weight"])
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {directory} do not fit the model in its config.json: {e}") from None
+        return model.to(map_location)
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None, gen: torch.Generator | None) -> Tensor:
+    """logits (b, v) -> token ids (b,)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (b, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]
