@@ -1,0 +1,273 @@
+"""Long convolutions by real FFT, streaming helpers, and diagonal-SSM kernels.
+
+Papers: "Hyena Hierarchy" (Poli et al., 2023) and "Simple Hardware-Efficient Long
+Convolutions" (Fu et al., 2023) compute a causal convolution with a filter as long as the
+input through the convolution theorem in O(L log L); "S4D" (Gu et al., 2022) and
+"Laughing Hyena Distillery" (Massaroli et al., 2023) produce such filters from diagonal
+state-space models. This module holds the shared numerics:
+
+- :func:`fft_causal_conv`: ``y[t] = sum_{j<=t} k[j] u[t-j]`` with real FFTs of a fast
+  size >= 2L-1 (only the first L outputs are formed), processed in channel groups so a
+  million-token input never materialises more than a bounded FFT workspace. Filters
+  shorter than the input (``k`` of length ``K << L``) are applied block-wise
+  (overlap-save), so the cost is O(L log K), not O(L log L).
+- :func:`fft_bidirectional_conv`: a non-causal convolution (causal filter plus an
+  anti-causal one) in a single FFT.
+- :func:`causal_conv_with_history`: the streaming form. The stream state of a long
+  convolution is the tail of its past inputs (at most ``K - 1`` of them for a filter of
+  length ``K``); continuing a stream convolves ``[history, chunk]`` and keeps the
+  output of the chunk only (chunked overlap-save).
+- :func:`direct_causal_conv_reference`: the O(L K) float64 reference tests compare to.
+- Diagonal SSM helpers (:func:`ssm_kernel`, :func:`ssm_free_response`,
+  :func:`ssm_final_state`) for ``x_t = a x_{t-1} + b u_t, y_t = Re(c x_t)`` with complex
+  diagonal ``a``: the convolution kernel, the response to an initial state, and the
+  state after a chunk, all computed in length blocks (no (H, N, L) tensor for huge L).
+
+Axis legend: b batch, c channels, l length, k filter length, n state size (modes).
+Convolution tensors are channels-first ``(B, C, L)`` so the FFT runs on the last axis.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "next_fast_len",
+    "fft_causal_conv",
+    "fft_bidirectional_conv",
+    "causal_conv_with_history",
+    "direct_causal_conv_reference",
+    "right_align",
+    "ssm_kernel",
+    "ssm_free_response",
+    "ssm_final_state",
+    "ssm_powers",
+]
+
+# Elements of the complex spectrum processed at once (per channel group); ~2^25 complex64
+# values = 256 MB. Large enough that small inputs take one group.
+_FFT_WORKSPACE = 1 << 25
+# exp() of very negative arguments is ~30x slower on CPU (denormals): clamp there.
+_LOG_FLOOR = -60.0
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest integer >= ``n`` whose only prime factors are 2, 3 and 5 (fast for pocketfft)."""
+    if n <= 6:
+        return max(n, 1)
+    best = 1 << (n - 1).bit_length()  # power of two >= n
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            # smallest power-of-two multiple of p35 that is >= n
+            q = -(-n // p35)
+            p2 = 1 << (q - 1).bit_length()
+            cand = p2 * p35
+            if cand < best:
+                best = cand
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _conv_spectrum(u: Tensor, kf: Tensor, n: int, length: int) -> Tensor:
+    """irfft(rfft(u, n) * kf)[..., :length] in float32; u (B, C, L), kf (C, n//2+1)."""
+    uf = torch.fft.rfft(u.float(), n=n)  # (B, C, n//2+1) complex
+    if uf.requires_grad or kf.requires_grad:
+        uf = uf * kf
+    else:
+        uf.mul_(kf)  # in place: one spectrum-sized buffer less at 1M tokens
+    return torch.fft.irfft(uf, n=n)[..., :length]
+
+
+def _channel_groups(batch: int, channels: int, n: int) -> int:
+    """How many channels to push through one FFT so the workspace stays bounded."""
+    per_channel = max(1, batch * (n // 2 + 1))
+    return max(1, min(channels, _FFT_WORKSPACE // per_channel))
+
+
+def fft_causal_conv(u: Tensor, k: Tensor, *, block: int | None = None) -> Tensor:
+    """Causal convolution ``y[b, c, t] = sum_{j=0}^{min(t, K-1)} k[c, j] u[b, c, t-j]``.
+
+    Args:
+        u: input ``(B, C, L)``.
+        k: filter ``(C, K)``; only its first ``L`` taps matter. ``K < L`` means the filter
+            is zero beyond ``K`` (the input is then processed in blocks of ``block`` >= K,
+            default ``max(K, 4096)``, by overlap-save).
+    Returns:
+        ``(B, C, L)`` float32.
+    """
+    B, C, L = u.shape
+    if k.shape[0] != C:
+        raise ValueError(f"filter has {k.shape[0]} channels, input has {C}")
+    K = min(k.shape[-1], L)
+    k = k[..., :K]
+    if L == 0:
+        return u.float()
+    blk = block or max(K, 4096)
+    if 2 * K < L and blk < L:
+        return _blocked_causal_conv(u, k, blk)
+    n = next_fast_len(L + K - 1)
+    g = _channel_groups(B, C, n)
+    if g >= C:
+        kf = torch.fft.rfft(k.float(), n=n)  # (C, n//2+1)
+        return _conv_spectrum(u, kf, n, L)
+    outs: list[Tensor] = []
+    out = None if torch.is_grad_enabled() else torch.empty(B, C, L, device=u.device, dtype=torch.float32)
+    for c0 in range(0, C, g):
+        c1 = min(C, c0 + g)
+        kf = torch.fft.rfft(k[c0:c1].float(), n=n)
+        y = _conv_spectrum(u[:, c0:c1], kf, n, L)
+        if out is None:
+            outs.append(y)
+        else:
+            out[:, c0:c1] = y
+            del y
+    return torch.cat(outs, 1) if out is None else out
+
+
+def _blocked_causal_conv(u: Tensor, k: Tensor, blk: int) -> Tensor:
+    """Overlap-save: a short filter (K) over a long input in blocks of ``blk`` outputs."""
+    B, C, L = u.shape
+    K = k.shape[-1]
+    n = next_fast_len(blk + K - 1)
+    kf = torch.fft.rfft(k.float(), n=n)  # (C, n//2+1), shared by every block
+    outs: list[Tensor] = []
+    for t0 in range(0, L, blk):
+        t1 = min(L, t0 + blk)
+        s0 = max(0, t0 - (K - 1))
+        seg = u[:, :, s0:t1]  # (B, C, (t0 - s0) + block)
+        y = _conv_spectrum(seg, kf, n, seg.shape[-1])
+        outs.append(y[..., t0 - s0 :])
+    return torch.cat(outs, -1)
+
+
+def fft_bidirectional_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor) -> Tensor:
+    """Non-causal convolution: ``y[t] = sum_{j>=0} k_fwd[j] u[t-j] + sum_{j>=1} k_bwd[j-1] u[t+j]``.
+
+    ``u`` (B, C, L); ``k_fwd``, ``k_bwd`` (C, >=L) (the first L taps are used). One FFT of a
+    fast size >= 2L-1 holds both halves (positive lags at the front, negative at the back).
+    """
+    B, C, L = u.shape
+    n = next_fast_len(2 * L - 1)
+    kf_ = F.pad(k_fwd[:, :L].float(), (0, L - min(L, k_fwd.shape[-1])))  # (C, L), zero past its taps
+    kb_ = F.pad(k_bwd[:, : L - 1].float(), (0, L - 1 - min(L - 1, k_bwd.shape[-1])))  # (C, L-1)
+    gap = kf_.new_zeros(C, n - 2 * L + 1)
+    kfull = torch.cat([kf_, gap, kb_.flip(-1)], dim=-1)  # (C, n): lags 0..L-1, zeros, -(L-1)..-1
+    g = _channel_groups(B, C, n)
+    outs = []
+    for c0 in range(0, C, g):
+        kf = torch.fft.rfft(kfull[c0 : c0 + g], n=n)
+        outs.append(_conv_spectrum(u[:, c0 : c0 + g], kf, n, L))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+def causal_conv_with_history(
+    u: Tensor, k: Tensor, history: Tensor | None, max_history: int
+) -> tuple[Tensor, Tensor]:
+    """Continue a streamed causal convolution.
+
+    Args:
+        u: new chunk ``(B, C, T)``.
+        k: filter ``(C, K)``; taps beyond ``K`` are zero.
+        history: past inputs ``(B, C, P)`` (oldest first), or None for a fresh stream.
+        max_history: how many past inputs to keep (``K - 1`` is exact for a length-K filter).
+    Returns:
+        ``(y (B, C, T), new_history (B, C, min(P + T, max_history)))``.
+    """
+    P = 0 if history is None else history.shape[-1]
+    full = u if P == 0 else torch.cat([history.to(u.dtype), u], dim=-1)  # (B, C, P+T)
+    y = fft_causal_conv(full, k)[..., P:]
+    new_hist = full[..., max(0, full.shape[-1] - max_history) :] if max_history > 0 else full[..., :0]
+    return y, new_hist
+
+
+def direct_causal_conv_reference(u: Tensor, k: Tensor) -> Tensor:
+    """O(L K) float64 reference of :func:`fft_causal_conv` (for tests)."""
+    u64, k64 = u.double(), k.double()
+    B, C, L = u64.shape
+    K = min(k64.shape[-1], L)
+    y = torch.zeros(B, C, L, dtype=torch.float64, device=u.device)
+    for j in range(K):
+        y[..., j:] += k64[None, :, j, None] * u64[..., : L - j]
+    return y
+
+
+def right_align(u: Tensor, lengths: Tensor) -> Tensor:
+    """Shift each row of ``u`` (B, C, L) right so its last valid entry lands at L-1.
+
+    Entries shifted in from the left are zero. Used to build per-row stream states from
+    right-padded batches (zeros contribute nothing to a convolution history).
+    """
+    B, C, L = u.shape
+    shift = (L - lengths.to(u.device)).view(B, 1, 1)  # (B, 1, 1)
+    idx = torch.arange(L, device=u.device).view(1, 1, L) - shift  # source index
+    valid = idx >= 0
+    out = torch.gather(u, 2, idx.clamp(min=0).expand(B, C, L))
+    return out * valid
+
+
+# --------------------------------------------------------------------------------------
+# Diagonal SSM: x_t = a * x_{t-1} + b * u_t, y_t = Re(sum_n c_n x_t,n), a = exp(log_a)
+# --------------------------------------------------------------------------------------
+
+
+def ssm_powers(log_a: Tensor, t: Tensor) -> Tensor:
+    """``a ** t`` for complex ``log_a`` (..., N) and integer times ``t`` (T,): (..., N, T).
+
+    Computed as exp(t * log a) with the real part clamped (no denormal slow path).
+    """
+    z = log_a[..., None] * t.to(log_a.real.dtype)  # (..., N, T)
+    return torch.exp(torch.complex(z.real.clamp(min=_LOG_FLOOR), z.imag))
+
+
+def ssm_kernel(c: Tensor, log_a: Tensor, length: int, *, block: int = 8192) -> Tensor:
+    """Convolution kernel ``K[h, l] = Re(sum_n c[h, n] a[h, n]^l)`` for l < length: (H, length).
+
+    ``c`` already includes the input scaling ``b`` (and any factor 2 for conjugate pairs).
+    Built in length blocks so no (H, N, L) tensor exists for huge L.
+    """
+    H, N = log_a.shape
+    parts = []
+    for l0 in range(0, length, block):
+        t = torch.arange(l0, min(length, l0 + block), device=log_a.device)
+        parts.append(torch.einsum("hn,hnl->hl", c, ssm_powers(log_a, t)).real)
+    if not parts:
+        return torch.zeros(H, 0, device=log_a.device, dtype=log_a.real.dtype)
+    return torch.cat(parts, -1)
+
+
+def ssm_free_response(x0: Tensor, c: Tensor, log_a: Tensor, length: int, *, block: int = 8192) -> Tensor:
+    """Output of the unforced system from state ``x0`` (B, H, N): ``Re(sum_n c a^(t+1) x0)``, (B, H, T)."""
+    parts = []
+    for l0 in range(0, length, block):
+        t = torch.arange(l0 + 1, min(length, l0 + block) + 1, device=log_a.device)
+        parts.append(torch.einsum("bhn,hnl->bhl", x0 * c, ssm_powers(log_a, t)).real)
+    return torch.cat(parts, -1)
+
+
+def ssm_final_state(
+    u: Tensor, b: Tensor, log_a: Tensor, x0: Tensor | None = None, *, block: int = 8192
+) -> Tensor:
+    """State after the chunk: ``x_T = a^T x0 + sum_t a^(T-1-t) b u_t``; u (B, H, T) -> (B, H, N) complex."""
+    B, H, T = u.shape
+    N = log_a.shape[-1]
+    cdt = log_a.dtype
+    x = torch.zeros(B, H, N, dtype=cdt, device=u.device) if x0 is None else x0.to(cdt)
+    for l0 in range(0, T, block):
+        l1 = min(T, l0 + block)
+        n = l1 - l0
+        t = torch.arange(n - 1, -1, -1, device=u.device)  # exponents T_b-1-t
+        v = ssm_powers(log_a, t)  # (H, N, n)
+        decay = ssm_powers(log_a, torch.tensor([n], device=u.device))[..., 0]  # (H, N)
+        uc = u[..., l0:l1].to(cdt)
+        x = x * decay + b * torch.einsum("bhl,hnl->bhn", uc, v)
+    return x
+
+
+def causal_fft_len(length: int) -> int:
+    """FFT size used for a full-length causal convolution of ``length`` samples."""
+    return next_fast_len(2 * length - 1)

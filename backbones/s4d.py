@@ -1,0 +1,183 @@
+"""S4D mixer (pattern symbol ``"S"``): a diagonal state-space layer.
+
+Paper: "On the Parameterization and Initialization of Diagonal State Space Models"
+(Gu, Gupta, Goel, Ré, 2022). Each of the D channels owns N/2 complex modes
+``A_n = -exp(log_A_real_n) + i A_imag_n`` (S4D-Lin: ``-1/2 + i pi n``; S4D-Inv:
+``-1/2 + i N/pi (N/(2n+1) - 1)``), a step ``dt = exp(log_dt)`` and an output vector
+``C``. Zero-order hold gives ``dA = exp(dt A)``, ``dB = (dA - 1)/A``; the layer's
+convolution kernel is the Vandermonde product ``K[l] = 2 Re(sum_n C_n dB_n dA_n^l)``
+(conjugate modes fold into the factor 2). Training uses an FFT convolution with K;
+streaming uses the recurrence ``x_t = dA x_{t-1} + dB u_t``, ``y_t = 2 Re(C x_t) + D u_t``.
+As in the paper's reference code the SSM output goes through GELU and a GLU output
+projection (``Linear(D, 2D)`` + GLU). A chunk continued from a state adds the free
+response of that state and returns the state after the chunk (complex, stored as a float32
+``(..., 2)`` real view), so chunked prefill, ``step`` and one full forward agree.
+
+Axis legend: b batch, l length, d model width (= SSM channels h), n complex modes (N/2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Backbone, State, lengths_from_mask
+from .config import BackboneConfig
+from .ops.fftconv import (
+    fft_causal_conv,
+    right_align,
+    ssm_final_state,
+    ssm_free_response,
+    ssm_kernel,
+)
+from .registry import register_backbone, register_mixer
+
+__all__ = ["S4D", "s4d_reference"]
+
+
+@register_mixer("S")
+class S4D(Backbone):
+    """Diagonal SSM layer: FFT convolution for sequences, recurrence for ``step``.
+
+    Args:
+        d_model: channels D (one SSM per channel).
+        d_state: state size N (N/2 complex modes per channel).
+        init: ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv) imaginary parts.
+        dt_min, dt_max: range of the log-uniform initial step.
+        dropout: dropout after the activation.
+    """
+
+    is_causal = True
+    supports_step = True
+    supports_state = True
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        init: str = "lin",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if d_state % 2:
+            raise ValueError(f"S4D d_state must be even (N/2 complex modes), got {d_state}")
+        self.d_model = d_model
+        self.d_state = d_state
+        H, N2 = d_model, d_state // 2
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        n = torch.arange(N2, dtype=torch.float32)
+        if init == "lin":
+            a_imag = math.pi * n
+        elif init == "inv":
+            a_imag = (d_state / math.pi) * (d_state / (2 * n + 1) - 1)
+        else:
+            raise ValueError(f"S4D init must be 'lin' or 'inv', got {init!r}")
+        self.log_dt = nn.Parameter(log_dt)  # (H,)
+        self.log_A_real = nn.Parameter(torch.log(0.5 * torch.ones(H, N2)))  # (H, N/2)
+        self.A_imag = nn.Parameter(a_imag.repeat(H, 1))  # (H, N/2)
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N2, dtype=torch.cfloat) * math.sqrt(0.5)))
+        self.D = nn.Parameter(torch.randn(H))
+        self.dropout = nn.Dropout(dropout)
+        self.output_linear = nn.Linear(H, 2 * H)
+
+    # ---- discretisation -------------------------------------------------------------
+    def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
+        """ZOH: ``(log dA (H, N/2), dB (H, N/2), C (H, N/2))``, all complex64."""
+        dt = torch.exp(self.log_dt.float())  # (H,)
+        A = torch.complex(-torch.exp(self.log_A_real.float()), self.A_imag.float())  # (H, N/2)
+        dtA = A * dt[:, None]
+        dB = torch.expm1(dtA) / A  # (exp(dt A) - 1) / A
+        return dtA, dB, torch.view_as_complex(self.C.float().contiguous())
+
+    def kernel(self, length: int) -> Tensor:
+        """Convolution kernel ``(H, length)``: ``2 Re(C dB dA^l)``."""
+        log_dA, dB, C = self.discrete()
+        return ssm_kernel(2 * C * dB, log_dA, length)
+
+    # ---- Backbone protocol ---------------------------------------------------------
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
+        dev = device if device is not None else self.D.device
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state // 2, 2, device=dev)}
+
+    def _ssm(self, u: Tensor, x0: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """SSM part on channels-first ``u`` (B, H, L): ``(y (B, H, L), state (B, H, N/2) complex)``."""
+        B, H, L = u.shape
+        log_dA, dB, C = self.discrete()
+        y = fft_causal_conv(u, ssm_kernel(2 * C * dB, log_dA, L))
+        if x0 is not None:
+            y = y + ssm_free_response(x0, 2 * C, log_dA, L)
+        y = y + u * self.D.float()[:, None]
+        if lengths is None:
+            x = ssm_final_state(u, dB, log_dA, x0)
+        else:  # state after each row's last valid token
+            x = ssm_final_state(right_align(u, lengths), dB, log_dA, None)
+            if x0 is not None:
+                x = x + x0 * torch.exp(log_dA[None] * lengths.view(B, 1, 1).to(log_dA.real.dtype))
+        return y, x
+
+    def _out(self, y: Tensor) -> Tensor:
+        """GELU -> dropout -> Linear(D, 2D) -> GLU on channels-last ``y``."""
+        return F.glu(self.output_linear(self.dropout(F.gelu(y))), dim=-1)
+
+    def forward(self, x: Tensor, state: State = None, *, mask: Tensor | None = None) -> tuple[Tensor, State]:
+        B, L, _ = x.shape
+        lengths = None if mask is None else lengths_from_mask(mask, B, L, x.device)
+        x0 = None if state is None else torch.view_as_complex(state["ssm"].float().contiguous())
+        u = x.float().transpose(1, 2)  # (B, H, L)
+        y, xs = self._ssm(u, x0, lengths)
+        out = self._out(y.transpose(1, 2)).to(x.dtype)  # (B, L, D)
+        return out, {"ssm": torch.view_as_real(xs).float()}
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        log_dA, dB, C = self.discrete()
+        xs = torch.view_as_complex(state["ssm"].float().contiguous())  # (B, H, N/2)
+        u = x_t.float()  # (B, H)
+        xs = torch.exp(log_dA) * xs + dB * u[..., None]
+        y = 2 * (xs * C).sum(-1).real + self.D.float() * u  # (B, H)
+        return self._out(y).to(x_t.dtype), {"ssm": torch.view_as_real(xs).float()}
+
+
+def s4d_reference(layer: S4D, x: Tensor, state: State = None) -> tuple[Tensor, Tensor]:
+    """Float64 sequential recurrence of ``layer`` (the reference the FFT path is tested against).
+
+    Returns ``(y (B, L, D) float64, final state (B, D, N/2) complex128)``.
+    """
+    with torch.no_grad():
+        dt = torch.exp(layer.log_dt.double())
+        A = torch.complex(-torch.exp(layer.log_A_real.double()), layer.A_imag.double())
+        dA = torch.exp(A * dt[:, None])
+        dB = (dA - 1) / A
+        C = torch.view_as_complex(layer.C.double().contiguous())
+        B, L, H = x.shape
+        xs = (
+            torch.zeros(B, H, layer.d_state // 2, dtype=torch.complex128)
+            if state is None
+            else torch.view_as_complex(state["ssm"].double().contiguous())
+        )
+        ys = []
+        for t in range(L):
+            u = x[:, t].double()
+            xs = dA * xs + dB * u[..., None]
+            ys.append(2 * (xs * C).sum(-1).real + layer.D.double() * u)
+        y = torch.stack(ys, 1)  # (B, L, H)
+        W, b = layer.output_linear.weight.double(), layer.output_linear.bias.double()
+        return F.glu(F.linear(F.gelu(y), W, b), dim=-1), xs
+
+
+@register_backbone
+def test_s4d() -> BackboneConfig:
+    """Tiny S4D stack for the conformance tests."""
+    kw: dict[str, Any] = {"d_state": 8}
+    return BackboneConfig(d_model=16, n_layers=2, pattern="S", mixer_kwargs={"S": kw})
+
+
+@register_backbone
+def s4d_base() -> BackboneConfig:
+    """A 256-wide, 6-layer S4D stack (S4D-Lin, N = 64) with a gated MLP after each layer."""
+    return BackboneConfig(d_model=256, n_layers=6, pattern="S", d_intermediate=512, mixer_kwargs={"S": {"d_state": 64}})
