@@ -1,0 +1,93 @@
+"""Optional compiled CPU kernels (``csrc/scan_cpu.cpp``), JIT-built once and cached.
+
+The C++ file holds the sequential selective-scan recurrence (forward and a chunked
+recompute backward) and a causal depthwise conv1d, vectorised with AVX2 + FMA and split
+over threads with ``at::parallel_for`` (so ``torch.set_num_threads`` governs them).
+
+It is built with ``torch.utils.cpp_extension.load`` on first use (about a minute) into
+``$LONGSTREAM_CACHE`` (default ``~/.cache/longstream``)/``ext-<hash>``, keyed by the
+source, the torch version and the CPU; ``make setup`` builds it ahead of time. If the
+compiler, ninja or AVX2 is missing, or ``LONGSTREAM_NO_EXT=1`` is set, :func:`available`
+returns False and every op falls back to its pure-PyTorch path (same results, slower).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "load", "ops"]
+
+_SRC = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
+_LOCK = threading.Lock()
+_STATE: dict[str, object] = {}
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() in ("x86_64", "AMD64") and torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+    return " avx2" in flags and " fma" in flags
+
+
+def _build_dir() -> Path:
+    h = hashlib.sha256()
+    h.update(_SRC.read_bytes())
+    h.update(torch.__version__.encode())
+    h.update(platform.machine().encode())
+    root = Path(os.environ.get("LONGSTREAM_CACHE", Path.home() / ".cache" / "longstream"))
+    d = root / f"ext-{h.hexdigest()[:16]}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def load(verbose: bool = False) -> bool:
+    """Build (or load the cached) extension; return True when its ops are usable."""
+    with _LOCK:
+        if "ok" in _STATE:
+            return bool(_STATE["ok"])
+        ok = False
+        if os.environ.get("LONGSTREAM_NO_EXT", "0") not in ("", "0") or not _cpu_has_avx2():
+            _STATE["ok"] = False
+            return False
+        try:
+            from torch.utils import cpp_extension
+
+            cpp_extension.load(
+                name="longstream_cpu_ops",
+                sources=[str(_SRC)],
+                extra_cflags=["-O3", "-mavx2", "-mfma", "-Wno-ignored-attributes"],
+                build_directory=str(_build_dir()),
+                is_python_module=False,
+                verbose=verbose,
+            )
+            ok = hasattr(torch.ops.longstream_ops, "scan_fwd")
+        except Exception as e:  # noqa: BLE001 - any build failure means "use the PyTorch path"
+            warnings.warn(
+                f"longstream: compiled CPU kernels unavailable ({type(e).__name__}: {str(e)[:200]}); "
+                "using the pure-PyTorch path (slower). Install a C++ compiler and ninja to enable them.",
+                stacklevel=2,
+            )
+        _STATE["ok"] = ok
+        return ok
+
+
+def available() -> bool:
+    """True when the compiled kernels are built and loaded (builds them on first call)."""
+    return load()
+
+
+def ops():
+    """The ``torch.ops.longstream_ops`` namespace (call :func:`available` first)."""
+    return torch.ops.longstream_ops
+
+
+if __name__ == "__main__":  # `python -m backbones.ops.cpu_kernels` builds the extension
+    print("compiled CPU kernels available:", load(verbose=True))

@@ -1,0 +1,305 @@
+// longstream CPU kernels: the sequential selective-scan recurrence (Mamba, Gu & Dao 2023)
+// forward + backward, and a causal depthwise conv1d forward, for time-major float32 tensors.
+//
+// Axis legend: b batch, l length, e inner channels, n state size, k conv width.
+// Layout (all contiguous float32):
+//   u, dt, y        (b, l, e)    time-major, channels contiguous
+//   At              (n, e)       A transposed, so a row of A over channels is contiguous
+//   Bm, Cm          (b, l, n)
+//   h0, hT, dh      (b, n, e)    state, channels contiguous
+//   ckpt            (b, nc, n, e) state at the start of each chunk (for the backward)
+//
+// The recurrence per channel e and state n:   h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,
+//                                             y_t = sum_n C_t[n] h_t[n].
+// Work is split over (batch, block of 32 channels); each task walks the whole sequence and
+// keeps its state block (n x 32 floats) in registers / L1. exp() is a vectorised Cephes-style
+// polynomial with its argument clamped to [-80, 0] and flush-to-zero on, so decays that
+// underflow never hit slow denormal arithmetic. Registered as torch.ops.longstream_ops.*.
+// Built only where AVX2 + FMA exist; otherwise Python falls back to pure PyTorch.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+#include <algorithm>
+#include <vector>
+
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "longstream scan kernel needs AVX2 + FMA"
+#endif
+
+namespace {
+
+constexpr int kBlock = 32;             // channels per task
+constexpr int kVec = 8;                // floats per AVX2 register
+constexpr int kMaxV = kBlock / kVec;   // registers per block row
+
+// exp(x) for x <= 0 (decays): Cephes expf polynomial, relative error ~1e-7.
+static inline __m256 exp256(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-80.0f);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
+  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  fx = _mm256_floor_ps(fx);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  __m256 x2 = _mm256_mul_ps(x, x);
+  y = _mm256_fmadd_ps(y, x2, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
+  e = _mm256_slli_epi32(e, 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+static inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+  return _mm_cvtss_f32(s);
+}
+
+// Flush denormals to zero for the lifetime of a task (restores the caller's mode).
+struct FtzGuard {
+  unsigned int saved;
+  FtzGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }
+  ~FtzGuard() { _mm_setcsr(saved); }
+};
+
+void check(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dims");
+}
+
+// Forward. Returns (y (b,l,e), hT (b,n,e), ckpt (b,nc,n,e) or empty).
+std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
+                                 const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& h0,
+                                 int64_t chunk, bool save_ckpt) {
+  check(u, "u", 3); check(dt, "dt", 3); check(At, "At", 2);
+  check(Bm, "B", 3); check(Cm, "C", 3); check(h0, "h0", 3);
+  const int64_t Bsz = u.size(0), L = u.size(1), E = u.size(2), N = At.size(0);
+  TORCH_CHECK(E % kVec == 0, "channels must be a multiple of 8");
+  TORCH_CHECK(At.size(1) == E && Bm.size(2) == N && h0.size(1) == N, "shape mismatch");
+  const int64_t nc = save_ckpt ? (L + chunk - 1) / chunk : 0;
+  auto y = at::empty_like(u);
+  auto hT = at::empty_like(h0);
+  auto ckpt = at::empty({Bsz, nc, N, E}, u.options());
+  const int64_t nblk = (E + kBlock - 1) / kBlock;
+  const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
+  const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *ph0 = h0.data_ptr<float>();
+  float *py = y.data_ptr<float>(), *phT = hT.data_ptr<float>(), *pck = ckpt.data_ptr<float>();
+
+  at::parallel_for(0, Bsz * nblk, 1, [&](int64_t begin, int64_t end) {
+    FtzGuard ftz;
+    std::vector<__m256> h(N * kMaxV), A(N * kMaxV);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nblk, e0 = (task % nblk) * kBlock;
+      const int nv = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      for (int64_t n = 0; n < N; ++n)
+        for (int v = 0; v < nv; ++v) {
+          h[n * kMaxV + v] = _mm256_loadu_ps(ph0 + (b * N + n) * E + e0 + v * kVec);
+          A[n * kMaxV + v] = _mm256_loadu_ps(pA + n * E + e0 + v * kVec);
+        }
+      for (int64_t t = 0; t < L; ++t) {
+        if (save_ckpt && t % chunk == 0) {
+          float* ck = pck + ((b * nc + t / chunk) * N) * E + e0;
+          for (int64_t n = 0; n < N; ++n)
+            for (int v = 0; v < nv; ++v) _mm256_storeu_ps(ck + n * E + v * kVec, h[n * kMaxV + v]);
+        }
+        const int64_t off = (b * L + t) * E + e0;
+        __m256 dtv[kMaxV], duv[kMaxV], yv[kMaxV];
+        for (int v = 0; v < nv; ++v) {
+          dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+          duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
+          yv[v] = _mm256_setzero_ps();
+        }
+        const float* Bt = pB + (b * L + t) * N;
+        const float* Ct = pC + (b * L + t) * N;
+        for (int64_t n = 0; n < N; ++n) {
+          const __m256 bn = _mm256_set1_ps(Bt[n]), cn = _mm256_set1_ps(Ct[n]);
+          for (int v = 0; v < nv; ++v) {
+            __m256 a = exp256(_mm256_mul_ps(dtv[v], A[n * kMaxV + v]));
+            __m256 hv = _mm256_fmadd_ps(a, h[n * kMaxV + v], _mm256_mul_ps(duv[v], bn));
+            h[n * kMaxV + v] = hv;
+            yv[v] = _mm256_fmadd_ps(hv, cn, yv[v]);
+          }
+        }
+        for (int v = 0; v < nv; ++v) _mm256_storeu_ps(py + off + v * kVec, yv[v]);
+      }
+      for (int64_t n = 0; n < N; ++n)
+        for (int v = 0; v < nv; ++v) _mm256_storeu_ps(phT + (b * N + n) * E + e0 + v * kVec, h[n * kMaxV + v]);
+    }
+  });
+  return {y, hT, ckpt};
+}
+
+// Backward by chunked recompute from the checkpoints.
+// Returns (du (b,l,e), ddt (b,l,e), dAt (b,n,e), dB_part (b,nblk,l,n), dC_part (b,nblk,l,n), dh0 (b,n,e)).
+std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
+                                 const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
+                                 const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk) {
+  check(u, "u", 3); check(dt, "dt", 3); check(At, "At", 2); check(Bm, "B", 3); check(Cm, "C", 3);
+  check(ckpt, "ckpt", 4); check(dy, "dy", 3); check(dhT, "dhT", 3);
+  const int64_t Bsz = u.size(0), L = u.size(1), E = u.size(2), N = At.size(0);
+  const int64_t nc = ckpt.size(1);
+  const int64_t nblk = (E + kBlock - 1) / kBlock;
+  auto du = at::empty_like(u), ddt = at::empty_like(u);
+  auto dAt = at::zeros({Bsz, N, E}, u.options());
+  auto dBp = at::empty({Bsz, nblk, L, N}, u.options()), dCp = at::empty({Bsz, nblk, L, N}, u.options());
+  auto dh0 = at::empty({Bsz, N, E}, u.options());
+  const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
+  const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *pck = ckpt.data_ptr<float>();
+  const float *pdy = dy.data_ptr<float>(), *pdhT = dhT.data_ptr<float>();
+  float *pdu = du.data_ptr<float>(), *pddt = ddt.data_ptr<float>(), *pdA = dAt.data_ptr<float>();
+  float *pdB = dBp.data_ptr<float>(), *pdC = dCp.data_ptr<float>(), *pdh0 = dh0.data_ptr<float>();
+
+  at::parallel_for(0, Bsz * nblk, 1, [&](int64_t begin, int64_t end) {
+    FtzGuard ftz;
+    std::vector<__m256> A(N * kMaxV), dh(N * kMaxV), dA(N * kMaxV);
+    std::vector<__m256> hs((chunk + 1) * N * kMaxV);  // hs[i] = state before local step i
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nblk, blk = task % nblk, e0 = blk * kBlock;
+      const int nv = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      for (int64_t n = 0; n < N; ++n)
+        for (int v = 0; v < nv; ++v) {
+          A[n * kMaxV + v] = _mm256_loadu_ps(pA + n * E + e0 + v * kVec);
+          dh[n * kMaxV + v] = _mm256_loadu_ps(pdhT + (b * N + n) * E + e0 + v * kVec);
+          dA[n * kMaxV + v] = _mm256_setzero_ps();
+        }
+      for (int64_t c = nc - 1; c >= 0; --c) {
+        const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk);
+        // recompute the states of this chunk
+        const float* ck = pck + ((b * nc + c) * N) * E + e0;
+        for (int64_t n = 0; n < N; ++n)
+          for (int v = 0; v < nv; ++v) hs[n * kMaxV + v] = _mm256_loadu_ps(ck + n * E + v * kVec);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t off = (b * L + t) * E + e0;
+          const float* Bt = pB + (b * L + t) * N;
+          __m256* hp = hs.data() + (t - t0) * N * kMaxV;
+          __m256* hn = hp + N * kMaxV;
+          __m256 dtv[kMaxV], duv[kMaxV];
+          for (int v = 0; v < nv; ++v) {
+            dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+            duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
+          }
+          for (int64_t n = 0; n < N; ++n) {
+            const __m256 bn = _mm256_set1_ps(Bt[n]);
+            for (int v = 0; v < nv; ++v) {
+              __m256 a = exp256(_mm256_mul_ps(dtv[v], A[n * kMaxV + v]));
+              hn[n * kMaxV + v] = _mm256_fmadd_ps(a, hp[n * kMaxV + v], _mm256_mul_ps(duv[v], bn));
+            }
+          }
+        }
+        // reverse sweep
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t off = (b * L + t) * E + e0;
+          const float* Bt = pB + (b * L + t) * N;
+          const float* Ct = pC + (b * L + t) * N;
+          const __m256* hp = hs.data() + (t - t0) * N * kMaxV;
+          const __m256* hc = hp + N * kMaxV;
+          __m256 dtv[kMaxV], uv[kMaxV], duv[kMaxV], gv[kMaxV], dxu[kMaxV], ddtv[kMaxV];
+          for (int v = 0; v < nv; ++v) {
+            dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+            uv[v] = _mm256_loadu_ps(pu + off + v * kVec);
+            duv[v] = _mm256_mul_ps(dtv[v], uv[v]);
+            gv[v] = _mm256_loadu_ps(pdy + off + v * kVec);
+            dxu[v] = _mm256_setzero_ps();
+            ddtv[v] = _mm256_setzero_ps();
+          }
+          float* dBrow = pdB + ((b * nblk + blk) * L + t) * N;
+          float* dCrow = pdC + ((b * nblk + blk) * L + t) * N;
+          for (int64_t n = 0; n < N; ++n) {
+            const __m256 bn = _mm256_set1_ps(Bt[n]), cn = _mm256_set1_ps(Ct[n]);
+            __m256 sB = _mm256_setzero_ps(), sC = _mm256_setzero_ps();
+            for (int v = 0; v < nv; ++v) {
+              const int i = n * kMaxV + v;
+              __m256 d = _mm256_fmadd_ps(gv[v], cn, dh[i]);          // dL/dh_t
+              sC = _mm256_fmadd_ps(gv[v], hc[i], sC);
+              sB = _mm256_fmadd_ps(d, duv[v], sB);
+              dxu[v] = _mm256_fmadd_ps(d, bn, dxu[v]);
+              __m256 a = exp256(_mm256_mul_ps(dtv[v], A[i]));
+              __m256 daa = _mm256_mul_ps(_mm256_mul_ps(d, hp[i]), a);  // dL/d(dt A) for this n
+              ddtv[v] = _mm256_fmadd_ps(daa, A[i], ddtv[v]);
+              dA[i] = _mm256_fmadd_ps(daa, dtv[v], dA[i]);
+              dh[i] = _mm256_mul_ps(a, d);
+            }
+            dBrow[n] = hsum256(sB);
+            dCrow[n] = hsum256(sC);
+          }
+          for (int v = 0; v < nv; ++v) {
+            _mm256_storeu_ps(pdu + off + v * kVec, _mm256_mul_ps(dxu[v], dtv[v]));
+            _mm256_storeu_ps(pddt + off + v * kVec, _mm256_fmadd_ps(dxu[v], uv[v], ddtv[v]));
+          }
+        }
+      }
+      for (int64_t n = 0; n < N; ++n)
+        for (int v = 0; v < nv; ++v) {
+          _mm256_storeu_ps(pdh0 + (b * N + n) * E + e0 + v * kVec, dh[n * kMaxV + v]);
+          _mm256_storeu_ps(pdA + (b * N + n) * E + e0 + v * kVec, dA[n * kMaxV + v]);
+        }
+    }
+  });
+  return {du, ddt, dAt, dBp, dCp, dh0};
+}
+
+// Causal depthwise conv1d (+ optional SiLU), time-major: x (b,l,e), w (e,k), bias (e),
+// cache (b,k-1,e) = the k-1 inputs before x. Returns y (b,l,e).
+at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& cache,
+                    bool silu) {
+  check(x, "x", 3); check(w, "weight", 2); check(bias, "bias", 1); check(cache, "cache", 3);
+  const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
+  TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
+  auto wt = w.t().contiguous();  // (k, e)
+  auto y = at::empty_like(x);
+  const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pb = bias.data_ptr<float>();
+  const float* pc = cache.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  const int64_t nblk = E / kVec, tb = 256;
+  const int64_t ntb = (L + tb - 1) / tb;
+  at::parallel_for(0, Bsz * ntb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / ntb, ts = (task % ntb) * tb, te = std::min(L, ts + tb);
+      for (int64_t j = 0; j < nblk; ++j) {
+        const int64_t e = j * kVec;
+        __m256 wk[8];
+        for (int64_t k = 0; k < K; ++k) wk[k] = _mm256_loadu_ps(pw + k * E + e);
+        const __m256 bv = _mm256_loadu_ps(pb + e);
+        for (int64_t t = ts; t < te; ++t) {
+          __m256 acc = bv;
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t s = t - (K - 1) + k;  // input time of tap k
+            const float* src = s >= 0 ? px + (b * L + s) * E + e : pc + (b * (K - 1) + (K - 1) + s) * E + e;
+            acc = _mm256_fmadd_ps(wk[k], _mm256_loadu_ps(src), acc);
+          }
+          if (silu) {
+            __m256 sg = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                                      _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), acc))));
+            acc = _mm256_mul_ps(acc, sg);
+          }
+          _mm256_storeu_ps(py + (b * L + t) * E + e, acc);
+        }
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(longstream_ops, m) {
+  m.def("scan_fwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor h0, int chunk, bool save_ckpt) -> Tensor[]");
+  m.def("scan_bwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, int chunk) -> Tensor[]");
+  m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
+  m.impl("scan_fwd", &scan_fwd);
+  m.impl("scan_bwd", &scan_bwd);
+  m.impl("conv_fwd", &conv_fwd);
+}
