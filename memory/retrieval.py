@@ -1,0 +1,301 @@
+"""Block retrieval memory: past tokens in blocks with representative keys, exact top-k.
+
+Xiao et al., "InfLLM: Training-Free Long-Context Extrapolation for LLMs with an
+Efficient Context Memory" (2024), and Wu et al., "Memorizing Transformers" (ICLR 2022).
+Past tokens are stored as (key, value) pairs grouped into blocks of ``block_size``
+consecutive tokens; each block gets one *representative key*. When a segment reads,
+every block is scored by its representative against the segment's queries (the maximum
+over query tokens, so one question token among many filler tokens is enough to fetch a
+block), the ``top_k`` blocks are selected exactly (no approximate index), and each query
+attends over the tokens of the selected blocks plus a learned null slot, with the block
+score added to the logits (this is also what makes representatives trainable). The
+representative is a salience-weighted mean of the block's keys (a learned scalar
+salience per token, softmax within the block), a differentiable stand-in for InfLLM's
+"tokens that received the most attention". Storage is capped at ``max_blocks``: beyond
+it the least recently retrieved block is evicted (InfLLM's LRU cache policy), so memory
+stays flat on unbounded streams. Reading is gated by a zero-initialised gate.
+
+When autograd is off, blocks are written into pre-grown buffers in place (the incoming
+state object is consumed, like a KV cache); with autograd on, writes are out of place.
+
+Axis legend: b batch, n segment tokens, t tokens per block, c stored blocks,
+r retrieved blocks, k key width, d model width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import GatedCrossAttention, MemoryState, StreamMemory
+
+_FREE = -(1 << 60)
+
+
+@dataclass
+class RetrievalState(MemoryState):
+    keys: Tensor | None = None  # (b, c, t, k) stored keys (c = buffer capacity)
+    values: Tensor | None = None  # (b, c, t, d) stored values
+    reps: Tensor | None = None  # (b, c, k) representative key per block
+    valid: Tensor | None = None  # (b, c) bool: slot holds a block
+    last_used: Tensor | None = None  # (b, c) long: segment index of last retrieval (LRU)
+    start: Tensor | None = None  # (b, c) long: stream position of the block's first token
+    pend_k: Tensor | None = None  # (b, t, k) tokens of the block being filled
+    pend_v: Tensor | None = None  # (b, t, d)
+    pend_s: Tensor | None = None  # (b, t) salience logits of the pending tokens
+    pend_n: Tensor | None = None  # (b,) long: pending tokens per row
+    tokens: Tensor | None = None  # (b,) long: valid tokens written per row
+
+
+class BlockRetrieval(StreamMemory):
+    """InfLLM-style block memory with exact top-k retrieval and an LRU cap."""
+
+    name = "retrieval"
+    state_cls = RetrievalState
+
+    def __init__(
+        self,
+        d_model: int,
+        block_size: int = 64,
+        top_k: int = 4,
+        d_key: int | None = None,
+        max_blocks: int | None = 1024,
+    ) -> None:
+        super().__init__(d_model)
+        if block_size < 1 or top_k < 1:
+            raise ValueError(f"block_size and top_k must be >= 1, got {block_size}, {top_k}")
+        if max_blocks is not None and max_blocks < top_k:
+            raise ValueError(f"max_blocks ({max_blocks}) must be >= top_k ({top_k})")
+        self.block_size, self.top_k, self.max_blocks = block_size, top_k, max_blocks
+        self.d_key = d_key or d_model
+        self.attn = GatedCrossAttention(d_model, self.d_key, 1)
+        self.salience = nn.Linear(d_model, 1)
+        nn.init.zeros_(self.salience.weight)
+        nn.init.zeros_(self.salience.bias)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "d_model": self.d_model,
+            "block_size": self.block_size,
+            "top_k": self.top_k,
+            "d_key": self.d_key,
+            "max_blocks": self.max_blocks,
+        }
+
+    def init_state(
+        self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> RetrievalState:
+        dev = device if device is not None else self.attn.gate.device
+        b, t, k, d, dt = batch_size, self.block_size, self.d_key, self.d_model, dtype or torch.float32
+        return RetrievalState(
+            keys=torch.zeros(b, 0, t, k, device=dev, dtype=dt),
+            values=torch.zeros(b, 0, t, d, device=dev, dtype=dt),
+            reps=torch.zeros(b, 0, k, device=dev, dtype=dt),
+            valid=torch.zeros(b, 0, dtype=torch.bool, device=dev),
+            last_used=torch.zeros(b, 0, dtype=torch.long, device=dev),
+            start=torch.zeros(b, 0, dtype=torch.long, device=dev),
+            pend_k=torch.zeros(b, t, k, device=dev, dtype=dt),
+            pend_v=torch.zeros(b, t, d, device=dev, dtype=dt),
+            pend_s=torch.zeros(b, t, device=dev, dtype=dt),
+            pend_n=torch.zeros(b, dtype=torch.long, device=dev),
+            tokens=torch.zeros(b, dtype=torch.long, device=dev),
+        )
+
+    def num_blocks(self, state: RetrievalState) -> Tensor:
+        """Stored blocks per row (B,)."""
+        return state.valid.long().sum(-1)
+
+    # ------------------------------------------------------------------------ read
+    def _select(self, state: RetrievalState, q: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Exact top-k blocks for the segment: indices (b, r), their validity (b, r), per-query scores (b, n, r)."""
+        scale = self.d_key**-0.5
+        s = torch.einsum("bnk,bck->bnc", q, state.reps.to(q.dtype)) * scale  # (b, n, c)
+        s_m = s.masked_fill(~state.valid[:, None, :], float("-inf"))
+        if mask is not None:
+            s_m = s_m.masked_fill(~mask.bool()[..., None], float("-inf"))
+        seg = s_m.max(1).values  # (b, c): best score over the segment's queries
+        r = min(self.top_k, seg.shape[1])
+        top, idx = seg.topk(r, dim=-1)  # (b, r) exact
+        ok = torch.isfinite(top)
+        return idx, ok, s.gather(2, idx[:, None, :].expand(-1, s.shape[1], -1))
+
+    def read(self, state: RetrievalState, query: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        return self._read(state, query, mask)[0]
+
+    def _read(self, state: RetrievalState, query: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if state.valid.shape[1] == 0 or not bool(state.valid.any()):
+            return torch.zeros_like(query), None, None
+        b, n, _ = query.shape
+        t = self.block_size
+        q = self.attn.q(query)  # (b, n, k)
+        idx, ok, bias = self._select(state, q, mask)  # (b, r), (b, r), (b, n, r)
+        r = idx.shape[1]
+        kk = state.keys.gather(1, idx[:, :, None, None].expand(b, r, t, self.d_key)).reshape(b, r * t, -1)
+        vv = state.values.gather(1, idx[:, :, None, None].expand(b, r, t, self.d_model)).reshape(b, r * t, -1)
+        allowed = ok[:, :, None].expand(b, r, t).reshape(b, r * t)  # (b, r*t)
+        bias_t = bias[..., None].expand(b, n, r, t).reshape(b, n, r * t)  # (b, n, r*t)
+        bias_t = torch.where(allowed[:, None, :], bias_t, torch.zeros_like(bias_t))
+        out = self.attn.attend(query, kk.to(query.dtype), vv.to(query.dtype), allowed, bias=bias_t)
+        return out, idx, ok
+
+    # ----------------------------------------------------------------------- write
+    def forward(  # type: ignore[override]
+        self, segment: Tensor, state: RetrievalState, *, positions=None, frame_ids=None, mask: Tensor | None = None
+    ) -> tuple[Tensor, RetrievalState]:
+        self._check_input(segment, mask)
+        read, idx, ok = self._read(state, segment, mask)
+        if idx is not None:
+            state = self._touch(state, idx, ok)
+        out = segment + read
+        return out, self.write(state, segment, positions=positions, mask=mask)
+
+    def _touch(self, state: RetrievalState, idx: Tensor, ok: Tensor) -> RetrievalState:
+        """Mark retrieved blocks as used now (LRU bookkeeping; counters only)."""
+        now = torch.full_like(idx, state.segments + 1)
+        cur = state.last_used.gather(1, idx)
+        lu = state.last_used.scatter(1, idx, torch.where(ok, now, cur))
+        return _replace(state, last_used=lu)
+
+    def write(
+        self,
+        state: RetrievalState,
+        x: Tensor,
+        *,
+        positions: Tensor | None = None,
+        frame_ids: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> RetrievalState:
+        b, n, _ = x.shape
+        k = self.attn.k(x)  # (b, n, k)
+        v = self.attn.v(x)  # (b, n, d)
+        s = self.salience(x).squeeze(-1)  # (b, n)
+        uniform = (mask is None or bool(mask.all())) and bool((state.pend_n == state.pend_n[0]).all())
+        uniform = uniform and bool((state.valid.sum(-1) == state.valid[:1].sum(-1)).all()) if b > 0 else uniform
+        if uniform:
+            return self._write_rows(state, k, v, s, n)
+        # rows differ (padding): write each row on its own, then re-stack (rare path)
+        rows = []
+        for i in range(b):
+            li = n if mask is None else int(mask[i].sum())
+            st_i = _row(state, i)
+            rows.append(self._write_rows(st_i, k[i : i + 1, :li], v[i : i + 1, :li], s[i : i + 1, :li], li))
+        return _stack_rows(rows)
+
+    def _write_rows(self, st: RetrievalState, k: Tensor, v: Tensor, s: Tensor, n: int) -> RetrievalState:
+        """Write ``n`` tokens to every row (rows share pending count and block count)."""
+        b, t = k.shape[0], self.block_size
+        p = int(st.pend_n[0]) if b else 0
+        ck = torch.cat([st.pend_k[:, :p].to(k.dtype), k], 1)  # (b, p+n, k)
+        cv = torch.cat([st.pend_v[:, :p].to(v.dtype), v], 1)
+        cs = torch.cat([st.pend_s[:, :p].to(s.dtype), s], 1)
+        nfull = (p + n) // t
+        rest = p + n - nfull * t
+        first = st.tokens - p  # stream position of the first pending token
+        pend_k = torch.cat([ck[:, nfull * t :], ck.new_zeros(b, t - rest, ck.shape[-1])], 1)
+        pend_v = torch.cat([cv[:, nfull * t :], cv.new_zeros(b, t - rest, cv.shape[-1])], 1)
+        pend_s = torch.cat([cs[:, nfull * t :], cs.new_zeros(b, t - rest)], 1)
+        st = _replace(
+            st,
+            pend_k=pend_k,
+            pend_v=pend_v,
+            pend_s=pend_s,
+            pend_n=torch.full_like(st.pend_n, rest),
+            tokens=st.tokens + n,
+            segments=st.segments + 1,
+        )
+        if nfull == 0:
+            return st
+        bk = ck[:, : nfull * t].view(b, nfull, t, -1)  # (b, f, t, k) new blocks
+        bv = cv[:, : nfull * t].view(b, nfull, t, -1)
+        w = torch.softmax(cs[:, : nfull * t].view(b, nfull, t).float(), -1).to(bk.dtype)  # (b, f, t)
+        reps = (w[..., None] * bk).sum(2)  # (b, f, k) salience-weighted representative
+        starts = first[:, None] + torch.arange(nfull, device=k.device)[None, :] * t  # (b, f)
+        return self._insert(st, bk, bv, reps, starts)
+
+    def _insert(self, st: RetrievalState, bk: Tensor, bv: Tensor, reps: Tensor, starts: Tensor) -> RetrievalState:
+        """Put ``f`` new blocks into free slots, evicting least-recently-used ones past the cap."""
+        b, f = reps.shape[:2]
+        if self.max_blocks is not None and f > self.max_blocks:  # keep only the newest
+            bk, bv, reps, starts = bk[:, -self.max_blocks :], bv[:, -self.max_blocks :], reps[:, -self.max_blocks :], starts[:, -self.max_blocks :]
+            f = self.max_blocks
+        cap = st.valid.shape[1]
+        count = int(st.valid.sum(-1).max()) if b else 0
+        need = count + f
+        if need > cap and (self.max_blocks is None or cap < self.max_blocks):
+            new_cap = max(need, 2 * cap, 8)
+            if self.max_blocks is not None:
+                new_cap = min(new_cap, self.max_blocks)
+            st = _grow(st, new_cap)
+            cap = new_cap
+        # slot choice: free slots first (lowest index), then least recently used, oldest
+        slot_score = torch.where(
+            st.valid,
+            st.last_used * (1 << 40) + st.start,
+            torch.full_like(st.start, _FREE) + torch.arange(cap, device=st.start.device)[None, :],
+        )
+        slots = (-slot_score).topk(f, dim=-1).indices  # (b, f)
+        inplace = not torch.is_grad_enabled() or not (bk.requires_grad or st.keys.requires_grad)
+        now = torch.full_like(starts, st.segments)
+
+        def put(buf: Tensor, val: Tensor) -> Tensor:
+            idx = slots.view(b, f, *([1] * (buf.dim() - 2))).expand(b, f, *buf.shape[2:])
+            val = val.to(buf.dtype)
+            return buf.scatter_(1, idx, val) if inplace else buf.scatter(1, idx, val)
+
+        return _replace(
+            st,
+            keys=put(st.keys, bk),
+            values=put(st.values, bv),
+            reps=put(st.reps, reps),
+            valid=put(st.valid, torch.ones(b, f, dtype=torch.bool, device=slots.device)),
+            last_used=put(st.last_used, now),
+            start=put(st.start, starts),
+        )
+
+
+def _replace(st: RetrievalState, **kw: Any) -> RetrievalState:
+    import dataclasses
+
+    return dataclasses.replace(st, **kw)
+
+
+def _grow(st: RetrievalState, cap: int) -> RetrievalState:
+    """Reallocate the block buffers with capacity ``cap`` (existing blocks keep their slots)."""
+    old = st.valid.shape[1]
+
+    def pad(t: Tensor) -> Tensor:
+        extra = t.new_zeros((t.shape[0], cap - old) + tuple(t.shape[2:]))
+        return torch.cat([t, extra], 1)
+
+    return _replace(
+        st,
+        keys=pad(st.keys),
+        values=pad(st.values),
+        reps=pad(st.reps),
+        valid=pad(st.valid),
+        last_used=pad(st.last_used),
+        start=pad(st.start),
+    )
+
+
+_BLOCK_FIELDS = ("keys", "values", "reps", "valid", "last_used", "start")
+_ROW_FIELDS = _BLOCK_FIELDS + ("pend_k", "pend_v", "pend_s", "pend_n", "tokens")
+
+
+def _row(st: RetrievalState, i: int) -> RetrievalState:
+    return _replace(st, **{f: getattr(st, f)[i : i + 1] for f in _ROW_FIELDS})
+
+
+def _stack_rows(rows: list[RetrievalState]) -> RetrievalState:
+    """Stack per-row states, compacting each row's blocks to the front and padding capacity."""
+    comp = []
+    for r in rows:
+        keep = r.valid[0].nonzero().squeeze(-1)
+        comp.append(_replace(r, **{f: getattr(r, f)[:, keep] for f in _BLOCK_FIELDS}))
+    cap = max(r.valid.shape[1] for r in comp)
+    comp = [_grow(r, cap) if r.valid.shape[1] < cap else r for r in comp]
+    out = {f: torch.cat([getattr(r, f) for r in comp], 0) for f in _ROW_FIELDS}
+    return _replace(comp[0], **out)
