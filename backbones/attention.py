@@ -39,7 +39,9 @@ from torch import Tensor, nn
 from .base import Backbone, State, lengths_from_mask
 from .registry import register_mixer
 
-__all__ = ["Attention", "BidirectionalAttention", "apply_rope"]
+_BLOCK_ELEMS = 1 << 22  # masked attention runs in query blocks once l * s exceeds this
+
+__all__ = ["Attention", "BidirectionalAttention", "apply_rope", "attention_reference"]
 
 
 def apply_rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
@@ -144,7 +146,7 @@ class _AttentionBase(Backbone):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         if plain and causal and l == 1:  # one new token over a full cache: sees every key
             return F.scaled_dot_product_attention(q, k, v)
-        qc = l if l * s <= (1 << 22) else max(1, min(self.q_chunk, l))
+        qc = l if l * s <= _BLOCK_ELEMS else max(1, min(self.q_chunk, l))
         out = []
         cols = torch.arange(s, device=q.device)
         for i0 in range(0, l, qc):
@@ -284,3 +286,42 @@ class BidirectionalAttention(_AttentionBase):
 
     def init_state(self, batch_size: int, **_: Any) -> State:
         raise NotImplementedError("BidirectionalAttention ('Abi') has no streaming state")
+
+
+def attention_reference(layer: _AttentionBase, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Float64 reference of ``layer`` on x (b, l, d): explicit masked softmax, no cache.
+
+    Independent of the SDPA / query-block path; used by the conformance tests.
+    """
+    with torch.no_grad():
+        f64 = torch.float64
+        b, l, _ = x.shape
+        h, g, p = layer.n_heads, layer.n_kv_heads, layer.head_dim
+        wb = layer.in_proj.bias.double() if layer.in_proj.bias is not None else None
+        qkv = F.linear(x.double(), layer.in_proj.weight.double(), wb)
+        q, k, v = qkv.split([h * p, g * p, g * p], dim=-1)
+        q = q.view(b, l, h, p).transpose(1, 2)  # (b, h, l, p)
+        k = k.view(b, l, g, p).transpose(1, 2).repeat_interleave(h // g, dim=1)  # (b, h, l, p)
+        v = v.view(b, l, g, p).transpose(1, 2).repeat_interleave(h // g, dim=1)
+        pos = torch.arange(l, device=x.device).expand(b, l)
+        if layer.rope:
+            q, k = apply_rope(q, pos, layer.rope_theta), apply_rope(k, pos, layer.rope_theta)
+        i = torch.arange(l, device=x.device)
+        d = i[:, None] - i[None, :]  # (l query, l key) distance
+        allowed = torch.ones(l, l, dtype=torch.bool, device=x.device)
+        if layer.causal:
+            allowed &= d >= 0
+        if layer.window is not None:
+            allowed &= (d < layer.window) if layer.causal else (d.abs() < layer.window)
+        allowed = allowed.expand(b, l, l)
+        if mask is not None:
+            allowed = (allowed & mask[:, None, :]) | torch.eye(l, dtype=torch.bool, device=x.device)
+        scores = (q @ k.transpose(-1, -2)) / (p**0.5)  # (b, h, l, l)
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        o = torch.softmax(scores, dim=-1).to(f64) @ v  # (b, h, l, p)
+        o = o.transpose(1, 2).reshape(b, l, h * p)
+        ob = layer.out_proj.bias.double() if layer.out_proj.bias is not None else None
+        return F.linear(o, layer.out_proj.weight.double(), ob)
+
+
+_AttentionBase.reference = staticmethod(attention_reference)  # type: ignore[attr-defined]

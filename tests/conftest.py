@@ -1,0 +1,37 @@
+"""Shared pytest set-up: one CPU thread, fixed seeds, and the shared data root.
+
+``LONGSTREAM_DATA`` defaults to ``<repo>/../shared/data`` (see its README); tests read
+real data only from there and never download.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("LONGSTREAM_DATA", str((REPO.parent / "shared" / "data").resolve()))
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same random state."""
+    random.seed(0)
+    torch.manual_seed(0)
+    try:
+        import numpy as np
+
+        np.random.seed(0)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """The shared data root (``LONGSTREAM_DATA``)."""
+    return Path(os.environ["LONGSTREAM_DATA"])
