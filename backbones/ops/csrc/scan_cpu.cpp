@@ -265,24 +265,24 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   at::parallel_for(0, Bsz * ntb, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / ntb, ts = (task % ntb) * tb, te = std::min(L, ts + tb);
-      for (int64_t j = 0; j < nblk; ++j) {
-        const int64_t e = j * kVec;
-        __m256 wk[8];
-        for (int64_t k = 0; k < K; ++k) wk[k] = _mm256_loadu_ps(pw + k * E + e);
-        const __m256 bv = _mm256_loadu_ps(pb + e);
-        for (int64_t t = ts; t < te; ++t) {
-          __m256 acc = bv;
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t s = t - (K - 1) + k;  // input time of tap k
-            const float* src = s >= 0 ? px + (b * L + s) * E + e : pc + (b * (K - 1) + (K - 1) + s) * E + e;
-            acc = _mm256_fmadd_ps(wk[k], _mm256_loadu_ps(src), acc);
-          }
+      for (int64_t t = ts; t < te; ++t) {
+        const float* src[8];
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t s = t - (K - 1) + k;  // input time of tap k
+          src[k] = s >= 0 ? px + (b * L + s) * E : pc + (b * (K - 1) + (K - 1) + s) * E;
+        }
+        float* dst = py + (b * L + t) * E;
+        for (int64_t j = 0; j < nblk; ++j) {
+          const int64_t e = j * kVec;
+          __m256 acc = _mm256_loadu_ps(pb + e);
+          for (int64_t k = 0; k < K; ++k)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(pw + k * E + e), _mm256_loadu_ps(src[k] + e), acc);
           if (silu) {
             __m256 sg = _mm256_div_ps(_mm256_set1_ps(1.0f),
                                       _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), acc))));
             acc = _mm256_mul_ps(acc, sg);
           }
-          _mm256_storeu_ps(py + (b * L + t) * E + e, acc);
+          _mm256_storeu_ps(dst + e, acc);
         }
       }
     }
