@@ -610,7 +610,7 @@ def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DDP / compiled wrapper."""
-    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module):
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module  # type: ignore[assignment]
     return getattr(model, "_orig_mod", model)
 
@@ -890,6 +890,12 @@ def run_cli_guarded(fn: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` etc.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 0
     except SystemExit as e:  # argparse --help
         code = e.code
         return code if isinstance(code, int) else (0 if code is None else 2)
