@@ -38,6 +38,7 @@ class GatedMLP(Backbone):
     is_causal = True
     supports_step = True
     supports_state = True
+    token_mixing: ClassVar[bool] = False  # position-wise: the stack never wraps it in Bidirectional
     test_kwargs: ClassVar[dict[str, Any]] = {"d_intermediate": 24}
 
     def __init__(

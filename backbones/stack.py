@@ -103,6 +103,8 @@ class SequenceBackbone(Backbone):
         for sym in self.symbols:
             cls = get_mixer(sym)
             kw = dict(cfg.mixer_kwargs.get(sym, {}))
+            # bidirectional=True wraps causal token mixers; already non-causal or position-wise
+            # mixers (``token_mixing = False`` class attribute) are used as they are
             if cfg.bidirectional and getattr(cls, "is_causal", True) and getattr(cls, "token_mixing", True):
                 mixer: Backbone = Bidirectional.build(cls, cfg.d_model, merge=cfg.bidirectional_merge, **kw)
             else:
