@@ -40,7 +40,7 @@ class CarriedStateMemory(StreamMemory):
     def __init__(self, d_model: int, backbone: nn.Module | None = None) -> None:
         super().__init__(d_model)
         if backbone is None:
-            raise ValueError("carried_state memory needs a backbone: create_memory('carried_state', backbone=...)")
+            raise TypeError("carried_state memory needs a backbone: create_memory('carried_state', backbone=...)")
         if not getattr(backbone, "supports_state", True):
             raise ValueError(f"{type(backbone).__name__} cannot continue a stream from a state (supports_state=False)")
         self.backbone = backbone

@@ -49,7 +49,7 @@ class MemoryTokens(StreamMemory):
     ) -> None:
         super().__init__(d_model)
         if backbone is None:
-            raise ValueError("memory_tokens needs a backbone: create_memory('memory_tokens', backbone=...)")
+            raise TypeError("memory_tokens needs a backbone: create_memory('memory_tokens', backbone=...)")
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         self.backbone = backbone
