@@ -74,10 +74,14 @@ def causal_conv1d(
     b, l, e = x.shape
     k = weight.shape[1]
     prev = x.new_zeros(b, k - 1, e) if cache is None else cache.transpose(1, 2).to(x.dtype)  # (b, k-1, e)
-    xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)
-    if lengths is None:
+    if lengths is None and l >= k - 1:  # the new cache is the tail of x: no concatenation
+        xp = None
+        new_cache = x[:, l - (k - 1) :].transpose(1, 2)
+    elif lengths is None:
+        xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)
         new_cache = xp[:, l:].transpose(1, 2)
     else:
+        xp = torch.cat([prev, x], 1)
         idx = lengths.to(x.device).long()[:, None] + torch.arange(k - 1, device=x.device)  # (b, k-1)
         new_cache = xp.gather(1, idx[..., None].expand(b, k - 1, e)).transpose(1, 2)
     new_cache = new_cache.float().contiguous()
@@ -106,6 +110,8 @@ def causal_conv1d(
         )
         return y, new_cache
     # pure PyTorch: K shifted multiply-adds, time-major (no transposes)
+    if xp is None:
+        xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)
     y = xp[:, k - 1 :] * weight[:, k - 1]
     if bias is not None:
         y = y + bias

@@ -171,8 +171,8 @@ def scan_core(
 
     ``backend``: "auto" (C++ kernel on CPU when built, else torch), "cpp" or "torch".
     """
-    use_cpp = _want_cpp(u, backend)
-    f = torch.float32
+    f = torch.float64 if u.dtype == torch.float64 else torch.float32
+    use_cpp = _want_cpp(u, backend) and f == torch.float32
     u, dt, B, C = (t.to(f).contiguous() for t in (u, dt, B, C))
     A, h0 = A.to(f), h0.to(f).contiguous()
     e = u.shape[-1]
@@ -244,11 +244,11 @@ def selective_scan(
     if dt_bias is not None:
         dt = dt + dt_bias
     if dt_softplus:
-        dt = F.softplus(dt.float())
+        dt = F.softplus(dt if dt.dtype == torch.float64 else dt.float())
     h0 = u.new_zeros(b, e, A.shape[1], dtype=torch.float32) if initial_state is None else initial_state
     y, hT = scan_core(u, dt, A, B, C, h0, chunk_size=chunk_size, backend=backend)
     if D is not None:
-        y = torch.addcmul(y, u.float(), D.float())
+        y = torch.addcmul(y, u.to(y.dtype), D.to(y.dtype))
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y.to(dtype), hT

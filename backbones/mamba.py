@@ -1,0 +1,185 @@
+"""Mamba mixer (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State
+Spaces", 2023).
+
+The input is projected to a stream ``x`` and a gate ``z``; ``x`` goes through a short causal
+depthwise conv + SiLU, then a *selective* diagonal SSM whose step ``dt`` and projections
+``B, C`` depend on the token; the result is gated by ``silu(z)`` and projected back.
+Parameter names are those of ``mamba_ssm.modules.mamba_simple.Mamba`` (``in_proj``,
+``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``) so checkpoints of
+state-spaces/mamba-* load by name, and the initialisation follows the paper (S4D-real
+``A``, ``dt`` log-uniform in [dt_min, dt_max] through an inverse-softplus bias).
+
+The computation is time-major (b, l, e) end to end: no transposes around the conv or the
+scan. On CPU the conv and scan run in the compiled kernels of ``backbones.ops`` when they
+are built, on CUDA in ``mamba_ssm`` / ``causal_conv1d`` when they import, and in pure
+PyTorch otherwise. State: ``{"conv": (b, e, k-1), "ssm": (b, e, n)}``, float32.
+
+Axis legend: b batch, l length, d model width, e inner width (expand * d), n state size,
+r dt rank, k conv width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Backbone, State, lengths_from_mask
+from .ops.causal_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
+from .ops.selective_scan import selective_scan, selective_scan_ref
+from .registry import register_mixer
+
+__all__ = ["Mamba", "init_dt_bias"]
+
+
+def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> Tensor:
+    """Bias whose softplus is log-uniform in [dt_min, dt_max] (inverse softplus of a sample)."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # softplus^{-1}(dt)
+
+
+@register_mixer("M")
+class Mamba(Backbone):
+    """Selective SSM mixer, (b, l, d) -> (b, l, d), streamable with O(1) state per token."""
+
+    is_causal: ClassVar[bool] = True
+    supports_step: ClassVar[bool] = True
+    supports_state: ClassVar[bool] = True
+    test_kwargs: ClassVar[dict[str, Any]] = {"d_state": 4}
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        chunk_size: int = 64,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.chunk_size = chunk_size
+        self.backend = backend
+        e, n, r = self.d_inner, d_state, self.dt_rank
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=bias)
+        self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.out_proj = nn.Linear(e, d_model, bias=bias)
+        # dt projection: weights ~ U(-s, s) with s = dt_scale / sqrt(r); bias = softplus^-1(dt)
+        std = r**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        else:
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(init_dt_bias(e, dt_min, dt_max, dt_init_floor))
+        self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
+        # S4D-real initialisation: A[e, n] = -(n + 1)
+        A = torch.arange(1, n + 1, dtype=torch.float32).repeat(e, 1)  # (e, n)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
+        self.D = nn.Parameter(torch.ones(e))
+        self.D._no_weight_decay = True  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ helpers
+    def _in(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (..., d) -> stream, gate (..., e), each contiguous (two GEMMs on in_proj's halves)."""
+        w, b, e = self.in_proj.weight, self.in_proj.bias, self.d_inner
+        xi = F.linear(x, w[:e], None if b is None else b[:e])
+        z = F.linear(x, w[e:], None if b is None else b[e:])
+        return xi, z
+
+    def _ssm_params(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """u (..., e) -> dt (..., e) positive, B (..., n), C (..., n)."""
+        r, n = self.dt_rank, self.d_state
+        x_dbl = self.x_proj(u)  # (..., r + 2n)
+        dt_low, B, C = torch.split(x_dbl, [r, n, n], dim=-1)
+        dt = F.softplus(F.linear(dt_low, self.dt_proj.weight, self.dt_proj.bias).float())
+        return dt, B, C
+
+    def _conv_weight(self) -> Tensor:
+        return self.conv1d.weight[:, 0, :]  # (e, k)
+
+    def init_state(
+        self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> State:
+        """Zero conv window (b, e, k-1) and SSM state (b, e, n), float32."""
+        device = device if device is not None else self.A_log.device
+        e = self.d_inner
+        return {
+            "conv": torch.zeros(batch_size, e, self.d_conv - 1, device=device),
+            "ssm": torch.zeros(batch_size, e, self.d_state, device=device),
+        }
+
+    # ------------------------------------------------------------------ forward
+    def forward(  # type: ignore[override]
+        self, x: Tensor, state: State = None, *, mask: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """x (b, l, d) -> (y (b, l, d), state after each row's last valid token)."""
+        b, l, _ = x.shape
+        if state is None:
+            state = self.init_state(b, device=x.device)
+        lengths = None if mask is None or bool(mask.all()) else lengths_from_mask(mask, b, l, x.device)
+        xi, z = self._in(x)  # (b, l, e) each
+        u, conv_state = causal_conv1d(
+            xi, self._conv_weight(), self.conv1d.bias, state["conv"], "silu", lengths=lengths, backend=self.backend
+        )
+        dt, B, C = self._ssm_params(u)
+        if lengths is not None:  # dt = 0 on padding: decay 1, input 0, the state passes through
+            dt = dt * mask[:, :, None].to(dt.dtype)
+        A = -torch.exp(self.A_log.float())  # (e, n)
+        y, ssm_state = selective_scan(
+            u, dt, A, B, C, self.D, z, initial_state=state["ssm"], chunk_size=self.chunk_size, backend=self.backend
+        )
+        return self.out_proj(y.to(x.dtype)), {"conv": conv_state, "ssm": ssm_state.float()}
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """x_t (b, d) -> (y_t (b, d), new state): one token in O(e n)."""
+        xi, z = self._in(x_t)  # (b, e)
+        u, conv_state = causal_conv1d_update(xi, state["conv"], self._conv_weight(), self.conv1d.bias, "silu")
+        dt, B, C = self._ssm_params(u)  # (b, e), (b, n), (b, n)
+        A = -torch.exp(self.A_log.float())
+        uf = u.float()
+        h = state["ssm"] * torch.exp(dt[:, :, None] * A) + (dt * uf)[:, :, None] * B.float()[:, None, :]  # (b, e, n)
+        y = torch.bmm(h, C.float()[:, :, None])[..., 0] + self.D.float() * uf  # (b, e)
+        y = y * F.silu(z.float())
+        return self.out_proj(y.to(x_t.dtype)), {"conv": conv_state, "ssm": h}
+
+    # ------------------------------------------------------------------ reference
+    def reference(self, x: Tensor, state: State = None) -> tuple[Tensor, State]:
+        """The same layer in float64 with the sequential references of ``backbones.ops``."""
+        p = {k: v.detach().double() for k, v in self.named_parameters()}
+        x = x.double()
+        e, n = self.d_inner, self.d_state
+        xz = F.linear(x, p["in_proj.weight"], p.get("in_proj.bias"))
+        xi, z = xz[..., :e], xz[..., e:]
+        conv = None if state is None else state["conv"]
+        u, conv_state = causal_conv1d_ref(xi, p["conv1d.weight"][:, 0], p.get("conv1d.bias"), conv, "silu")
+        x_dbl = F.linear(u, p["x_proj.weight"])
+        dt_low, B, C = torch.split(x_dbl, [self.dt_rank, n, n], dim=-1)
+        dt = F.linear(dt_low, p["dt_proj.weight"], p["dt_proj.bias"])
+        h0 = None if state is None else state["ssm"]
+        y, h = selective_scan_ref(u, dt, -torch.exp(p["A_log"]), B, C, p["D"], z, None, True, h0)
+        return F.linear(y, p["out_proj.weight"], p.get("out_proj.bias")), {"conv": conv_state, "ssm": h}
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}"
