@@ -27,6 +27,7 @@ cache path is checked to stay inside the cache.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -329,7 +330,7 @@ class Hub:
                     last = e
                     if 400 <= e.code < 500:
                         break
-                except (urllib.error.URLError, OSError, TimeoutError) as e:
+                except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
                     last = e
                 time.sleep(min(0.2 * (attempt + 1), 1.0))
         raise UserError(f"could not download {ent.name}/{fname} from {ent.urls}: {last}")
