@@ -240,11 +240,13 @@ def ssm_kernel(c: Tensor, log_a: Tensor, length: int, *, block: int = 8192) -> T
     return torch.cat(parts, -1)
 
 
-def ssm_free_response(x0: Tensor, c: Tensor, log_a: Tensor, length: int, *, block: int = 8192) -> Tensor:
-    """Output of the unforced system from state ``x0`` (B, H, N): ``Re(sum_n c a^(t+1) x0)``, (B, H, T)."""
+def ssm_free_response(
+    x0: Tensor, c: Tensor, log_a: Tensor, length: int, *, offset: int = 1, block: int = 8192
+) -> Tensor:
+    """Unforced output from state ``x0`` (B, H, N): ``Re(sum_n c a^(t+offset) x0)`` for t < length, (B, H, T)."""
     parts = []
     for l0 in range(0, length, block):
-        t = torch.arange(l0 + 1, min(length, l0 + block) + 1, device=log_a.device)
+        t = torch.arange(l0 + offset, min(length, l0 + block) + offset, device=log_a.device)
         parts.append(torch.einsum("bhn,hnl->bhl", x0 * c, ssm_powers(log_a, t)).real)
     return torch.cat(parts, -1)
 
