@@ -94,10 +94,9 @@ def causal_conv1d(
             return cuda.causal_conv1d_cuda(x, weight, bias, activation), new_cache
     if backend == "cpp" and not cpu_kernels.available():
         raise RuntimeError("backend='cpp' requested but the compiled CPU kernels are not available")
-    if backend == "cpp" or (
-        backend == "auto"
-        and not grad
-        and x.device.type == "cpu"
+    # the compiled conv is forward-only: with autograd on, the PyTorch path below is used
+    if not grad and (backend == "cpp" or backend == "auto") and (
+        x.device.type == "cpu"
         and x.dtype == torch.float32
         and e % 8 == 0
         and k <= 8
