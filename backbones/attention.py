@@ -7,7 +7,7 @@ Position Embedding", 2021), optional grouped key/value heads (Ainslie et al., "G
 The causal mixer streams: its state is a KV cache, and for a sliding window only the
 last ``window - 1`` keys are kept, so the state is bounded. The kernels are
 ``torch.nn.functional.scaled_dot_product_attention``; masked cases (padding, cache,
-window) run in query blocks so the score matrix never exceeds ``q_chunk x keys``.
+window) run in query blocks so the score matrix stays bounded (about 2^24 scores).
 
 Causal vs bidirectional is a property of the *class*, so the capability flags read by
 the conformance tests are always right: use symbol ``"A"`` (:class:`Attention`) for
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .base import Backbone, State, lengths_from_mask
 from .registry import register_mixer
 
-_BLOCK_ELEMS = 1 << 22  # masked attention runs in query blocks once l * s exceeds this
+_BLOCK_ELEMS = 1 << 24  # masked attention runs in query blocks once b * h * l * s exceeds this
 
 __all__ = ["Attention", "BidirectionalAttention", "apply_rope", "attention_reference"]
 
@@ -136,6 +136,8 @@ class _AttentionBase(Backbone):
         """
         b, h, l, p = q.shape
         s = k.shape[2]
+        if l == 1 and self.causal:  # decode: one query, plain matmuls beat SDPA kernels here
+            return self._attend_one(q, k, v, qpos, kpos, kvalid, qvalid)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=1)  # (b, h, s, p)
@@ -146,7 +148,12 @@ class _AttentionBase(Backbone):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         if plain and causal and l == 1:  # one new token over a full cache: sees every key
             return F.scaled_dot_product_attention(q, k, v)
-        qc = l if l * s <= _BLOCK_ELEMS else max(1, min(self.q_chunk, l))
+        if b * h * l * s <= _BLOCK_ELEMS:
+            qc = l  # one block
+        elif w is not None:
+            qc = max(1, min(self.q_chunk, l))  # keys per block are bounded by qc + w
+        else:  # bound the (b, h, qc, s) score block
+            qc = max(1, min(self.q_chunk, l, _BLOCK_ELEMS // (b * h * s)))
         out = []
         cols = torch.arange(s, device=q.device)
         for i0 in range(0, l, qc):
@@ -176,6 +183,34 @@ class _AttentionBase(Backbone):
                 )
             )
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+
+    def _attend_one(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        qpos: Tensor,
+        kpos: Tensor,
+        kvalid: Tensor | None,
+        qvalid: Tensor | None,
+    ) -> Tensor:
+        """One causal query q (b, h, 1, p) over keys (b, g, s, p), GQA without copying keys."""
+        b, h, _, p = q.shape
+        g, s = k.shape[1], k.shape[2]
+        qg = q.view(b, g, h // g, p)  # (b, g, r, p): the r query heads sharing a key head
+        sdt = torch.promote_types(q.dtype, torch.float32)
+        scores = (qg @ k.transpose(-1, -2)).to(sdt) * (p**-0.5)  # (b, g, r, s)
+        allowed = kpos <= qpos[:, :1]  # (b, s)
+        if kvalid is not None:
+            allowed = allowed & kvalid
+        if self.window is not None:
+            allowed = allowed & (qpos[:, :1] - kpos < self.window)
+        if qvalid is not None:  # a padded query may see its own (last) column
+            allowed = allowed.clone()
+            allowed[:, -1] |= ~qvalid[:, 0]
+        scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        return (probs @ v).view(b, h, 1, p)  # (b, h, 1, p)
 
     def _out(self, o: Tensor) -> Tensor:
         b, h, l, p = o.shape
