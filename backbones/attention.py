@@ -196,7 +196,7 @@ class _AttentionBase(Backbone):
     ) -> Tensor:
         """One causal query q (b, h, 1, p) over keys (b, g, s, p), GQA without copying keys."""
         b, h, _, p = q.shape
-        g, s = k.shape[1], k.shape[2]
+        g = k.shape[1]
         qg = q.view(b, g, h // g, p)  # (b, g, r, p): the r query heads sharing a key head
         sdt = torch.promote_types(q.dtype, torch.float32)
         scores = (qg @ k.transpose(-1, -2)).to(sdt) * (p**-0.5)  # (b, g, r, s)
