@@ -1,0 +1,207 @@
+"""Recall evaluation: accuracy on a length x depth grid, state bytes, effective length.
+
+Stable metric keys (also stored in shipped checkpoints' ``config.json["metrics"]``):
+
+- ``accuracy`` — in-distribution accuracy (at the training length, mean over depths).
+  Needle tasks (passkey, multikey, vartrack) score an example as correct only if every
+  digit is right (exact match); MQAR / selective copying score every queried position;
+  induction scores its single answer.
+- ``acc_<m>x`` — accuracy at ``m`` times the training length (m in ``eval.multipliers``,
+  default 1, 4, 16, 64; lengths above ``eval.max_len`` are skipped).
+- ``effective_length`` — the longest evaluated length L such that every evaluated
+  length <= L keeps >= 90% of the in-distribution accuracy; ``effective_multiplier`` = it
+  divided by the training length.
+- ``state_bytes`` — bytes of streaming state (backbone state + memory) held per sequence
+  after the longest evaluated input; ``state_bytes_<m>x`` per length.
+- ``n`` — examples evaluated; ``train_len``; ``grid`` — nested ``{length: {depth: acc}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pipelines.common import UserError, progress
+
+from .config import Config, EvalConfig
+from .data import DEPTH_TASKS, EXACT_MATCH_TASKS, generate
+
+METRIC_KEYS = ["accuracy", "effective_length", "effective_multiplier", "state_bytes", "n", "train_len"]
+EXAMPLE_INPUTS = ["1x@0.5", "4x@0.1#3"]
+DEFAULT_CHECKPOINT = "recall/attn-mqar"
+
+
+def score(preds: Tensor, targets: Tensor, task: str) -> tuple[float, int]:
+    """(sum of per-unit correctness, units): examples for exact-match tasks, positions otherwise."""
+    sel = targets != -100
+    hit = (preds == targets) & sel
+    if task in EXACT_MATCH_TASKS:
+        ok = (hit.sum(-1) == sel.sum(-1)) & (sel.sum(-1) > 0)
+        return float(ok.sum()), int(targets.shape[0])
+    return float(hit.sum()), int(sel.sum())
+
+
+@torch.no_grad()
+def accuracy_on(model, tokens: Tensor, targets: Tensor, *, batch_size: int = 16,
+                segment_len: int | None = None) -> tuple[float, int]:
+    """Accuracy of ``model`` on one set of examples, and per-row state bytes at the end."""
+    task = model.cfg.data.task
+    got, units, nbytes = 0.0, 0, 0
+    for i in range(0, tokens.shape[0], batch_size):
+        p, nbytes = model.predict_at(tokens[i : i + batch_size], targets[i : i + batch_size], segment_len=segment_len)
+        a, u = score(p, targets[i : i + batch_size], task)
+        got, units = got + a, units + u
+    return got / max(units, 1), nbytes
+
+
+def grid_lengths(cfg: Config, ev: EvalConfig) -> list[tuple[int, int]]:
+    """``[(multiplier, length)]`` evaluated for this config."""
+    return [(m, m * cfg.data.seq_len) for m in ev.multipliers if m * cfg.data.seq_len <= ev.max_len]
+
+
+@torch.no_grad()
+def evaluate_model(model, ev: EvalConfig | None = None, *, show_progress: bool = True) -> dict[str, Any]:
+    """The full metric dict of the module docstring for an in-memory model."""
+    was = model.training
+    model.eval()
+    cfg: Config = model.cfg
+    ev = ev or cfg.eval
+    task = cfg.data.task
+    depths: list[float | None] = list(ev.depths) if task in DEPTH_TASKS else [None]
+    cells = grid_lengths(cfg, ev)
+    if not cells:
+        raise UserError(f"no evaluation length <= eval.max_len={ev.max_len}; raise --eval.max_len")
+    grid: dict[str, dict[str, float]] = {}
+    per_len: dict[int, float] = {}
+    bytes_at: dict[int, int] = {}
+    n = 0
+    t0 = time.time()
+    bar = progress(total=len(cells) * len(depths), desc="recall eval") if show_progress else None
+    for m, L in cells:
+        accs = []
+        for j, d in enumerate(depths):
+            seed = ev.seed + 7919 * m + 104_729 * j
+            x, y = generate(cfg.data, ev.n_per_cell, seq_len=L, depth=d, seed=seed)
+            bs = max(1, min(ev.batch_size, (ev.batch_size * 4096) // L)) if L > 4096 else ev.batch_size
+            seg = cfg.model.segment_len or ev.segment_len or min(L, 4096)
+            acc, nb = accuracy_on(model, x, y, batch_size=bs, segment_len=seg)
+            grid.setdefault(str(L), {})["any" if d is None else f"{d:g}"] = round(acc, 4)
+            accs.append(acc)
+            bytes_at[m] = nb
+            n += ev.n_per_cell
+            if bar is not None:
+                bar.update(1)
+        per_len[m] = sum(accs) / len(accs)
+    if bar is not None:
+        bar.close()
+    model.train(was)
+    base = per_len[cells[0][0]]
+    eff = 0
+    for m, L in cells:
+        if per_len[m] >= 0.9 * base and base > 0:
+            eff = L
+        else:
+            break
+    out: dict[str, Any] = {
+        "accuracy": round(base, 4),
+        "effective_length": eff,
+        "effective_multiplier": round(eff / cfg.data.seq_len, 3),
+        "state_bytes": bytes_at[cells[-1][0]],
+        "n": n,
+        "train_len": cfg.data.seq_len,
+    }
+    for m, _ in cells:
+        out[f"acc_{m}x"] = round(per_len[m], 4)
+    for m, _ in cells:
+        out[f"state_bytes_{m}x"] = bytes_at[m]
+    out["task"] = task
+    out["grid"] = grid
+    out["eval_seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def _eval_config_from_file(base: EvalConfig, data: str) -> EvalConfig:
+    """``--data`` for recall is a JSON file of EvalConfig overrides (the data are generated)."""
+    p = Path(data)
+    if not p.is_file():
+        raise UserError(f"--data {data}: not a file; recall data are generated, pass a JSON of eval overrides "
+                        "like {\"multipliers\": [1, 4], \"n_per_cell\": 16}")
+    try:
+        over = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"--data {data}: not valid JSON ({e})") from None
+    if not isinstance(over, dict):
+        raise UserError(f"--data {data}: expected a JSON object of eval settings")
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    bad = set(over) - known
+    if bad:
+        raise UserError(f"--data {data}: unknown eval setting(s) {sorted(bad)}; valid: {sorted(known)}")
+    return dataclasses.replace(base, **over)
+
+
+def evaluate(checkpoint: str, data: str | None = None) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on its generated task (``data``: optional JSON of eval overrides)."""
+    from .model import from_pretrained
+
+    model = from_pretrained(checkpoint)
+    ev = model.cfg.eval if data is None else _eval_config_from_file(model.cfg.eval, data)
+    return evaluate_model(model, ev)
+
+
+_SPEC = re.compile(r"^(?P<len>\d+)(?P<x>x?)(?:@(?P<depth>[0-9.]+))?(?:#(?P<seed>\d+))?$")
+
+
+def parse_spec(spec: str, cfg: Config) -> tuple[int, float | None, int]:
+    """``"<length>[@depth][#seed]"`` or ``"<m>x[@depth][#seed]"`` -> (length, depth, seed)."""
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise UserError(f"input {spec!r}: use LENGTH[@DEPTH][#SEED] or MULTIPLIERx[@DEPTH][#SEED], e.g. 4x@0.5#1")
+    L = int(m["len"]) * (cfg.data.seq_len if m["x"] else 1)
+    if L < 8 or L > 1_048_576:
+        raise UserError(f"input {spec!r}: length {L} out of range 8..1048576")
+    depth = float(m["depth"]) if m["depth"] else None
+    if depth is not None and not 0 <= depth <= 1:
+        raise UserError(f"input {spec!r}: depth must be in [0, 1]")
+    return L, depth, int(m["seed"] or 0)
+
+
+@torch.no_grad()
+def predict_one(model, length: int, depth: float | None, seed: int) -> dict[str, Any]:
+    """Generate one example, run the model, and compare prediction with target."""
+    cfg = model.cfg
+    x, y = generate(cfg.data, 1, seq_len=length, depth=depth if cfg.data.task in DEPTH_TASKS else None, seed=seed)
+    p, nb = model.predict_at(x, y)
+    sel = y[0] != -100
+    tgt, pr = y[0][sel].tolist(), p[0][sel].tolist()
+    a, u = score(p, y, cfg.data.task)
+    pos = sel.nonzero().squeeze(-1).tolist()
+    return {
+        "task": cfg.data.task,
+        "length": length,
+        "depth": depth,
+        "seed": seed,
+        "positions": pos[:64],
+        "target": tgt[:64],
+        "prediction": pr[:64],
+        "correct": a / max(u, 1),
+        "state_bytes": nb,
+    }
+
+
+def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[dict[str, Any]]:
+    """For each ``LENGTH[@DEPTH][#SEED]`` spec: prediction vs target on a generated example."""
+    from .model import from_pretrained
+
+    model = from_pretrained(checkpoint)
+    results = [predict_one(model, *parse_spec(s, model.cfg)) | {"input": s} for s in inputs]
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    return results

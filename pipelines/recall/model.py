@@ -1,0 +1,144 @@
+"""Recall model: token embedding -> backbone (+ streaming memory) -> norm -> vocabulary head.
+
+Long inputs always go through :class:`memory.StreamRunner`: with a memory, the input is
+cut into ``model.segment_len`` segments and the memory carries the past between them
+(with ``carry_backbone_state=False`` the backbone restarts every segment, so the memory
+is the *only* path across segments); without one, the runner streams the backbone with
+its own carried state, which equals one full pass for causal backbones but keeps memory
+bounded at 16K-1M tokens.
+
+Axis legend: b batch, l length, n segment length, d model width, v vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from backbones import create_backbone
+from backbones.base import RMSNorm
+from memory import StreamRunner, create_memory, get_memory_class
+from pipelines import common
+
+from . import DOMAIN
+from .config import Config
+
+
+class RecallModel(nn.Module):
+    """``tokens (B, L) -> logits (B, L, V)``, streamed segment by segment."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, v = cfg.backbone.d_model, cfg.data.vocab_size
+        self.embed = nn.Embedding(v, d)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        bb = create_backbone(cfg.backbone)
+        mc = cfg.model
+        self.backbone: nn.Module | None = bb
+        self.memory = None
+        if mc.memory:
+            try:
+                cls = get_memory_class(mc.memory)
+            except KeyError as e:
+                raise common.UserError(f"--model.memory: {e.args[0]}") from None
+            if cls.wraps_backbone:
+                self.backbone = None  # the memory owns (and runs) the backbone
+                self.memory = create_memory(mc.memory, d_model=d, backbone=bb, **mc.memory_kwargs)
+            else:
+                self.memory = create_memory(mc.memory, d_model=d, **mc.memory_kwargs)
+        self.norm = RMSNorm(d)
+        self.head = nn.Linear(d, v, bias=False)
+
+    # ------------------------------------------------------------------ streaming
+    def runner(self, *, segment_len: int | None = None, detach_every: int | None = None,
+               progress: bool | None = False, head: bool = True) -> StreamRunner:
+        """The :class:`StreamRunner` over this model (embedding and head applied per segment)."""
+        mc = self.cfg.model
+        seg = segment_len if segment_len is not None else (mc.segment_len or None)
+        return StreamRunner(
+            self.backbone,
+            self.memory,
+            segment_len=seg,
+            detach_every=detach_every,
+            carry_backbone_state=mc.carry_backbone_state,
+            embed=self.embed,
+            head=(lambda h: self.head(self.norm(h))) if head else None,
+            progress=progress,
+        )
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Training / short-input forward: logits (B, L, V), truncated BPTT per config."""
+        self._check_tokens(tokens)
+        de = self.cfg.model.detach_every or None
+        logits, _ = self.runner(detach_every=de).run(tokens)
+        return logits
+
+    @torch.no_grad()
+    def predict_at(self, tokens: Tensor, targets: Tensor, *, segment_len: int | None = None,
+                   progress: bool | None = False) -> tuple[Tensor, int]:
+        """Argmax predictions at the scored positions of ``targets`` (-100 elsewhere).
+
+        Streams ``tokens`` (B, L) without materialising (B, L, V) logits, so memory stays
+        flat in L. Returns ``(preds (B, L), state bytes per row at the end)``.
+        """
+        self._check_tokens(tokens)
+        if segment_len is None:
+            segment_len = self.cfg.model.segment_len or min(tokens.shape[1], 4096)
+        r = self.runner(segment_len=segment_len, detach_every=1, progress=progress, head=False)
+        preds = torch.full_like(targets, -100)
+        st = None
+        for s, h, st in r.iter(tokens):
+            tseg = targets[:, s : s + h.shape[1]]
+            sel = tseg != -100  # (b, n)
+            if bool(sel.any()):
+                p = self.head(self.norm(h[sel])).argmax(-1)
+                preds[:, s : s + h.shape[1]][sel] = p
+        nbytes = st.nbytes() // max(tokens.shape[0], 1) if st is not None else 0
+        return preds, nbytes
+
+    def _check_tokens(self, tokens: Tensor) -> None:
+        if tokens.dim() != 2:
+            raise common.UserError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
+        v = self.cfg.data.vocab_size
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= v):
+            raise common.UserError(f"token ids must be in 0..{v - 1} for this checkpoint")
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_pretrained(self, out_dir: str | Path, **kw: Any) -> Path:
+        return common.save_pretrained(
+            self, self.cfg, out_dir, pipeline=DOMAIN, backbone=self.cfg.backbone,
+            task=describe(self.cfg), **kw,
+        )
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> RecallModel:
+        return from_pretrained(name_or_dir)
+
+
+def describe(cfg: Config) -> str:
+    """One line: task, backbone pattern, memory."""
+    mem = cfg.model.memory or "no memory"
+    return (f"recall/{cfg.data.task} (train length {cfg.data.seq_len}), backbone {cfg.backbone.pattern!r} "
+            f"x{cfg.backbone.n_layers} d{cfg.backbone.d_model}, {mem}")
+
+
+def build_model(cfg: Config) -> RecallModel:
+    return RecallModel(cfg)
+
+
+def from_pretrained(name_or_dir: str | Path) -> RecallModel:
+    """Load a checkpoint dir or hub name (``recall/<name>`` or ``<name>``)."""
+    sd, meta, _ = common.load_pretrained(name_or_dir, pipeline=DOMAIN)
+    cfg = common.config_from_dict(Config, meta["config"])
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise common.UserError(
+            f"checkpoint {name_or_dir} does not match the model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); it was made by another code version ({meta.get('code_version')})"
+        )
+    return model.eval()
