@@ -250,9 +250,9 @@ class LanguageModel(nn.Module):
         if seed is not None:
             gen = torch.Generator(device=input_ids.device)
             gen.manual_seed(seed)
-        if bb.supports_state:
-            logits, state = self(input_ids)
-            last = logits[:, -1]  # (b, vocab)
+        if bb.supports_state:  # prefill; only the last position goes through the head
+            h, state = bb(self.embedding(input_ids.long()), None)  # (b, l, d)
+            last = self.lm_head(h[:, -1])[..., : self.vocab_size]  # (b, vocab)
         else:
             state = self.init_state(input_ids.shape[0])
             for t in range(input_ids.shape[1]):
