@@ -369,7 +369,7 @@ class HyenaBidirectional(Hyena):
 
 
 def hyena_reference(layer: Hyena, x: Tensor) -> Tensor:
-    """Float64 direct (O(L^2)) evaluation of a causal ``layer`` on ``x`` (B, L, D), for tests."""
+    """Float64 direct (O(L^2)) evaluation of ``layer`` (causal or bidirectional) on ``x`` (B, L, D)."""
     with torch.no_grad():
         B, L, D = x.shape
         N, K = layer.order, layer.short_filter_order
@@ -382,11 +382,18 @@ def hyena_reference(layer: Hyena, x: Tensor) -> Tensor:
         for o in range(N - 1):
             v = v * xs[N - 1 - o]
             acc = v * bias[o, :, None]
-            for j in range(k.shape[-1]):
-                acc[..., j:] += k[o, :, j, None] * v[..., : L - j]
+            kf = k[o, 0] if layer._bidirectional else k[o]
+            for j in range(kf.shape[-1]):  # causal lags: y[t] += k[j] v[t - j]
+                acc[..., j:] += kf[:, j, None] * v[..., : L - j]
+            if layer._bidirectional:  # anti-causal lags: y[t] += kb[j - 1] v[t + j]
+                for j in range(1, min(L, k.shape[-1] + 1)):
+                    acc[..., : L - j] += k[o, 1, :, j - 1, None] * v[..., j:]
             v = acc
         y = (v * xs[0]).transpose(1, 2)
         return F.linear(y, layer.out_proj.weight.double(), layer.out_proj.bias.double())
+
+
+hyenabidirectional_reference = hyena_reference
 
 
 @register_backbone

@@ -27,7 +27,7 @@ from .config import BackboneConfig
 from .ops.fftconv import causal_conv_with_history, right_align
 from .registry import register_backbone, register_mixer
 
-__all__ = ["LongConv"]
+__all__ = ["LongConv", "longconv_reference"]
 
 
 @register_mixer("C")
@@ -109,6 +109,19 @@ class LongConv(Backbone):
         full = full[..., full.shape[-1] - Lh :]
         y = (full * self.kernel()[:, :Lh].flip(-1)).sum(-1) + self.D.float() * u
         return self._out(y).to(x_t.dtype), {"hist": full[..., max(0, Lh - (self.l_max - 1)) :]}
+
+
+def longconv_reference(layer: LongConv, x: Tensor) -> Tensor:
+    """Float64 direct (O(L K)) evaluation of ``layer`` on ``x`` (B, L, D), for tests."""
+    with torch.no_grad():
+        u = x.double().transpose(1, 2)  # (B, D, L)
+        k = layer.kernel().double()
+        L = u.shape[-1]
+        y = u * layer.D.double()[:, None]
+        for j in range(min(L, k.shape[-1])):
+            y[..., j:] += k[:, j, None] * u[..., : L - j]
+        W, b = layer.output_linear.weight.double(), layer.output_linear.bias.double()
+        return F.glu(F.linear(F.gelu(y.transpose(1, 2)), W, b), dim=-1)
 
 
 @register_backbone
