@@ -28,11 +28,14 @@ from backbones import (
     BackboneConfig,
     SequenceBackbone,
     backbone_config,
+    detach_state,
     get_mixer,
     list_backbones,
     list_mixers,
     load_checkpoint,
     save_checkpoint,
+    state_nbytes,
+    state_to,
 )
 from backbones.base import Backbone
 
@@ -220,3 +223,34 @@ def test_fast_path_matches_float64_reference(subject):
     y_ref = out[0] if isinstance(out, tuple) else out
     assert y_ref.dtype == torch.float64, f"{name}: the reference must compute in float64"
     close(y.double(), y_ref, f"{name}: fast path != float64 reference", atol=1e-4, rtol=1e-3)
+
+
+@torch.no_grad()
+def test_state_is_not_mutated_in_place(subject):
+    kind, name, m = subject
+    if not m.supports_state:
+        pytest.skip("not streamable")
+    x = inputs(m)
+    _, st = m(x[:, :6])
+    snapshot = [t.clone() for t in tree_flatten(st)[0] if isinstance(t, torch.Tensor)]
+    y_a, _ = m(x[:, 6:], st)
+    if m.supports_step:
+        m.step(x[:, 6], st)
+    y_b, _ = m(x[:, 6:], st)  # the same state reused: a branch of the stream
+    close(y_a, y_b, f"{name}: continuing twice from one state differs (state mutated in place?)")
+    after = [t for t in tree_flatten(st)[0] if isinstance(t, torch.Tensor)]
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, after)), f"{name}: forward/step mutated its input state"
+
+
+@torch.no_grad()
+def test_state_helpers_apply(subject):
+    kind, name, m = subject
+    if not m.supports_state:
+        pytest.skip("not streamable")
+    x = inputs(m)
+    _, st = m(x[:, :5])
+    st2 = state_to(detach_state(st), device="cpu", dtype=torch.float32)
+    assert state_nbytes(st2) == state_nbytes(st)
+    close(m(x[:, 5:], st2)[0], m(x[:, 5:], st)[0], f"{name}: state_to/detach_state changed the state")
+    empty = m.init_state(B, device="cpu", dtype=torch.float32)
+    close(m(x, empty)[0], m(x)[0], f"{name}: init_state() differs from state=None")
