@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import Backbone, RMSNorm, State
 from .bidirectional import Bidirectional
@@ -117,6 +118,8 @@ class SequenceBackbone(Backbone):
         self.is_causal = all(m.is_causal for m in mixers)  # type: ignore[misc]
         self.supports_step = all(m.supports_step for m in mixers)  # type: ignore[misc]
         self.supports_state = all(m.supports_state for m in mixers)  # type: ignore[misc]
+        # recompute each block in backward instead of storing its activations (long L training)
+        self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ protocol
     def init_state(
@@ -146,8 +149,12 @@ class SequenceBackbone(Backbone):
         states = self._check_state(state)
         h = x.to(residual_dtype(x.dtype, self.cfg.residual_in_fp32))  # residual stream
         new_states = []
+        ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
         for blk, st in zip(self.layers, states):
-            h, st = blk(h, st, mask=mask)
+            if ckpt:
+                h, st = checkpoint(blk, h, st, mask=mask, use_reentrant=False)
+            else:
+                h, st = blk(h, st, mask=mask)
             new_states.append(st)
         y = self.norm_f(h) if self.norm_f is not None else h
         return y.to(x.dtype), (new_states if self.supports_state else None)

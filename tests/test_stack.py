@@ -147,3 +147,15 @@ def test_bidirectional_wrapper_merges_both_directions():
     )
     with pytest.raises(ValueError, match="'add' or 'proj'"):
         Bidirectional(fwd, merge="concat")
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    m = create_backbone("test_transformer")
+    x = torch.randn(2, 7, 16)
+    m(x)[0].square().sum().backward()
+    ref = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.gradient_checkpointing = True
+    m(x)[0].square().sum().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], msg=n)
