@@ -671,13 +671,16 @@ def _default_card(meta: dict[str, Any]) -> str:
     m = meta.get("metrics") or {}
     rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items())
     data = meta.get("data") or {}
+    bb = meta.get("backbone")
+    if isinstance(bb, dict):
+        bb = " ".join(f"{k}={bb[k]}" for k in ("pattern", "d_model", "n_layers", "d_intermediate") if k in bb)
     return f"""# {meta.get('name') or meta['pipeline']}
 
 longstream `{meta['pipeline']}` pipeline checkpoint.
 
 - task: {meta.get('task', '')}
 - preset: `{meta.get('preset')}`
-- backbone: `{meta.get('backbone')}`
+- backbone: `{bb}`
 - data: {data.get('name', 'n/a')} (sha256 `{data.get('sha256', 'n/a')}`)
 - code version: `{meta.get('code_version')}`
 - created: {meta.get('created')}
@@ -766,6 +769,7 @@ def save_pretrained(
             meta.update(extra)
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
         (tmp / "README.md").write_text(card if card is not None else _default_card(meta))
+        _publish_perms(tmp)
         if out.exists():
             # keep extra files (logs) that live beside the checkpoint
             for p in out.iterdir():
@@ -781,6 +785,14 @@ def save_pretrained(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _publish_perms(d: Path) -> None:
+    """mkdtemp/mkstemp make 0700/0600 entries; a published checkpoint is world-readable."""
+    d.chmod(0o755)
+    for p in d.iterdir():
+        if p.is_file():
+            p.chmod(0o644)
 
 
 def read_checkpoint_config(ckpt_dir: str | os.PathLike) -> dict[str, Any]:

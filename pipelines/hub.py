@@ -261,6 +261,8 @@ class Hub:
         try:
             for fname in ent.files:
                 os.replace(parts / f"{fname}.part", tmp / fname)
+                (tmp / fname).chmod(0o644)
+            tmp.chmod(0o755)
             if final.exists():
                 old = final.parent / f".{final.name}.old-{os.getpid()}"
                 os.replace(final, old)
