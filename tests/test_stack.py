@@ -159,3 +159,24 @@ def test_gradient_checkpointing_gives_same_gradients():
     m(x)[0].square().sum().backward()
     for n, p in m.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], msg=n)
+
+
+def _build_on_meta(name):
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        return create_backbone(name)
+
+
+def test_published_sizes_build_with_expected_parameter_counts():
+    # mamba-130m: 129.1M parameters with its 50280 x 768 tied embedding -> 90.5M backbone
+    assert abs(sum(p.numel() for p in _build_on_meta("mamba_130m").parameters()) - 90.5e6) < 0.1e6
+    jamba = _build_on_meta("jamba_small")
+    assert "".join(jamba.symbols[:8]) == "MMMMMMMA" and jamba.supports_step
+    vim = _build_on_meta("vim_tiny")
+    assert isinstance(vim.layers[0].mixer, Bidirectional) and not vim.is_causal
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in list_backbones() if not n.startswith("test_")])
+def test_every_preset_builds(name):
+    m = _build_on_meta(name)
+    assert m.d_model == backbone_config(name).d_model
