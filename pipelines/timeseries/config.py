@@ -1,0 +1,237 @@
+"""Configuration of the time-series forecasting pipeline (dataclasses; presets are functions).
+
+The evaluation protocol is TSLib's long-term forecasting protocol (Wu et al., "TimesNet:
+Temporal 2D-Variation Modeling for General Time Series Analysis", ICLR 2023, and the
+Time-Series-Library code): ETTh1 split 12/4/4 months, scaler fit on the train split,
+input 96, horizons 96/192/336/720, multivariate, metrics on the normalised scale.
+
+Presets:
+
+- ``tiny``: seconds-long run for tests (few windows, tiny widths).
+- ``release``: the shipped ETTh1 model (variate-token Mamba with RevIN and a learned
+  daily cycle), horizon 96; ``release_h192`` / ``release_h336`` / ``release_h720`` the
+  other horizons. ``dlinear`` / ``dlinear_h*`` the DLinear baseline,
+  ``seasonal_naive`` the repeat-last-cycle baseline, ``patch`` a channel-independent
+  patch-token Mamba.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+HORIZONS: tuple[int, ...] = (96, 192, 336, 720)
+
+
+@dataclass
+class DataConfig:
+    """Where the series come from and how windows are cut.
+
+    ``path`` empty means the registered ETTh1 file under the data root
+    (``$LONGSTREAM_DATA/timeseries/ett/ETTh1.csv``). ``targets`` empty means every
+    numeric column is a target (TSLib's multivariate ``M`` setting); otherwise the
+    listed columns are forecast and ``covariates`` are extra input channels.
+    ``split``: ``auto`` (ETT files get TSLib's fixed month borders, other files
+    70/10/20 %), ``ett_hour``, ``ett_minute`` or ``ratio``.
+    """
+
+    path: str = ""
+    date_col: str = ""
+    targets: list[str] = field(default_factory=list)
+    covariates: list[str] = field(default_factory=list)
+    freq: str = ""
+    split: str = "auto"
+    seq_len: int = 96
+    pred_len: int = 96
+    max_train_windows: int = 0  # >0: subsample the training windows (tests)
+
+
+@dataclass
+class ModelConfig:
+    """The forecaster.
+
+    ``kind``: ``backbone`` (encoder tokens + registry backbone + head), ``dlinear``,
+    ``linear`` (RLinear-style one linear map) or ``seasonal_naive``.
+    ``tokens`` (for ``backbone``): ``variate`` (S-Mamba / iTransformer), ``patch``
+    (PatchTST, channel independent) or ``time`` (channel independent, one token per step).
+    ``cycle``: period of the learned cycle (CycleNet); ``-1`` = from the data
+    frequency (hourly -> 24), ``0`` = none.
+    ``quantiles``: non-empty adds a quantile head trained with the pinball loss next
+    to the point forecast (which keeps its MSE loss).
+    """
+
+    kind: str = "backbone"
+    tokens: str = "variate"
+    backbone: str = ""  # a registry preset name, or "" = build from the fields below
+    d_model: int = 128
+    n_layers: int = 2
+    pattern: str = "M"
+    bidirectional: bool = True
+    d_intermediate: int = 0
+    mixer_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dropout: float = 0.1
+    linear_skip: bool = True  # add a per-variable linear map over time to the backbone's forecast
+    revin: bool = True
+    revin_affine: bool = False
+    cycle: int = -1
+    patch_len: int = 16
+    stride: int = 8
+    moving_avg: int = 25
+    individual: bool = False
+    quantiles: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (an explicit loop in ``train.py``); selection on the validation split."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lradj: str = "cosine"  # "cosine", "type1" (TSLib: halve every epoch), "type3" or "constant"
+    patience: int = 3
+    loss: str = "mse"  # "mse" or "mae"
+    seed: int = 2021
+    threads: int = 0  # 0 = leave torch's default
+    eval_batch_size: int = 256
+
+
+@dataclass
+class TimeseriesConfig:
+    preset: str = "release"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TimeseriesConfig:
+        def build(klass: type, sub: dict[str, Any] | None) -> Any:
+            sub = dict(sub or {})
+            names = {f.name for f in dataclasses.fields(klass)}
+            return klass(**{k: v for k, v in sub.items() if k in names})
+
+        return cls(
+            preset=d.get("preset", "custom"),
+            data=build(DataConfig, d.get("data")),
+            model=build(ModelConfig, d.get("model")),
+            train=build(TrainConfig, d.get("train")),
+        )
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _with_horizon(cfg: TimeseriesConfig, horizon: int) -> TimeseriesConfig:
+    cfg.data.pred_len = horizon
+    return cfg
+
+
+def tiny() -> TimeseriesConfig:
+    """Seconds-long run for tests: tiny widths, 256 training windows, one epoch."""
+    return TimeseriesConfig(
+        preset="tiny",
+        data=DataConfig(seq_len=32, pred_len=8, max_train_windows=256),
+        model=ModelConfig(d_model=16, n_layers=1, dropout=0.0),
+        train=TrainConfig(epochs=1, batch_size=32, patience=1, lradj="constant"),
+    )
+
+
+def release(horizon: int = 96) -> TimeseriesConfig:
+    """The shipped ETTh1 forecaster for ``horizon`` (variate-token Mamba, RevIN, daily cycle)."""
+    return _with_horizon(
+        TimeseriesConfig(
+            preset="release" if horizon == 96 else f"release_h{horizon}",
+            model=ModelConfig(kind="backbone", tokens="variate", d_model=128, n_layers=2, dropout=0.1),
+            train=TrainConfig(epochs=10, batch_size=32, lr=1e-3, patience=3),
+        ),
+        horizon,
+    )
+
+
+def release_h192() -> TimeseriesConfig:
+    return release(192)
+
+
+def release_h336() -> TimeseriesConfig:
+    return release(336)
+
+
+def release_h720() -> TimeseriesConfig:
+    return release(720)
+
+
+def dlinear(horizon: int = 96) -> TimeseriesConfig:
+    """DLinear baseline (Zeng et al., AAAI 2023) with TSLib's settings for ETTh1."""
+    return _with_horizon(
+        TimeseriesConfig(
+            preset="dlinear" if horizon == 96 else f"dlinear_h{horizon}",
+            model=ModelConfig(kind="dlinear", revin=False, cycle=0, moving_avg=25),
+            train=TrainConfig(epochs=10, batch_size=32, lr=5e-3, lradj="type1", patience=3),
+        ),
+        horizon,
+    )
+
+
+def dlinear_h192() -> TimeseriesConfig:
+    return dlinear(192)
+
+
+def dlinear_h336() -> TimeseriesConfig:
+    return dlinear(336)
+
+
+def dlinear_h720() -> TimeseriesConfig:
+    return dlinear(720)
+
+
+def seasonal_naive(horizon: int = 96) -> TimeseriesConfig:
+    """Repeat the last observed cycle (period from the data frequency); nothing to train."""
+    return _with_horizon(
+        TimeseriesConfig(
+            preset="seasonal_naive",
+            model=ModelConfig(kind="seasonal_naive", revin=False, cycle=-1),
+            train=TrainConfig(epochs=0),
+        ),
+        horizon,
+    )
+
+
+def patch(horizon: int = 96) -> TimeseriesConfig:
+    """Channel-independent patch-token Mamba with RevIN (PatchTST layout, Mamba mixer)."""
+    return _with_horizon(
+        TimeseriesConfig(
+            preset="patch",
+            model=ModelConfig(kind="backbone", tokens="patch", d_model=64, n_layers=2, patch_len=16, stride=8),
+            train=TrainConfig(epochs=10, batch_size=64, lr=1e-3),
+        ),
+        horizon,
+    )
+
+
+CONFIG_CLASS = TimeseriesConfig
+
+PRESETS = {
+    "tiny": tiny,
+    "release": release,
+    "release_h192": release_h192,
+    "release_h336": release_h336,
+    "release_h720": release_h720,
+    "dlinear": dlinear,
+    "dlinear_h192": dlinear_h192,
+    "dlinear_h336": dlinear_h336,
+    "dlinear_h720": dlinear_h720,
+    "seasonal_naive": seasonal_naive,
+    "patch": patch,
+}
+
+
+def get_preset(name: str) -> TimeseriesConfig:
+    """The config of preset ``name`` (KeyError listing the known ones otherwise)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown timeseries preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]()
