@@ -146,8 +146,6 @@ class _AttentionBase(Backbone):
         plain = kvalid is None and qvalid is None and (w is None or w >= s + l)
         if plain and (not causal or (offset == 0 and l == s)):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        if plain and causal and l == 1:  # one new token over a full cache: sees every key
-            return F.scaled_dot_product_attention(q, k, v)
         if b * h * l * s <= _BLOCK_ELEMS:
             qc = l  # one block
         elif w is not None:
@@ -280,11 +278,15 @@ class Attention(_AttentionBase):
         if self.window is not None:
             keep = min(keep, self.window - 1)
         s = valid_all.shape[1]
+
+        def tail(t: Tensor, dim: int) -> Tensor:  # last ``keep`` columns, not pinning the rest
+            return t if keep == s else t.narrow(dim, s - keep, keep).clone()
+
         new_state = {
-            "k": k_all[:, :, s - keep :].to(sd),
-            "v": v_all[:, :, s - keep :].to(sd),
-            "valid": valid_all[:, s - keep :],
-            "kpos": kpos_all[:, s - keep :],
+            "k": tail(k_all, 2).to(sd),
+            "v": tail(v_all, 2).to(sd),
+            "valid": tail(valid_all, 1),
+            "kpos": tail(kpos_all, 1),
             "pos": state["pos"] + lengths,
         }
         return y, new_state
