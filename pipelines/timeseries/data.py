@@ -147,6 +147,7 @@ def _to_numeric(df: pd.DataFrame, cols: list[str], path: Path) -> np.ndarray:
 
 def _check_regular(ts: pd.DatetimeIndex, path: Path, freq: str) -> str:
     """Return the series' frequency string; UserError on duplicates, disorder or gaps."""
+    ts = ts.as_unit("ns")  # pandas may parse to s/ms/us resolution; all arithmetic below is in ns
     if len(ts) < 3:
         raise UserError(f"{path}: only {len(ts)} rows; a forecast needs a longer history")
     if ts.has_duplicates:
@@ -177,7 +178,7 @@ def _check_regular(ts: pd.DatetimeIndex, path: Path, freq: str) -> str:
             f"followed by {ts[i + 1]}; fill the gaps (resample to a regular grid) or pass --data.freq "
             "if the series has a calendar frequency"
         )
-    mismatch = np.flatnonzero(expected.asi8 != ts.asi8)
+    mismatch = np.flatnonzero(expected.as_unit("ns").asi8 != ts.asi8)
     if len(mismatch):
         i = int(mismatch[0])
         raise UserError(
@@ -289,7 +290,8 @@ def phase_index(timestamps: pd.DatetimeIndex, freq: str, period: int) -> np.ndar
             delta = pd.Timedelta(off).value
         except ValueError:
             return np.arange(len(timestamps), dtype=np.int64) % period
-        steps = (timestamps.asi8 - pd.Timestamp("1970-01-01").value) // delta
+        ns = pd.DatetimeIndex(timestamps).as_unit("ns").asi8  # resolution-independent
+        steps = (ns - pd.Timestamp("1970-01-01").as_unit("ns").value) // delta
     return np.asarray(steps, dtype=np.int64) % period
 
 
