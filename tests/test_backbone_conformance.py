@@ -99,6 +99,19 @@ def test_test_presets_are_tiny():
         assert cfg.d_model <= 32 and cfg.n_layers <= 2, f"{name} must stay tiny (d_model <= 32, 2 layers)"
 
 
+def test_every_mixer_symbol_has_a_test_preset():
+    from backbones.stack import layer_symbols
+
+    covered = set()
+    for name in list_backbones("test_"):
+        try:
+            covered |= set(layer_symbols(backbone_config(name)))
+        except ValueError:  # a preset whose mixer is not registered yet
+            pass
+    missing = sorted(set(list_mixers()) - covered)
+    assert not missing, f"register a tiny test_* preset (d_model <= 32, 2 layers) using mixer(s) {missing}"
+
+
 def test_shapes_gradients_and_flags(subject):
     kind, name, m = subject
     x = inputs(m).requires_grad_(True)
