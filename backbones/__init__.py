@@ -5,6 +5,26 @@ Public API: :class:`Backbone`, :func:`create_backbone`, :func:`list_backbones`,
 :class:`LanguageModel` (embedding + backbone + tied head, ``generate``), the mixers
 :class:`Attention` ("A"), :class:`BidirectionalAttention` ("Abi"), :class:`GatedMLP`
 ("G") and the :class:`Bidirectional` wrapper.
+
+Example::
+
+    import torch
+    from backbones import LanguageModel, create_backbone
+
+    bb = create_backbone("test_hybrid")             # "M,A": Mamba + attention, d_model 16
+    x = torch.randn(2, 100, bb.d_model)             # (b, l, d)
+    y, state = bb(x[:, :60])                        # chunked prefill ...
+    y2, state = bb(x[:, 60:], state)                # ... equals one full forward
+    y_t, state = bb.step(x[:, -1], state)           # O(1)-per-token streaming
+
+    lm = LanguageModel(vocab_size=256, backbone="test_mamba")
+    out = lm.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=8)   # greedy
+    lm.save_pretrained("ckpt/")                     # model.safetensors + config.json
+    lm = LanguageModel.from_pretrained("ckpt/")     # sha256 verified
+
+Causal attention is mixer "A" (KV cache, ``window=W`` for a bounded cache);
+bidirectional attention is "Abi". ``BackboneConfig(bidirectional=True)`` wraps every
+causal token mixer of a stack in :class:`Bidirectional`.
 """
 
 from .attention import Attention, BidirectionalAttention
