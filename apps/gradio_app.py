@@ -42,28 +42,34 @@ def build_app(only: Sequence[str] | None = None) -> Any:
             from pipelines.common import UserError
 
             raise UserError(f"unknown or unavailable pipeline(s) {unknown}; available: {list_pipelines()}")
+    # Build each tab's Blocks first, outside the app context (a Blocks created inside
+    # another one would render there immediately), then render them into the tabs.
+    tabs: list[tuple[str, str, Any, str | None]] = []  # (name, title, blocks or None, error)
+    for name in names:
+        try:
+            mod = get_pipeline(name, "demo")
+        except Exception as e:  # pipeline without a working demo.py
+            print(f"[longstream demo] {name}: cannot import demo.py: {e}", file=sys.stderr)
+            tabs.append((name, name, None, f"The `{name}` pipeline has no demo yet."))
+            continue
+        title = getattr(mod, "DEMO_TITLE", name)
+        try:
+            tabs.append((name, title, mod.build_demo(), None))
+        except Exception as e:
+            traceback.print_exc()
+            tabs.append((name, title, None, f"**The `{name}` demo failed to build:** `{type(e).__name__}: {e}`"))
     with gr.Blocks(title="longstream") as app:
         gr.Markdown(
             "# longstream\nLong-sequence models (Mamba, Mamba-2, S4D, Hyena, attention, hybrids) "
             "with streaming memory. One tab per pipeline; each runs a small shipped checkpoint on CPU."
         )
         with gr.Tabs():
-            for name in names:
-                try:
-                    mod = get_pipeline(name, "demo")
-                    title = getattr(mod, "DEMO_TITLE", name)
-                except Exception as e:  # pipeline without a working demo.py
-                    print(f"[longstream demo] {name}: cannot import demo.py: {e}", file=sys.stderr)
-                    mod, title = None, name
+            for name, title, blocks, err in tabs:
                 with gr.Tab(title, id=name, elem_id=f"tab-{name}"):
-                    if mod is None or not hasattr(mod, "build_demo"):
-                        gr.Markdown(f"The `{name}` pipeline has no demo yet.")
-                        continue
-                    try:
-                        mod.build_demo().render()
-                    except Exception as e:
-                        traceback.print_exc()
-                        gr.Markdown(f"**The `{name}` demo failed to build:** `{type(e).__name__}: {e}`")
+                    if blocks is not None:
+                        blocks.render()
+                    else:
+                        gr.Markdown(err or "")
     return app
 
 
