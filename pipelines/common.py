@@ -809,6 +809,26 @@ def read_checkpoint_config(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+LEGACY_WEIGHTS = ("pytorch_model.bin", "model.pt")
+
+
+def _load_legacy(path: Path, meta: dict[str, Any], verify: bool) -> dict[str, torch.Tensor]:
+    """A legacy pickle checkpoint, loaded only with ``weights_only=True`` (no code execution)."""
+    rec = (meta.get("files") or {}).get(path.name) or {}
+    if verify and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
+        raise UserError(f"{path} is corrupt: sha256 does not match config.json; re-download it")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} cannot be loaded safely ({type(e).__name__}: {e}); only plain tensor "
+                        "state dicts are accepted (weights_only=True)") from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} is not a state dict of tensors")
+    return sd
+
+
 def load_pretrained(
     name_or_dir: str | os.PathLike, *, pipeline: str | None = None, verify: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
@@ -834,7 +854,10 @@ def load_pretrained(
         )
     wpath = d / "model.safetensors"
     if not wpath.exists():
-        raise UserError(f"{d} has no model.safetensors; re-download it with `longstream hub download`")
+        legacy = next((d / n for n in LEGACY_WEIGHTS if (d / n).exists()), None)
+        if legacy is None:
+            raise UserError(f"{d} has no model.safetensors; re-download it with `longstream hub download`")
+        return _load_legacy(legacy, meta, verify), meta, d
     rec = (meta.get("files") or {}).get("model.safetensors") or {}
     if verify and rec.get("sha256"):
         got = sha256_file(wpath)

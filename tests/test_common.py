@@ -229,3 +229,22 @@ def test_cli_guard_exit_codes(capsys):
     assert common.run_cli_guarded(boom) == 1
     assert "Traceback" in capsys.readouterr().err
     assert common.run_cli_guarded(lambda: None) == 0
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_legacy_pt_only_with_weights_only(tmp_path, capsys):
+    out = common.save_pretrained(_net(), _Cfg(), tmp_path / "ck", pipeline="demo")
+    sd = _net().state_dict()
+    (out / "model.safetensors").unlink()
+    torch.save(sd, out / "pytorch_model.bin")
+    got, _, _ = common.load_pretrained(out, pipeline="demo")
+    assert got.keys() == sd.keys()
+    (out / "pytorch_model.bin").unlink()
+    torch.save({"w": _Evil()}, out / "model.pt")  # a pickle that would run code
+    with pytest.raises(UserError, match="weights_only"):
+        common.load_pretrained(out)
+    assert "code ran" not in capsys.readouterr().out
