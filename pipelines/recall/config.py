@@ -119,9 +119,9 @@ def tiny_passkey() -> Config:
 def mqar_attention() -> Config:
     """MQAR (Zoology): seq 256, 16 KV pairs, width 64, 2 attention layers."""
     return Config(
-        data=DataConfig(task="mqar", seq_len=256, vocab_size=128, num_kv_pairs=16, n_val=256),
+        data=DataConfig(task="mqar", seq_len=256, vocab_size=64, num_kv_pairs=16, n_val=256),
         backbone=_bb("A"),
-        train=TrainConfig(steps=3000, batch_size=32, lr=3e-3, target_accuracy=0.995, eval_every=100),
+        train=TrainConfig(steps=2000, batch_size=16, lr=3e-3, target_accuracy=0.995, eval_every=100),
         eval=EvalConfig(multipliers=[1, 4, 16], depths=[0.5], n_per_cell=64, batch_size=16),
     )
 
@@ -166,7 +166,7 @@ def passkey_retrieval() -> Config:
         data=DataConfig(task="passkey", seq_len=512, vocab_size=64, key_len=2, n_val=128),
         model=ModelConfig(
             memory="retrieval",
-            memory_kwargs={"block_size": 32, "top_k": 2, "d_key": 32, "max_blocks": 2048},
+            memory_kwargs={"block_size": 32, "top_k": 8, "d_key": 32, "max_blocks": 2048},
             segment_len=128,
             carry_backbone_state=False,
         ),

@@ -1,0 +1,147 @@
+"""Recall suite: generators, model streaming, CLI verbs end to end on the tiny presets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipelines.recall import config as rc
+from pipelines.recall.data import DEPTH_TASKS, KEY, QUERY, generate
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("task", rc.TASKS)
+def test_generators_are_deterministic_and_well_formed(task):
+    cfg = rc.DataConfig(task=task, seq_len=96, vocab_size=48 if task != "mqar" else 64, num_kv_pairs=8)
+    x1, y1 = generate(cfg, 4, seed=3)
+    x2, y2 = generate(cfg, 4, seed=3)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == y1.shape == (4, 96)
+    assert int(x1.min()) >= 0 and int(x1.max()) < cfg.vocab_size
+    n_scored = (y1 != -100).sum(-1)
+    assert bool((n_scored > 0).all())
+    x3, _ = generate(cfg, 4, seq_len=400, seed=3)
+    assert x3.shape == (4, 400)
+
+
+def test_mqar_follows_zoology_layout():
+    cfg = rc.DataConfig(task="mqar", seq_len=64, vocab_size=64, num_kv_pairs=4, random_non_queries=False)
+    x, y = generate(cfg, 2, seed=0)
+    for i in range(2):
+        keys, vals = x[i, 0:8:2], x[i, 1:8:2]
+        assert bool((keys < 32).all()) and bool((vals >= 32).all()) and len(set(keys.tolist())) == 4
+        pos = (y[i] != -100).nonzero().squeeze(-1)
+        assert len(pos) == 4
+        for p in pos.tolist():  # at each scored position the input is a key; the target its value
+            k = int(x[i, p])
+            assert int(y[i, p]) == int(vals[keys.tolist().index(k)])
+
+
+def test_passkey_depth_is_controlled_and_answer_is_the_needle():
+    cfg = rc.DataConfig(task="passkey", seq_len=200, vocab_size=64, key_len=3)
+    for depth in (0.0, 0.5, 1.0):
+        x, y = generate(cfg, 3, depth=depth, seed=1)
+        for i in range(3):
+            s = int((x[i] == KEY).nonzero()[0])
+            assert abs(s - depth * (200 - 3 - 4)) <= 1
+            assert int(x[i, -3]) == QUERY
+            assert y[i, -3:].tolist() == x[i, s + 1 : s + 4].tolist()
+
+
+@pytest.mark.parametrize("task", ["multikey", "vartrack"])
+def test_ruler_tasks_answer_the_queried_chain(task):
+    cfg = rc.DataConfig(task=task, seq_len=128, vocab_size=64, key_len=2, n_needles=3, n_hops=3)
+    x, y = generate(cfg, 3, depth=0.3, seed=2)
+    for i in range(3):
+        name = int(x[i, -2])  # QUERY name d1
+        assert int(x[i, -3]) == QUERY
+        if task == "vartrack":  # follow the chain back to the digits
+            for _ in range(3):
+                s = [j for j in (x[i] == KEY).nonzero().squeeze(-1).tolist() if int(x[i, j + 1]) == name][0]
+                nxt = int(x[i, s + 2])
+                if nxt < 13:
+                    break
+                name = nxt
+        else:
+            s = [j for j in (x[i] == KEY).nonzero().squeeze(-1).tolist() if int(x[i, j + 1]) == name][0]
+        assert y[i, -2:].tolist() == x[i, s + 2 : s + 4].tolist()
+
+
+def test_bad_task_settings_are_user_errors():
+    from pipelines.common import UserError
+
+    with pytest.raises(UserError, match="unknown recall task"):
+        generate(rc.DataConfig(task="nope"), 1)
+    with pytest.raises(UserError, match="vocab_size"):
+        generate(rc.DataConfig(task="passkey", vocab_size=20), 1)
+    with pytest.raises(UserError, match="depth"):
+        generate(rc.DataConfig(task="passkey", vocab_size=64), 1, depth=2.0)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_passkey"])
+def test_model_streaming_matches_full_forward_and_predict_at(preset):
+    from pipelines.recall.model import build_model
+
+    cfg = rc.PRESETS[preset]()
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    x, y = generate(cfg.data, 3, seed=0)
+    with torch.no_grad():
+        logits = m(x)
+        preds, nbytes = m.predict_at(x, y)
+    sel = y != -100
+    assert torch.equal(preds[sel], logits.argmax(-1)[sel])
+    assert nbytes > 0
+
+
+def test_every_preset_builds():
+    from pipelines.recall.data import check_config
+
+    for name, fn in rc.PRESETS.items():
+        cfg = fn()
+        check_config(cfg.data)
+        assert cfg.data.task in rc.TASKS, name
+        if cfg.data.task in DEPTH_TASKS:
+            assert cfg.eval.depths
+
+
+def test_cli_train_evaluate_predict(tmp_path, capsys):
+    from pipelines.recall.cli import main
+    from pipelines.recall.evaluate import EXAMPLE_INPUTS, METRIC_KEYS
+
+    out = tmp_path / "ck"
+    assert main(["train", "--preset", "tiny", "--out", str(out), "--quiet", "--train.steps", "2"]) == 0
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--json", "--quiet"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert {"acc_1x", "acc_2x", "grid"} <= set(metrics)
+    assert main(["predict", "--checkpoint", str(out), *EXAMPLE_INPUTS, "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(res) == 2 and {"target", "prediction", "correct"} <= set(res[0])
+    # user errors exit 2 with a message, no traceback
+    assert main(["predict", "--checkpoint", str(out), "banana", "--quiet"]) == 2
+    assert "LENGTH" in capsys.readouterr().err
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "x"), "--data.task", "nope", "--quiet"]) == 2
+
+
+def test_lr_sweep_picks_one_of_the_rates(tmp_path):
+    from pipelines.recall.train import train
+
+    cfg = rc.tiny()
+    cfg.train.lr_sweep = [1e-3, 1e-2]
+    cfg.train.sweep_steps = 2
+    cfg.train.steps = 2
+    m = train(cfg, out_dir=tmp_path / "s", evaluate_at_end=False)
+    assert m["lr"] in (1e-3, 1e-2) and set(m["lr_sweep"]) == {"0.001", "0.01"}
+
+
+def test_demo_builds_without_launching():
+    pytest.importorskip("gradio")
+    from pipelines.recall.demo import build_demo
+
+    assert build_demo() is not None
