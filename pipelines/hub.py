@@ -252,26 +252,30 @@ class Hub:
         if not _inside(parts, self.cache):
             raise UserError(f"model name {name!r} escapes the cache dir")
         parts.mkdir(parents=True, exist_ok=True)
-        for fname, rec in ent.files.items():
-            if not _PART.match(fname):
-                raise UserError(f"hub registry entry {ent.name} names a bad file {fname!r}")
-            self._fetch_verified(ent, fname, rec, parts)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-        try:
-            for fname in ent.files:
-                os.replace(parts / f"{fname}.part", tmp / fname)
-                (tmp / fname).chmod(0o644)
-            tmp.chmod(0o755)
-            if final.exists():
-                old = final.parent / f".{final.name}.old-{os.getpid()}"
-                os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(parts, ignore_errors=True)
+        with _download_lock(parts.parent / f".{parts.name}.lock"):  # one downloader per model at a time
+            if final.exists() and not force and self._verify_dir(final, ent) == []:
+                return final  # another process finished it while we waited
+            parts.mkdir(parents=True, exist_ok=True)
+            for fname, rec in ent.files.items():
+                if not _PART.match(fname):
+                    raise UserError(f"hub registry entry {ent.name} names a bad file {fname!r}")
+                self._fetch_verified(ent, fname, rec, parts)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+            try:
+                for fname in ent.files:
+                    os.replace(parts / f"{fname}.part", tmp / fname)
+                    (tmp / fname).chmod(0o644)
+                tmp.chmod(0o755)
+                if final.exists():
+                    old = final.parent / f".{final.name}.old-{os.getpid()}"
+                    os.replace(final, old)
+                    shutil.rmtree(old, ignore_errors=True)
+                os.replace(tmp, final)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(parts, ignore_errors=True)
         return final
 
     def _fetch_verified(self, ent: HubEntry, fname: str, rec: dict[str, Any], parts: Path) -> None:
@@ -399,6 +403,31 @@ class Hub:
         os.replace(tmpf, reg)
         return HubEntry(name=nm, domain=dom, task=meta.get("task", ""), metrics=meta.get("metrics") or {},
                         urls=[url], files=files)
+
+
+class _download_lock:  # noqa: N801 - used as a context manager
+    """An exclusive advisory lock file (POSIX ``flock``; a no-op where unavailable)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh = None
+
+    def __enter__(self) -> _download_lock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")  # noqa: SIM115
+        fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fh is not None:
+            import fcntl
+
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+            self.fh.close()
 
 
 def default_hub() -> Hub:

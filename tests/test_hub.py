@@ -227,3 +227,23 @@ def test_unreachable_server_is_a_user_error(tmp_path):
               timeout=2, retries=1)
     with pytest.raises(UserError, match="could not download"):
         hub.download("demo/x")
+
+
+def test_concurrent_downloads_fetch_once(setup):
+    hub, srv, ck = setup
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(hub.download("demo/tiny"))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(set(results)) == 1
+    assert len(_gets(srv, "model.safetensors")) == 1  # the others waited on the lock and found it done
+    assert hub.verify("demo/tiny") == {"demo/tiny": []}
