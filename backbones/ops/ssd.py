@@ -68,33 +68,35 @@ def ssd_scan_ref(
 
 def _ssd_block(x: Tensor, a: Tensor, B: Tensor, C: Tensor, st: Tensor, T: int) -> tuple[Tensor, Tensor]:
     """One block of whole chunks. x (b, l, h, p) already multiplied by dt; a = dt*A (b, l, h);
-    B, C (b, l, h, n) expanded to heads; st (b, h, p, n). l is a multiple of T."""
+    B, C (b, l, g, n) per group (shared by the h/g heads of a group); st (b, h, p, n).
+    l is a multiple of T. Heads are split as h = (g, j), j the head within its group."""
     b, l, h, p = x.shape
-    c = l // T
-    xc = x.reshape(b, c, T, h, p)
-    ac = a.reshape(b, c, T, h).permute(0, 3, 1, 2)  # (b, h, c, t)
-    Bc = B.reshape(b, c, T, h, -1)
-    Cc = C.reshape(b, c, T, h, -1)
-    cs = torch.cumsum(ac, -1)  # (b, h, c, t)
-    # 1. within chunks: y_t += sum_{s<=t} C_t.B_s exp(cs_t - cs_s) x_s
-    seg = cs[..., :, None] - cs[..., None, :]  # (b, h, c, t, s)
+    g, n = B.shape[2], B.shape[3]
+    j, c = h // g, l // T
+    xc = x.reshape(b, c, T, g, j, p)
+    Bc = B.reshape(b, c, T, g, n)
+    Cc = C.reshape(b, c, T, g, n)
+    cs = torch.cumsum(a.reshape(b, c, T, g, j).permute(0, 3, 4, 1, 2), -1)  # (b, g, j, c, t)
+    # 1. within chunks: y_t += sum_{s<=t} (C_t . B_s) exp(cs_t - cs_s) x_s ; C.B is shared by a group's heads
+    CB = torch.einsum("bctgn,bcsgn->bgcts", Cc, Bc)  # (b, g, c, t, s)
+    seg = cs[..., :, None] - cs[..., None, :]  # (b, g, j, c, t, s)
     causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
-    scores = torch.einsum("bcthn,bcshn->bhcts", Cc, Bc) * decay  # (b, h, c, t, s)
-    y = torch.einsum("bhcts,bcshp->bcthp", scores, xc)
+    scores = torch.exp(seg.masked_fill_(~causal, float("-inf"))) * CB[:, :, None]  # (b, g, j, c, t, s)
+    y = torch.einsum("bgjcts,bcsgjp->bctgjp", scores, xc)
     # 2. each chunk's own contribution to the state at its end
-    to_end = torch.exp(cs[..., -1:] - cs)  # (b, h, c, t)
-    chunk_states = torch.einsum("bcthn,bhct,bcthp->bchpn", Bc, to_end, xc)  # (b, c, h, p, n)
+    to_end = torch.exp(cs[..., -1:] - cs)  # (b, g, j, c, t)
+    xw = xc * to_end.permute(0, 3, 4, 1, 2)[..., None]  # (b, c, t, g, j, p)
+    chunk_states = torch.einsum("bctgn,bctgjp->bcgjpn", Bc, xw).reshape(b, c, h, p, n)
     # 3. carry states across chunks (short loop over the chunks of this block)
-    chunk_decay = torch.exp(cs[..., -1])  # (b, h, c)
+    chunk_decay = torch.exp(cs[..., -1]).reshape(b, h, c)  # (b, h, c)
     starts = []
     for i in range(c):
         starts.append(st)
         st = chunk_decay[:, :, i, None, None] * st + chunk_states[:, i]
-    prev = torch.stack(starts, 1)  # (b, c, h, p, n): state entering each chunk
+    prev = torch.stack(starts, 1).reshape(b, c, g, j, p, n)  # state entering each chunk
     # 4. contribution of the entering state: y_t += exp(cs_t) C_t . prev
-    y = y + torch.einsum("bcthn,bchpn,bhct->bcthp", Cc, prev, torch.exp(cs))
-    return y.reshape(b, l, h, p), st
+    y_off = torch.einsum("bctgn,bcgjpn->bctgjp", Cc, prev) * torch.exp(cs).permute(0, 3, 4, 1, 2)[..., None]
+    return (y + y_off).reshape(b, l, h, p), st
 
 
 def ssd_scan(
@@ -144,8 +146,7 @@ def ssd_scan(
     pad = (-l) % T
     xdt = xf * dt[..., None]
     a = dt * A.float()  # (b, l, h)
-    Bh = B.float().repeat_interleave(h // g, dim=2)  # (b, l, h, n)
-    Ch = C.float().repeat_interleave(h // g, dim=2)
+    Bh, Ch = B.float(), C.float()  # (b, l, g, n)
     if pad:  # padded steps have dt = 0: no decay, no input, so the final state is unchanged
         xdt, a = F.pad(xdt, (0, 0, 0, 0, 0, pad)), F.pad(a, (0, 0, 0, pad))
         Bh, Ch = F.pad(Bh, (0, 0, 0, 0, 0, pad)), F.pad(Ch, (0, 0, 0, 0, 0, pad))
