@@ -103,42 +103,46 @@ def _domains_with_demo() -> list[tuple[str, str]]:
     return out
 
 
-def test_every_tab_runs_its_example(app_url):
+@pytest.fixture(scope="module")
+def page(app_url):
     chromium = _chromium()
     if not chromium:
         pytest.skip("chromium not installed (apt-get install -y chromium; .ci/run does this)")
     from playwright.sync_api import sync_playwright
 
-    domains = _domains_with_demo()
-    assert any(d == "template" for d, _ in domains)
-    failures = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(app_url, wait_until="domcontentloaded", timeout=120_000)
-            page.wait_for_selector("[role=tab]", timeout=120_000)
-            for domain, title in domains:
-                try:
-                    page.get_by_role("tab", name=title).click(timeout=30_000)
-                    button = page.locator(f"#{domain}-run")
-                    button.wait_for(state="visible", timeout=60_000)
-                    button.click()
-                    res = page.wait_for_function(_HAS_OUTPUT_JS, arg=f"{domain}-output", timeout=180_000)
-                    status = res.json_value()
-                    if status != "ok":
-                        failures.append(f"{domain}: {status}")
-                        page.evaluate("() => document.querySelectorAll('[data-testid=toast-close]')"
-                                      ".forEach(b => b.click())")
-                except Exception as e:  # keep going: report every broken tab at once
-                    failures.append(f"{domain}: {type(e).__name__}: {str(e).splitlines()[0]}")
-                page.screenshot(path=str(ARTIFACTS / f"browser_{domain}.png"), full_page=True)
-            if any(d == "template" for d, _ in domains):
-                page.get_by_role("tab", name="Template (sine frequency)").click()
-                assert "Predicted class" in page.input_value("#template-output textarea")
+            pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+            pg.page_errors = []  # type: ignore[attr-defined]
+            pg.on("pageerror", lambda e: pg.page_errors.append(str(e)))  # type: ignore[attr-defined]
+            pg.goto(app_url, wait_until="domcontentloaded", timeout=120_000)
+            pg.wait_for_selector("[role=tab]", timeout=120_000)
+            yield pg
         finally:
             browser.close()
-    assert not failures, "tabs whose example did not produce output:\n" + "\n".join(failures)
-    assert not [e for e in errors if "gradio" in e.lower()], errors
+
+
+DOMAINS = _domains_with_demo()
+
+
+def test_template_tab_is_present():
+    assert any(d == "template" for d, _ in DOMAINS)
+
+
+@pytest.mark.parametrize("domain,title", DOMAINS, ids=[d for d, _ in DOMAINS])
+def test_tab_runs_its_example(page, domain, title):
+    """Open the tab, click ``#<domain>-run`` on the default example, wait for ``#<domain>-output``."""
+    page.evaluate("() => document.querySelectorAll('[data-testid=toast-close]').forEach(b => b.click())")
+    page.get_by_role("tab", name=title).click(timeout=30_000)
+    button = page.locator(f"#{domain}-run")
+    button.wait_for(state="visible", timeout=60_000)
+    button.click()
+    try:
+        status = page.wait_for_function(_HAS_OUTPUT_JS, arg=f"{domain}-output", timeout=180_000).json_value()
+    finally:
+        page.screenshot(path=str(ARTIFACTS / f"browser_{domain}.png"), full_page=True)
+    assert status == "ok", f"{domain}: {status}"
+    if domain == "template":
+        assert "Predicted class" in page.input_value("#template-output textarea")
+    assert not [e for e in page.page_errors if "gradio" in e.lower()], page.page_errors
