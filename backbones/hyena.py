@@ -159,6 +159,40 @@ class HyenaFilter(nn.Module):
         return out
 
 
+def _linear_channels_first(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """``(x W^T + b)`` laid out channels-first: x (B, L, D) -> (B, R, L), contiguous."""
+    if torch.is_grad_enabled():
+        return F.linear(x, W, b).transpose(1, 2).contiguous()
+    B, L, _ = x.shape
+    out = x.new_empty(B, W.shape[0], L)
+    for i in range(B):  # W @ x[i]^T: BLAS reads the transposed operand in place (no copy)
+        torch.addmm(b[:, None], W, x[i].t(), out=out[i])
+    return out
+
+
+def _linear_from_channels_first(y: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """Linear map of channels-first ``y`` (B, D, L) to channels-last (B, L, R)."""
+    if torch.is_grad_enabled():
+        return F.linear(y.transpose(1, 2), W, b)
+    B, _, L = y.shape
+    out = y.new_empty(B, L, W.shape[0])
+    for i in range(B):
+        torch.addmm(b, y[i].t(), W.t(), out=out[i])
+    return out
+
+
+def _depthwise_causal(zpad: Tensor, w: Tensor, b: Tensor, L: int) -> Tensor:
+    """Depthwise conv of the left-padded ``zpad`` (B, C, K-1+L) with ``w`` (C, 1, K): (B, C, L)."""
+    K = w.shape[-1]
+    if torch.is_grad_enabled():
+        return F.conv1d(zpad, w, b, groups=zpad.shape[1])
+    wk = w[:, 0, :, None]  # (C, K, 1)
+    out = zpad[..., K - 1 : K - 1 + L] * wk[:, K - 1]
+    for j in range(K - 1):  # a few fused multiply-adds beat the generic conv kernel here
+        out.addcmul_(zpad[..., j : j + L], wk[:, j])
+    return out.add_(b[:, None])
+
+
 @register_mixer("H")
 class Hyena(Backbone):
     """Causal Hyena operator (HyenaDNA layout). See the module docstring.
@@ -271,12 +305,12 @@ class Hyena(Backbone):
         for d0 in range(0, D, g):
             d1 = min(D, d0 + g)
             rows = (torch.arange(N + 1, device=x.device)[:, None] * D + torch.arange(d0, d1, device=x.device)).reshape(-1)
-            z = F.linear(xf, W[rows], b[rows]).transpose(1, 2)  # (B, (N+1)g, L)
+            z = _linear_channels_first(xf, W[rows], b[rows])  # (B, (N+1)g, L)
             cache = (
                 z.new_zeros(B, rows.numel(), K - 1) if state is None else state["short"][:, rows].to(z.dtype)
             )
             zpad = torch.cat([cache, z], -1)  # (B, (N+1)g, K-1+L)
-            zc = F.conv1d(zpad, sw[rows], sb[rows], groups=rows.numel())  # (B, (N+1)g, L)
+            zc = _depthwise_causal(zpad, sw[rows], sb[rows], L)  # (B, (N+1)g, L)
             if want_state and not self._bidirectional:
                 src = zpad if lengths is None else right_align(zpad, lengths + K - 1)
                 new_short.append(src[..., src.shape[-1] - (K - 1) :])
@@ -306,7 +340,7 @@ class Hyena(Backbone):
                 y[:, d0:d1] = out_g
             del parts, xs, v, zc
         yy = torch.cat(ys, 1) if y is None else y
-        out = self.out_proj(yy.transpose(1, 2)).to(x.dtype)  # (B, L, D)
+        out = _linear_from_channels_first(yy, self.out_proj.weight.float(), self.out_proj.bias.float()).to(x.dtype)
         if not want_state or self._bidirectional:
             return out, None
         # short rows were gathered per group in [i*D + d] order: restore (N+1, D) order
