@@ -940,17 +940,33 @@ def run_cli_guarded(fn: Callable[[], int | None]) -> int:
         return 1
 
 
+def _lazy(fn: Callable[..., Any] | str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> the function, imported on first call (keeps ``--help`` fast)."""
+    if callable(fn):
+        return fn
+    mod, _, attr = fn.partition(":")
+    if not attr:
+        raise ValueError(f"lazy reference {fn!r} must look like 'package.module:function'")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(mod), attr)(*args, **kwargs)
+
+    return call
+
+
 def run_pipeline_cli(
     argv: Sequence[str] | None,
     *,
     domain: str,
     presets: dict[str, Callable[[], Any]],
-    train: Callable[..., dict[str, Any]],
-    evaluate: Callable[..., dict[str, Any]],
-    predict: Callable[..., Any],
+    train: Callable[..., dict[str, Any]] | str,
+    evaluate: Callable[..., dict[str, Any]] | str,
+    predict: Callable[..., Any] | str,
     default_preset: str = "tiny",
     description: str = "",
-    extra_verbs: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Any]]]
+    extra_verbs: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Any] | str]]
     | None = None,
 ) -> int:
     """The uniform pipeline command line. Returns the exit code (0 / 1 / 2).
@@ -966,7 +982,12 @@ def run_pipeline_cli(
       -> ``predict(checkpoint=str, inputs=list[str], out=str|None) -> JSON-able``; printed
       as JSON on stdout (and written to ``--out`` by the pipeline if it makes files).
     - ``extra_verbs``: ``{"backtest": (add_arguments(parser), handler(args) -> JSON-able)}``.
+
+    ``train`` / ``evaluate`` / ``predict`` (and extra handlers) may be given as
+    ``"pipelines.<domain>.train:train"`` strings, imported only when the verb runs.
     """
+    train, evaluate, predict = _lazy(train), _lazy(evaluate), _lazy(predict)
+    extra_verbs = {v: (a, _lazy(h)) for v, (a, h) in (extra_verbs or {}).items()}
     global _QUIET
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = f"longstream {domain}"

@@ -248,3 +248,16 @@ def test_legacy_pt_only_with_weights_only(tmp_path, capsys):
     with pytest.raises(UserError, match="weights_only"):
         common.load_pretrained(out)
     assert "code ran" not in capsys.readouterr().out
+
+
+def test_pipeline_cli_lazy_callables(capsys, tmp_path):
+    rc = common.run_pipeline_cli(
+        ["evaluate", "--checkpoint", "x", "--json"], domain="demo", presets={"tiny": _Cfg},
+        train="nowhere:train", evaluate="json:loads", predict="nowhere:predict",
+    )
+    assert rc == 1  # json.loads(checkpoint=..., data=...) is a TypeError: an internal failure
+    rc = common.run_pipeline_cli(
+        ["train", "--print-config", "--train.steps", "5"], domain="demo", presets={"tiny": _Cfg},
+        train="nowhere:train", evaluate="nowhere:e", predict="nowhere:p",
+    )
+    assert rc == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train"]["steps"] == 5
