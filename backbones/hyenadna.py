@@ -362,6 +362,11 @@ def load_hyenadna(
             raise ValueError(f"config vocabulary pads to {cfg.padded_vocab} rows, the embedding has {inferred.vocab_size}")
     sd = convert_hyenadna_state_dict(raw, cfg)
     model = HyenaDNAModel(cfg)
+    own = model.state_dict()
+    derived = [k for k in own if k not in sd and k.endswith(("pos_emb.z", "pos_emb.t", "modulation.deltas"))]
+    if derived:  # deterministic functions of the config: rebuild rather than fail
+        warnings.warn(f"HyenaDNA checkpoint lacks {len(derived)} derived buffer(s), rebuilt from the config: {derived[:3]}", stacklevel=2)
+        sd.update({k: own[k] for k in derived})
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"HyenaDNA checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -163,6 +163,11 @@ def test_loader_errors(tmp_path):
     del bad["model.backbone.layers.0.mixer.out_proj.bias"]
     with pytest.raises(ValueError, match="missing"):
         load_hyenadna(bad)
+    no_deltas = {k: v for k, v in sd.items() if not k.endswith("modulation.deltas")}
+    with pytest.warns(UserWarning, match="derived buffer"):
+        m = load_hyenadna(no_deltas)  # default window rebuilt (equal to HyenaDNA's init here)
+    torch.testing.assert_close(m.backbone.layers[0].mixer.filter_fn.modulation.deltas,
+                               sd["model.backbone.layers.0.mixer.filter_fn.modulation.deltas"])
 
 
 def test_character_tokenizer_convention():
