@@ -108,11 +108,15 @@ class Mamba(Backbone):
         z = F.linear(x, w[e:], None if b is None else b[e:])
         return xi, z
 
-    def _ssm_params(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """u (..., e) -> dt (..., e) positive, B (..., n), C (..., n)."""
+    def _ssm_params(self, u: Tensor, raw: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """u (..., e) -> dt (..., e) positive, B (..., n), C (..., n).
+
+        With ``raw`` the returned dt is ``dt_proj.weight @ dt_low`` before bias and softplus."""
         r, n = self.dt_rank, self.d_state
         x_dbl = self.x_proj(u)  # (..., r + 2n)
         dt_low, B, C = torch.split(x_dbl, [r, n, n], dim=-1)
+        if raw:
+            return F.linear(dt_low, self.dt_proj.weight), B, C
         dt = F.softplus(F.linear(dt_low, self.dt_proj.weight, self.dt_proj.bias).float())
         return dt, B, C
 
@@ -143,13 +147,19 @@ class Mamba(Backbone):
         u, conv_state = causal_conv1d(
             xi, self._conv_weight(), self.conv1d.bias, state["conv"], "silu", lengths=lengths, backend=self.backend
         )
-        dt, B, C = self._ssm_params(u)
-        if lengths is not None:  # dt = 0 on padding: decay 1, input 0, the state passes through
-            dt = dt * mask[:, :, None].to(dt.dtype)
         A = -torch.exp(self.A_log.float())  # (e, n)
-        y, ssm_state = selective_scan(
-            u, dt, A, B, C, self.D, z, initial_state=state["ssm"], chunk_size=self.chunk_size, backend=self.backend
-        )
+        if lengths is None:  # bias + softplus inside the scan (fused into the CPU kernel at inference)
+            dt, B, C = self._ssm_params(u, raw=True)
+            y, ssm_state = selective_scan(
+                u, dt, A, B, C, self.D, z, self.dt_proj.bias, True, state["ssm"],
+                chunk_size=self.chunk_size, backend=self.backend,
+            )
+        else:  # dt = 0 on padding: decay 1, input 0, the state passes through
+            dt, B, C = self._ssm_params(u)
+            dt = dt * mask[:, :, None].to(dt.dtype)
+            y, ssm_state = selective_scan(
+                u, dt, A, B, C, self.D, z, initial_state=state["ssm"], chunk_size=self.chunk_size, backend=self.backend
+            )
         return self.out_proj(y.to(x.dtype)), {"conv": conv_state, "ssm": ssm_state.float()}
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:

@@ -136,8 +136,9 @@ class _ScanFn(torch.autograd.Function):
     def forward(ctx, u, dt, A, B, C, h0, chunk: int, use_cpp: bool):
         save = any(ctx.needs_input_grad[:6])
         if use_cpp:
+            none = u.new_empty(0)
             y, hT, ck = cpu_kernels.ops().scan_fwd(
-                u, dt, A.t().contiguous(), B, C, h0.transpose(1, 2).contiguous(), chunk, save
+                u, dt, A.t().contiguous(), B, C, h0.transpose(1, 2).contiguous(), chunk, save, none, False, none, none
             )
             hT = hT.transpose(1, 2).contiguous()
         else:
@@ -241,11 +242,27 @@ def selective_scan(
         raise RuntimeError("backend='cuda' needs CUDA tensors")
     b, l, e = u.shape
     dtype = u.dtype
+    h0 = u.new_zeros(b, e, A.shape[1], dtype=torch.float32) if initial_state is None else initial_state
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, dt, A, B, C, D, z, dt_bias, initial_state)
+    )
+    if (
+        not needs_grad
+        and u.dtype == torch.float32
+        and e % 8 == 0
+        and _want_cpp(u, backend)
+    ):  # inference: softplus, D skip and gate fused into the compiled kernel
+        f32 = lambda t: u.new_empty(0) if t is None else t.float().contiguous()
+        y, hT, _ = cpu_kernels.ops().scan_fwd(
+            u.contiguous(), dt.float().contiguous(), A.float().t().contiguous(), B.float().contiguous(),
+            C.float().contiguous(), h0.float().transpose(1, 2).contiguous(), int(chunk_size), False,
+            f32(dt_bias), bool(dt_softplus), f32(D), f32(z),
+        )
+        return y, hT.transpose(1, 2).contiguous()
     if dt_bias is not None:
         dt = dt + dt_bias
     if dt_softplus:
         dt = F.softplus(dt if dt.dtype == torch.float64 else dt.float())
-    h0 = u.new_zeros(b, e, A.shape[1], dtype=torch.float32) if initial_state is None else initial_state
     y, hT = scan_core(u, dt, A, B, C, h0, chunk_size=chunk_size, backend=backend)
     if D is not None:
         y = torch.addcmul(y, u.to(y.dtype), D.to(y.dtype))

@@ -56,6 +56,48 @@ static inline __m256 exp256(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
+// log(x) for x > 0 (Cephes logf polynomial).
+static inline __m256 log256(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256i emm0 = _mm256_srli_epi32(_mm256_castps_si256(x), 23);
+  x = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(~0x7f800000)));
+  x = _mm256_or_ps(x, _mm256_set1_ps(0.5f));
+  __m256 e = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(emm0, _mm256_set1_epi32(0x7f))), one);
+  __m256 mask = _mm256_cmp_ps(x, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OS);
+  __m256 tmp = _mm256_and_ps(x, mask);
+  x = _mm256_sub_ps(x, one);
+  e = _mm256_sub_ps(e, _mm256_and_ps(one, mask));
+  x = _mm256_add_ps(x, tmp);
+  __m256 z = _mm256_mul_ps(x, x);
+  __m256 y = _mm256_set1_ps(7.0376836292E-2f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.1514610310E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.1676998740E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.2420140846E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.4249322787E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.6668057665E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(2.0000714765E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-2.4999993993E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(3.3333331174E-1f));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, x), z);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+  x = _mm256_add_ps(x, y);
+  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), x);
+}
+
+// softplus(x) = max(x, 0) + log(1 + exp(-|x|))
+static inline __m256 softplus256(__m256 x) {
+  __m256 negabs = _mm256_min_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), x));
+  __m256 l = log256(_mm256_add_ps(_mm256_set1_ps(1.0f), exp256(negabs)));
+  return _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), l);
+}
+
+static inline __m256 silu256(__m256 x) {
+  __m256 sg = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                            _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+  return _mm256_mul_ps(x, sg);
+}
+
 static inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -78,15 +120,25 @@ void check(const at::Tensor& t, const char* name, int64_t dim) {
 }
 
 // Forward. Returns (y (b,l,e), hT (b,n,e), ckpt (b,nc,n,e) or empty).
+// Optional fused epilogue / prologue (pass empty tensors to skip; inference path):
+//   dt <- softplus(dt + dt_bias) if softplus, else dt + dt_bias;  y <- (y + D u) * silu(z).
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
                                  const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& h0,
-                                 int64_t chunk, bool save_ckpt) {
+                                 int64_t chunk, bool save_ckpt, const at::Tensor& dt_bias, bool softplus,
+                                 const at::Tensor& Dv, const at::Tensor& z) {
   check(u, "u", 3); check(dt, "dt", 3); check(At, "At", 2);
   check(Bm, "B", 3); check(Cm, "C", 3); check(h0, "h0", 3);
   const int64_t Bsz = u.size(0), L = u.size(1), E = u.size(2), N = At.size(0);
   TORCH_CHECK(E % kVec == 0, "channels must be a multiple of 8");
   TORCH_CHECK(At.size(1) == E && Bm.size(2) == N && h0.size(1) == N, "shape mismatch");
   const int64_t nc = save_ckpt ? (L + chunk - 1) / chunk : 0;
+  const bool has_bias = dt_bias.numel() > 0, has_D = Dv.numel() > 0, has_z = z.numel() > 0;
+  if (has_bias) { check(dt_bias, "dt_bias", 1); TORCH_CHECK(dt_bias.size(0) == E, "dt_bias size"); }
+  if (has_D) { check(Dv, "D", 1); TORCH_CHECK(Dv.size(0) == E, "D size"); }
+  if (has_z) { check(z, "z", 3); TORCH_CHECK(z.sizes() == u.sizes(), "z shape"); }
+  const float* pbias = has_bias ? dt_bias.data_ptr<float>() : nullptr;
+  const float* pD = has_D ? Dv.data_ptr<float>() : nullptr;
+  const float* pz = has_z ? z.data_ptr<float>() : nullptr;
   auto y = at::empty_like(u);
   auto hT = at::empty_like(h0);
   auto ckpt = at::empty({Bsz, nc, N, E}, u.options());
@@ -116,6 +168,8 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
         __m256 dtv[kMaxV], duv[kMaxV], yv[kMaxV];
         for (int v = 0; v < nv; ++v) {
           dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+          if (has_bias) dtv[v] = _mm256_add_ps(dtv[v], _mm256_loadu_ps(pbias + e0 + v * kVec));
+          if (softplus) dtv[v] = softplus256(dtv[v]);
           duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
           yv[v] = _mm256_setzero_ps();
         }
@@ -130,7 +184,12 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
             yv[v] = _mm256_fmadd_ps(hv, cn, yv[v]);
           }
         }
-        for (int v = 0; v < nv; ++v) _mm256_storeu_ps(py + off + v * kVec, yv[v]);
+        for (int v = 0; v < nv; ++v) {
+          if (has_D)
+            yv[v] = _mm256_fmadd_ps(_mm256_loadu_ps(pD + e0 + v * kVec), _mm256_loadu_ps(pu + off + v * kVec), yv[v]);
+          if (has_z) yv[v] = _mm256_mul_ps(yv[v], silu256(_mm256_loadu_ps(pz + off + v * kVec)));
+          _mm256_storeu_ps(py + off + v * kVec, yv[v]);
+        }
       }
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) _mm256_storeu_ps(phT + (b * N + n) * E + e0 + v * kVec, h[n * kMaxV + v]);
@@ -277,11 +336,7 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
           __m256 acc = _mm256_loadu_ps(pb + e);
           for (int64_t k = 0; k < K; ++k)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(pw + k * E + e), _mm256_loadu_ps(src[k] + e), acc);
-          if (silu) {
-            __m256 sg = _mm256_div_ps(_mm256_set1_ps(1.0f),
-                                      _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), acc))));
-            acc = _mm256_mul_ps(acc, sg);
-          }
+          if (silu) acc = silu256(acc);
           _mm256_storeu_ps(dst + e, acc);
         }
       }
@@ -293,7 +348,8 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
 }  // namespace
 
 TORCH_LIBRARY(longstream_ops, m) {
-  m.def("scan_fwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor h0, int chunk, bool save_ckpt) -> Tensor[]");
+  m.def("scan_fwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor h0, int chunk, bool save_ckpt, "
+        "Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
   m.def("scan_bwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, int chunk) -> Tensor[]");
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
 }
