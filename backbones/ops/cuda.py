@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import(name: str):
     try:
         if name == "selective_scan":
