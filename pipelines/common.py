@@ -50,6 +50,7 @@ __all__ = [
     "seed_everything",
     "set_threads",
     "pick_device",
+    "build_backbone",
     "config_to_dict",
     "config_from_dict",
     "apply_overrides",
@@ -306,6 +307,22 @@ def _set_dotted(obj: Any, parts: list[str], raw: str, full: str) -> Any:
             new[head] = _coerce(raw, Any, full)
         return new
     raise UserError(f"cannot set --{full}: {type(obj).__name__} has no fields")
+
+
+def build_backbone(spec: Any, **overrides: Any) -> nn.Module:
+    """``backbones.create_backbone`` with configuration mistakes turned into :class:`UserError`.
+
+    ``spec`` is a preset name or a ``BackboneConfig`` (e.g. ``cfg.backbone``). A bad
+    pattern, unknown preset or unknown mixer option is something the user typed
+    (``--backbone.pattern Q``), so it exits 2 with the message instead of a traceback.
+    """
+    from backbones import create_backbone
+
+    try:
+        return create_backbone(spec, **overrides)
+    except (ValueError, KeyError, TypeError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise UserError(f"bad backbone configuration: {msg} (check the --backbone.* options)") from e
 
 
 # --------------------------------------------------------------------------- optimisation

@@ -119,6 +119,7 @@ def test_shipped_checkpoint_evaluates(capsys):
         (["template", "train", "--train.nope", "1"], "unknown option --train.nope"),
         (["template", "train", "--preset", "huge"], "unknown preset"),
         (["template", "train", "--train.steps", "many"], "expects int"),
+        (["template", "train", "--backbone.pattern", "Q", "--out", "/tmp/never-written"], "bad backbone"),
         (["template", "evaluate"], "--checkpoint"),
         (["template", "evaluate", "--checkpoint", "/no/such/dir"], "does not exist"),
         (["template", "evaluate", "--checkpoint", "template/unknown"], "unknown model"),

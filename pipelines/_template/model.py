@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from backbones import create_backbone
 from pipelines import common
 
 from . import DOMAIN
@@ -23,7 +22,7 @@ class SineClassifier(nn.Module):
         self.cfg = cfg
         d = cfg.backbone.d_model
         self.encoder = nn.Linear(1, d)  # one token per time step
-        self.backbone = create_backbone(cfg.backbone)
+        self.backbone = common.build_backbone(cfg.backbone)  # bad --backbone.* -> UserError
         self.dropout = nn.Dropout(cfg.model.dropout)
         self.head = nn.Linear(d, cfg.data.n_classes)
 
