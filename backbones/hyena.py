@@ -357,7 +357,7 @@ class Hyena(Backbone):
     def _step_filters(self) -> Tensor:
         """Full-length filters (order-1, D, l_max), cached while the parameters do not change."""
         params = list(self.filter_fn.parameters()) + list(self.filter_fn.buffers())
-        key = tuple((id(p), p._version) for p in params)
+        key = tuple((id(p), p._version, p.device, p.dtype) for p in params)
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self.filters(self.l_max)
         if self._step_cache is None or self._step_cache[0] != key:
