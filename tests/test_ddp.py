@@ -42,7 +42,10 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: ddp != single (worst {worst})")
     import json
 
-    ddp_metrics = json.loads((tmp_path / "ddp" / "config.json").read_text())["metrics"]
+    ddp_meta = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert ddp_meta["training"] == {"world_size": 2, "backend": "gloo"}  # really ran as 2 processes
+    assert json.loads((tmp_path / "single" / "config.json").read_text())["training"]["world_size"] == 1
+    ddp_metrics = ddp_meta["metrics"]
     assert ddp_metrics["steps"] == ref_metrics["steps"] == 6
     assert abs(ddp_metrics["loss"] - ref_metrics["loss"]) < 1e-4
     print(f"max |ddp - single| over all weights: {worst:.3g}")

@@ -140,6 +140,7 @@ def train(
             model.save_pretrained(
                 out_dir, preset=preset, metrics=metrics,
                 data={"name": "generated:sine", "sha256": data_fingerprint(x_tr, y_tr), "seed": cfg.data.seed},
+                extra={"training": {"world_size": env.world_size, "backend": env.backend}},
             )
             state_path.unlink(missing_ok=True)
         barrier(env)
