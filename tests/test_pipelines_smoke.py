@@ -32,7 +32,10 @@ def _pkg_dir(domain: str) -> Path:
 def test_standard_files(domain):
     for part in STANDARD_FILES:
         get_pipeline(domain, part)
-    assert (_pkg_dir(domain) / "README.md").is_file()
+    assert (_pkg_dir(domain) / "README.md").is_file(), (
+        f"pipelines/{domain}/README.md is missing (task, data, metric keys, results, checkpoints: "
+        "see pipelines/CONTRACT.md)"
+    )
     cli = get_pipeline(domain, "cli")
     assert callable(cli.main)
     ev = get_pipeline(domain, "evaluate")
