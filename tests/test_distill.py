@@ -98,3 +98,14 @@ def test_distill_module_replaces_hyena_in_hyenadna():
     with torch.no_grad():
         out = model(ids)
     assert rel(out, ref) < 1e-2
+
+
+def test_gradient_refinement_never_worsens_the_fit():
+    torch.manual_seed(3)
+    layer = Hyena(4, l_max=64, filter_order=8, emb_dim=5, w=10.0, shift=0.0, slow_decay_pct=0.3)
+    with torch.no_grad():
+        h = layer.filters(64)[0].double()
+    plain = fit_modal(h, order=6)
+    refined = fit_modal(h, order=6, refine_steps=30, lr=1e-2)
+    assert (refined.rel_err <= plain.rel_err + 1e-12).all()
+    assert (refined.lam.abs() < 1).all()
