@@ -24,8 +24,8 @@ EXAMPLES = {
     "hourly, ETT layout (shipped checkpoint)": _DEMOS / "example_hourly.csv",
     "daily sales of two stores (fitted on the fly)": _DEMOS / "example_daily_sales.csv",
 }
-SHIPPED = {96: "timeseries/etth1-smamba-h96", 192: "timeseries/etth1-smamba-h192",
-           336: "timeseries/etth1-smamba-h336", 720: "timeseries/etth1-smamba-h720"}
+SHIPPED = {96: "timeseries/etth1-cyclelinear-h96", 192: "timeseries/etth1-cyclelinear-h192",
+           336: "timeseries/etth1-cyclelinear-h336", 720: "timeseries/etth1-cyclelinear-h720"}
 
 
 def _columns(csv: str | Path) -> list[str]:
@@ -141,7 +141,7 @@ def build_demo():
             "### Forecast a time series\n"
             "Upload a CSV — wide (`date` + one column per variable, the ETT layout) or long "
             "(`unique_id, ds, y`) — or pick an example; choose the target and the horizon. "
-            "ETTh1-layout files use the shipped variate-token Mamba checkpoints (horizons 96/192/336/720); "
+            "ETTh1-layout files use the shipped ETTh1 checkpoints (RevIN + learned cycle + linear; horizons 96/192/336/720); "
             "other files get a linear forecaster with a learned cycle fitted in seconds, with a 10-90 % interval."
         )
         with gr.Row():

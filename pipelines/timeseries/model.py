@@ -145,6 +145,9 @@ class Forecaster(nn.Module):
         # a direct linear map over time next to the backbone path (RLinear / CycleNet-Linear),
         # so the backbone only has to learn what a per-variable linear forecast misses
         self.skip = nn.Linear(seq_len, pred_len * self.n_out) if cfg.linear_skip else None
+        if self.skip is not None:  # start from the linear forecast; the backbone learns a correction
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     # ------------------------------------------------------------------ pieces
 

@@ -88,7 +88,13 @@ def fit(
     if not model.trainable or tc.epochs <= 0:
         m = evaluate_split(model, splits.val, target_idx=tidx, batch_size=tc.eval_batch_size)
         return {"val_mse": m["mse"], "val_mae": m["mae"], "epochs": 0}
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    # the linear skip and the learned cycle may take a larger learning rate than the backbone
+    fast = [p for n, p in model.named_parameters() if n.startswith(("skip.", "cycle."))]
+    slow = [p for n, p in model.named_parameters() if not n.startswith(("skip.", "cycle."))]
+    groups = [{"params": slow, "lr_mult": 1.0}]
+    if fast:
+        groups.append({"params": fast, "lr_mult": tc.linear_lr_mult})
+    opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
     n = splits.train.n_windows
     sub = None
@@ -126,7 +132,7 @@ def fit(
         )
         for x, y, ph in bar:
             for g in opt.param_groups:
-                g["lr"] = tc.lr * _lr_factor(tc.lradj, epoch, step, total)
+                g["lr"] = tc.lr * g.get("lr_mult", 1.0) * _lr_factor(tc.lradj, epoch, step, total)
             loss = model.loss(x, y, ph, kind=tc.loss, target_idx=tidx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
