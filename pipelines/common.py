@@ -73,6 +73,7 @@ __all__ = [
     "sha256_file",
     "code_version",
     "save_pretrained",
+    "check_out_dir",
     "load_pretrained",
     "read_checkpoint_config",
     "run_pipeline_cli",
@@ -718,6 +719,38 @@ Files: `model.safetensors` (weights), `config.json` (config, metrics, sha256 of 
 """
 
 
+_RUN_FILES = {"model.safetensors", "config.json", "README.md", "metrics.jsonl", "train_state.pt"}
+_RUN_SUFFIXES = {".pt", ".jsonl", ".json", ".log", ".png", ".csv", ".md", ".safetensors"}  # run artifacts
+
+
+def check_out_dir(out: str | os.PathLike, *, strict: bool = True) -> Path:
+    """Refuse an output dir that holds something other than a checkpoint / training run.
+
+    Saving swaps the whole directory atomically, so pointing ``--out`` at a folder with
+    unrelated content (``--out .``, ``--out ~``, a folder of folders) must fail before
+    anything is trained or moved. ``strict`` (used before training starts) also refuses
+    unknown files in a directory that is not yet a checkpoint.
+    """
+    p = Path(out).expanduser().resolve()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory for the checkpoint")
+    cwd = Path.cwd().resolve()
+    if p == cwd or p in cwd.parents or p == Path.home().resolve():
+        raise UserError(f"--out {out} is the current directory or one of its parents; give a new sub-directory")
+    if p.is_dir():
+        kids = [c for c in p.iterdir() if not c.name.startswith(".")]
+        names = {c.name for c in kids}
+        subdirs = sorted(c.name for c in kids if c.is_dir())
+        foreign = (sorted(n for n in names - _RUN_FILES if Path(n).suffix not in _RUN_SUFFIXES)
+                   if (strict and "config.json" not in names) else [])
+        if subdirs or foreign:
+            raise UserError(
+                f"--out {out} already holds other files ({', '.join((subdirs + foreign)[:3])}...); "
+                "choose a new or empty directory (or an earlier checkpoint/run dir)"
+            )
+    return p
+
+
 def save_pretrained(
     model: nn.Module,
     config: Any,
@@ -743,7 +776,7 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
+    out = check_out_dir(out_dir, strict=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     m = unwrap(model)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in m.state_dict().items()}
@@ -1054,6 +1087,7 @@ def run_pipeline_cli(
                 print_json(config_to_dict(cfg))
                 return 0
             out = Path(args.out) if args.out else Path("runs") / domain / args.preset
+            check_out_dir(out, strict=not args.resume)
             metrics = train(cfg, out_dir=out, resume=args.resume, preset=args.preset)
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"saved {out}", file=sys.stderr)

@@ -261,3 +261,29 @@ def test_pipeline_cli_lazy_callables(capsys, tmp_path):
         train="nowhere:train", evaluate="nowhere:e", predict="nowhere:p",
     )
     assert rc == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train"]["steps"] == 5
+
+
+def test_out_dir_guard(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(UserError, match="already holds other files"):
+        common.save_pretrained(_net(), _Cfg(), tmp_path, pipeline="demo")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "sub").rmdir()
+    with pytest.raises(UserError, match="already holds other files"):
+        common.check_out_dir(tmp_path)  # strict (before training): unknown files refused
+    common.check_out_dir(tmp_path, strict=False)  # a pipeline's own side files are fine at save time
+    with pytest.raises(UserError, match="current directory"):
+        common.check_out_dir(".")
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        common.check_out_dir(f)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    common.check_out_dir(run)  # a training run dir is fine
+    ck = common.save_pretrained(_net(), _Cfg(), tmp_path / "ck", pipeline="demo")
+    (ck / "eval.png").write_bytes(b"")  # extra files beside a checkpoint are fine
+    common.save_pretrained(_net(), _Cfg(), ck, pipeline="demo")
+    assert (ck / "eval.png").exists()
