@@ -114,23 +114,33 @@ def fit_modal(h: Tensor, order: int, *, refine_steps: int = 0, lr: float = 1e-3,
 
 
 def _refine(s: Tensor, lam: Tensor, res: Tensor, err0: Tensor, steps: int, lr: float, max_radius: float):
-    """Adam on (log|lam|, arg lam, res) minimising the squared error on the fit window."""
+    """Adam on (log|lam|, arg lam, res) minimising the relative squared error on the fit window.
+
+    Real arithmetic only: ``Re(r lam^t) = |lam|^t (Re r cos(t arg) - Im r sin(t arg))``.
+    """
     t = torch.arange(s.shape[-1], dtype=torch.float64)
-    log_r = lam.abs().clamp_min(1e-12).log().clone().requires_grad_(True)
+    log_max = float(torch.log(torch.tensor(max_radius, dtype=torch.float64)))
+    log_r = lam.abs().clamp_min(1e-12).log().clone().requires_grad_(True)  # (C, M)
     ang = lam.angle().clone().requires_grad_(True)
-    rr = torch.view_as_real(res).clone().requires_grad_(True)
-    opt = torch.optim.Adam([log_r, ang, rr], lr=lr)
+    re, im = res.real.clone().requires_grad_(True), res.imag.clone().requires_grad_(True)
+    params = [log_r, ang, re, im]
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
     scale = s.pow(2).sum(-1).clamp_min(1e-300)
     with torch.enable_grad():
-        for _ in range(steps):
-            lam_t = torch.polar(log_r.clamp(max=float(torch.log(torch.tensor(max_radius)))).exp(), ang)
-            fit = torch.einsum("cm,cmt->ct", torch.view_as_complex(rr), lam_t[..., None] ** t).real
+        for k in range(1, steps + 1):
+            mag = torch.exp((log_r.clamp(max=log_max)[..., None] * t).clamp(min=-700.0))  # (C, M, T)
+            ph = ang[..., None] * t
+            fit = (mag * (re[..., None] * torch.cos(ph) - im[..., None] * torch.sin(ph))).sum(1)  # (C, T)
             loss = ((fit - s).pow(2).sum(-1) / scale).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():  # plain Adam (torch.optim's first step imports a lot)
+                for p, g, a, b in zip(params, grads, m1, m2):
+                    a.mul_(0.9).add_(g, alpha=0.1)
+                    b.mul_(0.999).addcmul_(g, g, value=0.001)
+                    p.sub_(lr * (a / (1 - 0.9**k)) / ((b / (1 - 0.999**k)).sqrt() + 1e-12))
     with torch.no_grad():
-        lam_n = torch.polar(log_r.clamp(max=float(torch.log(torch.tensor(max_radius)))).exp(), ang)
+        lam_n = torch.polar(log_r.clamp(max=log_max).exp(), ang)
         res_n = _residues(s, lam_n)  # re-solve residues exactly for the refined poles
         err_n = _err(s, lam_n, res_n)
         better = (err_n < err0)[:, None]
