@@ -181,3 +181,16 @@ def test_shape_errors_are_clear():
         selective_scan(kw["u"][0], kw["dt"], kw["A"], kw["B"], kw["C"])
     with pytest.raises(ValueError, match="unknown scan backend"):
         selective_scan(kw["u"], kw["dt"], kw["A"], kw["B"], kw["C"], backend="nope")
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="compiled CPU kernels not built")
+def test_fused_inference_kernel_equals_training_path():
+    """No grad: softplus, D and the gate run inside the kernel; with grad they run in PyTorch."""
+    kw = scan_inputs(e=16, l=33)
+    kw["dt"] = kw["dt"] * 20  # softplus over a wide range, both branches
+    with torch.no_grad():
+        y_fused, h_fused = selective_scan(**kw, dt_softplus=True, backend="cpp")
+    u = kw["u"].clone().requires_grad_()
+    y, h = selective_scan(**{**kw, "u": u}, dt_softplus=True, backend="cpp")
+    close(y_fused, y.detach(), atol=1e-5, rtol=1e-5)
+    close(h_fused, h.detach(), atol=1e-5, rtol=1e-5)
