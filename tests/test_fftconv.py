@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import backbones.ops.fftconv as fc
@@ -109,3 +110,33 @@ def test_ssm_helpers_match_recurrence():
     y = fft_causal_conv(u, ssm_kernel(c * b, log_a, T, block=16)) + ssm_free_response(x0, c, log_a, T, block=16)
     torch.testing.assert_close(y, y_seq, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ssm_final_state(u, b, log_a, x0, block=16), x, atol=1e-4, rtol=1e-4)
+
+
+def _float64_fft_reference(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    L = u.shape[-1]
+    n = 2 * L
+    return torch.fft.irfft(torch.fft.rfft(u.double(), n=n) * torch.fft.rfft(k.double(), n=n), n=n)[..., :L]
+
+
+def test_long_input_precision_float32_vs_float64():
+    L = 1 << 17
+    u = torch.randn(1, 2, L)
+    k = torch.randn(2, L) * torch.exp(-torch.arange(L) / (L / 4))  # a long, slowly decaying filter
+    with torch.no_grad():
+        y = fft_causal_conv(u, k)
+    ref = _float64_fft_reference(u, k)
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.mark.slow
+def test_million_token_precision_and_streaming():
+    L = 1_000_000
+    u = torch.randn(1, 2, L)
+    k = torch.randn(2, L) * torch.exp(-torch.arange(L) / (L / 4))
+    with torch.no_grad():
+        y = fft_causal_conv(u, k)
+        a, h = causal_conv_with_history(u[..., : L // 2], k, None, L - 1)
+        b, _ = causal_conv_with_history(u[..., L // 2 :], k, h, L - 1)
+    ref = _float64_fft_reference(u, k)
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+    assert ((torch.cat([a, b], -1).double() - ref).norm() / ref.norm()).item() < 1e-5
