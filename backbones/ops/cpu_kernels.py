@@ -58,13 +58,23 @@ def load(verbose: bool = False) -> bool:
             _STATE["ok"] = False
             return False
         try:
+            build_dir = _build_dir()
+            so = build_dir / "longstream_cpu_ops.so"
+            if so.exists():  # built before for this source + torch + arch: skip the ninja check
+                try:
+                    torch.ops.load_library(str(so))
+                    if hasattr(torch.ops.longstream_ops, "scan_fwd"):
+                        _STATE["ok"] = True
+                        return True
+                except (OSError, RuntimeError):
+                    pass  # stale or broken: rebuild below
             from torch.utils import cpp_extension
 
             cpp_extension.load(
                 name="longstream_cpu_ops",
                 sources=[str(_SRC)],
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-Wno-ignored-attributes"],
-                build_directory=str(_build_dir()),
+                build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=verbose,
             )
