@@ -87,7 +87,7 @@ def causal_conv1d(
     new_cache = new_cache.float().contiguous()
 
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    if backend in ("auto", "cuda") and x.is_cuda and cache is None:
+    if backend in ("auto", "cuda") and x.is_cuda and (cache is None or not bool(cache.any())):
         from . import cuda
 
         if cuda.has_causal_conv1d():

@@ -233,10 +233,11 @@ def selective_scan(
     if backend in ("auto", "cuda") and u.is_cuda:
         from . import cuda
 
-        if cuda.has_selective_scan() and initial_state is None:
+        # mamba_ssm's kernel starts from zeros; an all-zero initial state is the same thing
+        if cuda.has_selective_scan() and (initial_state is None or not bool(initial_state.any())):
             return cuda.selective_scan_cuda(u, dt, A, B, C, D, z, dt_bias, dt_softplus)
         if backend == "cuda":
-            raise RuntimeError("backend='cuda' needs mamba_ssm and no initial_state")
+            raise RuntimeError("backend='cuda' needs mamba_ssm and a zero / absent initial_state")
         backend = "torch"
     elif backend == "cuda":
         raise RuntimeError("backend='cuda' needs CUDA tensors")
