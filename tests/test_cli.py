@@ -170,9 +170,29 @@ def test_resume_continues_exactly(tmp_path, capsys):
 
 
 def test_console_script_subprocess():
-    """The installed entry point: exit code and a single clean error line."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "apps.cli", "template", "evaluate", "--checkpoint", "nowhere/x/y", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+    """A fresh interpreter: importing the apps loads no gradio, and a bad input exits 2 with one line."""
+    code = (
+        "import sys, apps.cli, apps.gradio_app\n"
+        "assert 'gradio' not in sys.modules, 'gradio imported at import time'\n"
+        "sys.exit(apps.cli.main(['template', 'evaluate', '--checkpoint', 'nowhere/x/y', '--json']))\n"
     )
-    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_gradio_app_has_one_tab_per_pipeline():
+    pytest.importorskip("gradio")
+    from apps.gradio_app import build_app
+    from pipelines.registry import list_pipelines
+
+    app = build_app(only=["template"])
+    ids = [getattr(b, "id", None) for b in app.blocks.values() if type(b).__name__ == "Tab"]
+    assert ids == ["template"]
+    names = {getattr(f, "api_name", None) for f in app.fns.values()}
+    assert "template_classify" in names
+    from pipelines.common import UserError
+
+    with pytest.raises(UserError, match="unknown or unavailable"):
+        build_app(only=["nope"])
+    assert "template" in list_pipelines()
