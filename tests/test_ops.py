@@ -194,3 +194,14 @@ def test_fused_inference_kernel_equals_training_path():
     y, h = selective_scan(**{**kw, "u": u}, dt_softplus=True, backend="cpp")
     close(y_fused, y.detach(), atol=1e-5, rtol=1e-5)
     close(h_fused, h.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_dispatch_is_lazy_and_optional():
+    """Without mamba_ssm / causal_conv1d (or without CUDA) every has_* is False and CPU ops never touch them."""
+    import sys
+
+    from backbones.ops import cuda
+
+    if not torch.cuda.is_available():
+        assert not (cuda.has_selective_scan() or cuda.has_causal_conv1d() or cuda.has_ssd())
+    assert "mamba_ssm" not in sys.modules or sys.modules["mamba_ssm"] is None or torch.cuda.is_available()
