@@ -247,3 +247,48 @@ def test_concurrent_downloads_fetch_once(setup):
     assert not errors and len(set(results)) == 1
     assert len(_gets(srv, "model.safetensors")) == 1  # the others waited on the lock and found it done
     assert hub.verify("demo/tiny") == {"demo/tiny": []}
+
+
+def test_cli_end_to_end_remote_model(tmp_path, monkeypatch, capsys):
+    """`hub register` -> `hub list/download/verify` -> `template evaluate --checkpoint <remote name>`."""
+    import shutil
+
+    from apps.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    served = tmp_path / "served" / "template" / "sine-remote"
+    shutil.copytree(repo / "checkpoints" / "template" / "sine-attn", served)
+    srv = _Server(tmp_path / "served")
+    try:
+        reg = tmp_path / "extra_registry.json"
+        monkeypatch.setenv("LONGSTREAM_HUB_REGISTRY", str(reg))
+        monkeypatch.setenv("LONGSTREAM_HOME", str(tmp_path / "home"))
+        monkeypatch.delenv("LONGSTREAM_OFFLINE", raising=False)
+        assert main(["hub", "register", str(served), "--url", f"{srv.url}/template/sine-remote",
+                     "--registry", str(reg)]) == 0
+        capsys.readouterr()
+        assert main(["hub", "list", "--json"]) == 0
+        names = {m["name"] for m in json.loads(capsys.readouterr().out.strip().splitlines()[-1])}
+        assert {"template/sine-remote", "template/sine-attn"} <= names
+        assert main(["hub", "verify", "template/sine-remote"]) == 0  # not downloaded yet: not a failure
+        # evaluating by name downloads into $LONGSTREAM_HOME, verified
+        assert main(["template", "evaluate", "--checkpoint", "template/sine-remote", "--json"]) == 0
+        metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert metrics["accuracy"] > 0.9
+        assert (tmp_path / "home" / "checkpoints" / "template" / "sine-remote" / "model.safetensors").exists()
+        n = len(srv.requests)
+        assert main(["hub", "verify", "template/sine-remote"]) == 0
+        capsys.readouterr()
+        monkeypatch.setenv("LONGSTREAM_OFFLINE", "1")  # cached: works offline, no request
+        assert main(["template", "predict", "--checkpoint", "sine-remote", "gen:1"]) == 0
+        assert len(srv.requests) == n
+        # corrupt the cached weights: verify fails with exit 2, download --force repairs
+        w = tmp_path / "home" / "checkpoints" / "template" / "sine-remote" / "model.safetensors"
+        w.write_bytes(b"\0" * w.stat().st_size)
+        assert main(["hub", "verify", "template/sine-remote"]) == 2
+        assert main(["hub", "download", "template/sine-remote"]) == 2  # offline: refuses to fetch
+        monkeypatch.delenv("LONGSTREAM_OFFLINE")
+        assert main(["hub", "download", "template/sine-remote"]) == 0
+        assert main(["hub", "verify", "template/sine-remote"]) == 0
+    finally:
+        srv.close()
