@@ -40,13 +40,14 @@ def _inventory() -> dict:
     pipes = []
     available = set(list_pipelines())
     for name in PIPELINES:
-        desc = ""
+        desc, presets = "", []
         if name in available:
             try:
                 desc = _first_line(get_pipeline(name).__doc__)
+                presets = list(getattr(get_pipeline(name, "config"), "PRESETS", {}))
             except Exception:  # a broken pipeline must not break `list`
-                desc = "(import failed)"
-        pipes.append({"name": name, "available": name in available, "description": desc})
+                desc = desc or "(import failed)"
+        pipes.append({"name": name, "available": name in available, "description": desc, "presets": presets})
     try:
         from backbones import list_backbones
 
@@ -78,6 +79,8 @@ def cmd_list(argv: Sequence[str]) -> int:
     for d in inv["pipelines"]:
         state = "" if d["available"] else "  (registered, not written yet)"
         print(f"  {d['name']:<14} {d['description']}{state}")
+        if d["presets"]:
+            print(f"  {'':<14} presets: {', '.join(d['presets'])}")
     print(f"backbones ({len(inv['backbones'])}):")
     for b in inv["backbones"]:
         print(f"  {b}")
