@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 def _markdown(res: dict, rows: dict, horizons: list[int], mamba_rows: dict) -> str:
     head = "| model | " + " | ".join(f"H={h} MSE / MAE" for h in horizons) + " | mean MSE / MAE |"
     sep = "|---" * (len(horizons) + 2) + "|"
-    lines = [f"# ETTh1 long-term forecasting (input 96)\n",
+    lines = ["# ETTh1 long-term forecasting (input 96)\n",
              f"{res['dataset']}. Mode: {res['mode']}. Threads: {res['threads']}, torch {res['torch']}, "
              f"code {res['code_version']}, {res['time']}.\n",
              f"Our best model: {', '.join(f'H{h}: `{n}`' for h, n in res['best_model'].items())}.\n",

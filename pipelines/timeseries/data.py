@@ -29,10 +29,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .config import DataConfig
-
 from pipelines.common import UserError
 
+from .config import DataConfig
 
 __all__ = [
     "UserError",
