@@ -26,8 +26,10 @@ from pipelines.common import REPO_ROOT, UserError, make_parser, print_json, run_
 TOP_COMMANDS = ("list", "hub", "data", "demo", "bench")
 
 
-def _first_line(doc: str | None) -> str:
-    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+def _first_line(doc: str | None, width: int = 100) -> str:
+    """The first paragraph of a docstring on one line, shortened to ``width``."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return para if len(para) <= width else para[: width - 3].rsplit(" ", 1)[0] + "..."
 
 
 # --------------------------------------------------------------------------- list
