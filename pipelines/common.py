@@ -954,7 +954,14 @@ def _json_default(o: Any) -> Any:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (exit 2, one line) instead of printing usage and exiting."""
+    """argparse that raises UserError (exit 2, one line) instead of printing usage and exiting.
+
+    Abbreviations are off, so a dotted override is never taken for a prefix of an option.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
         raise UserError(f"{self.prog}: {message} (see --help)")
