@@ -193,13 +193,14 @@ class StreamRunner:
     ) -> tuple[Tensor, StreamState]:
         """Stream all of ``x`` and return the concatenated outputs and the final state."""
         outs = []
-        st = state
-        for _, y, st in self.iter(x, state, mask=mask, positions=positions, frame_ids=frame_ids):
+        last = state
+        for _, y, new_state in self.iter(x, state, mask=mask, positions=positions, frame_ids=frame_ids):
             outs.append(y)
-        if st is None:  # empty input
-            st = state if state is not None else self.init_state(x.shape[0], device=x.device)
-            return x.new_zeros(x.shape[0], 0), st
-        return torch.cat(outs, 1), st
+            last = new_state
+        if not outs:  # empty input: nothing consumed
+            last = last if last is not None else self.init_state(x.shape[0], device=x.device)
+            return x.new_zeros(x.shape[0], 0), last
+        return torch.cat(outs, 1), last
 
     # --------------------------------------------------------------- save / restore
     def _identity(self) -> dict[str, Any]:

@@ -175,8 +175,9 @@ def test_budgets_are_respected_and_state_stays_flat():
         nbytes = []
         with torch.no_grad():
             st = r.init_state(2)
-            for _, _, st in r.iter(torch.randn(2, 7 * 20, D), st):
-                nbytes.append(st.memory.nbytes())
+            for _, _, new_state in r.iter(torch.randn(2, 7 * 20, D), st):
+                nbytes.append(new_state.memory.nbytes())
+            st = new_state
         sizes[name] = nbytes
         if name == "compressive_bank":
             assert st.memory.entries.shape[1] <= 8 and int(st.memory.valid.sum(-1).max()) <= 8

@@ -140,8 +140,22 @@ def test_lr_sweep_picks_one_of_the_rates(tmp_path):
     assert m["lr"] in (1e-3, 1e-2) and set(m["lr_sweep"]) == {"0.001", "0.01"}
 
 
+@pytest.mark.slow  # importing gradio takes minutes on a loaded 2-core box
 def test_demo_builds_without_launching():
     pytest.importorskip("gradio")
     from pipelines.recall.demo import build_demo
 
     assert build_demo() is not None
+
+
+def test_with_memory_swaps_the_cache_policy_keeping_weights():
+    from pipelines.recall.model import build_model, with_memory
+
+    torch.manual_seed(0)
+    m = build_model(rc.tiny_passkey()).eval()
+    sw = with_memory(m, "sink_window", {"sinks": 2, "window": 8})
+    assert sw.cfg.model.memory == "sink_window" and m.cfg.model.memory == "retrieval"
+    torch.testing.assert_close(sw.memory.attn.q.weight, m.memory.attn.q.weight)
+    x, y = generate(sw.cfg.data, 2, seed=0)
+    p, nbytes = sw.predict_at(x, y)
+    assert p.shape == y.shape and nbytes > 0

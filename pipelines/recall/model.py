@@ -91,7 +91,8 @@ class RecallModel(nn.Module):
         r = self.runner(segment_len=segment_len, detach_every=1, progress=progress, head=False)
         preds = torch.full_like(targets, -100)
         st = None
-        for s, h, st in r.iter(tokens):
+        for s, h, new_state in r.iter(tokens):
+            st = new_state
             tseg = targets[:, s : s + h.shape[1]]
             sel = tseg != -100  # (b, n)
             if bool(sel.any()):
@@ -142,3 +143,23 @@ def from_pretrained(name_or_dir: str | Path) -> RecallModel:
             f"{unexpected[:3]}); it was made by another code version ({meta.get('code_version')})"
         )
     return model.eval()
+
+
+def with_memory(model: RecallModel, memory: str, memory_kwargs: dict[str, Any]) -> RecallModel:
+    """A copy of ``model`` whose memory is replaced by ``memory`` (same backbone, head and,
+    where parameter names match, the same read-head weights).
+
+    Used for cache-policy ablations: e.g. the retrieval model's read head over a
+    StreamingLLM sink + window cache instead of retrieved blocks. Raises if the new memory
+    has parameters the old one cannot provide.
+    """
+    import copy
+
+    cfg = copy.deepcopy(model.cfg)
+    cfg.model.memory, cfg.model.memory_kwargs = memory, dict(memory_kwargs)
+    new = build_model(cfg)
+    sd = {k: v for k, v in model.state_dict().items() if k in new.state_dict()}
+    missing, _ = new.load_state_dict(sd, strict=False)
+    if missing:
+        raise common.UserError(f"memory {memory!r} needs parameters the source model lacks: {missing[:4]}")
+    return new.eval()
