@@ -150,7 +150,7 @@ RELEASE_CHOICES: dict[int, dict[str, Any]] = {
     96: {"loss": "mse", "lr": 0.01},
     192: {"loss": "mse", "lr": 0.01},
     336: {"loss": "mse", "lr": 0.01},
-    720: {"loss": "mse", "lr": 0.01},
+    720: {"loss": "mae", "lr": 0.01},
 }
 
 

@@ -20,8 +20,9 @@ Kinds (``ModelConfig.kind``):
 - ``seasonal_naive``: repeat the last observed cycle.
 
 Quantile option: with ``quantiles`` (e.g. 0.1/0.5/0.9) the head emits ``1 + Q``
-values per step: the point forecast (trained with MSE) and the quantiles (trained with
-the pinball loss), so the point forecast is not degraded by the interval.
+values per step: the point forecast (trained with MSE) and Q positive gaps that place
+the quantiles, in order, around the detached point forecast (trained with the pinball
+loss), so the point forecast is not degraded by the interval and intervals never cross.
 
 Axis legend: b batch, l input length, h horizon, c variables, d model width,
 n tokens, q quantiles.
@@ -29,6 +30,7 @@ n tokens, q quantiles.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -103,6 +105,10 @@ class Forecaster(nn.Module):
             raise ValueError(f"quantiles must lie in (0, 1), got {q}")
         self.register_buffer("quantiles", torch.tensor(q, dtype=torch.float32), persistent=False)
         self.n_out = 1 + len(q)
+        # initial gap between neighbouring quantiles: ~0.6 window-std spread on each side
+        n_side = max(1, sum(v < 0.5 for v in q), sum(v > 0.5 for v in q))
+        gap = 0.6 / n_side
+        self.register_buffer("q_init", torch.tensor(math.log(math.expm1(gap))), persistent=False)
         kind = cfg.kind
         if kind == "seasonal_naive":
             if period <= 0 or period > seq_len:
@@ -199,13 +205,30 @@ class Forecaster(nn.Module):
         if self.cycle is not None:
             x = x - self.cycle(phase, self.seq_len)
         y = self._core(x)  # (b, h, c, o)
-        if self.cycle is not None:
-            y = y + self.cycle((phase + self.seq_len) % self.period, self.pred_len).unsqueeze(-1)
-        if stats is not None:
-            y = self.revin.denormalize(y, stats)
         point = y[..., 0]
-        quant = y[..., 1:] if self.n_out > 1 else None
+        if self.cycle is not None:
+            point = point + self.cycle((phase + self.seq_len) % self.period, self.pred_len)
+        quant = self._quantiles(point, y[..., 1:]) if self.n_out > 1 else None
+        if stats is not None:
+            point = self.revin.denormalize(point, stats)
+            quant = self.revin.denormalize(quant, stats) if quant is not None else None
         return point, quant
+
+    def _quantiles(self, point: Tensor, raw: Tensor) -> Tensor:
+        """Ordered quantiles around the (detached) point forecast, in the normalised space.
+
+        ``raw`` (B, H, C, Q) -> positive gaps (softplus) accumulated outward from the point:
+        levels below 0.5 sit below it, levels above 0.5 above it, 0.5 on it. So the
+        intervals are always ordered and the pinball loss never moves the point forecast.
+        """
+        lv = self.quantiles
+        gaps = F.softplus(raw + self.q_init)  # (b, h, c, q)
+        below = (lv < 0.5).to(gaps.dtype)
+        above = (lv > 0.5).to(gaps.dtype)
+        down = torch.flip(torch.cumsum(torch.flip(gaps * below, [-1]), -1), [-1])  # sum over j >= k
+        up = torch.cumsum(gaps * above, -1)  # sum over j <= k
+        offsets = up * above - down * below
+        return point.detach().unsqueeze(-1) + offsets
 
     def loss(self, x: Tensor, y: Tensor, phase: Tensor | None, *, kind: str = "mse", target_idx: list[int] | None = None) -> Tensor:
         """Training loss: MSE (or MAE) of the point forecast + pinball loss of the quantiles."""
