@@ -312,3 +312,35 @@ def test_all_shipped_checkpoints_reproduce() -> None:
         rec = json.loads((d / "config.json").read_text())["metrics"]
         got = evaluate(str(d), str(path))
         assert got["mse"] == pytest.approx(rec["mse"], abs=2e-5), d.name
+
+
+def test_fit_resumes_from_train_state(tmp_path: Path) -> None:
+    from pipelines.timeseries.model import build_model
+    from pipelines.timeseries.train import fit, prepare
+
+    p = _csv(tmp_path, "h.csv", _hourly(600, ("a", "b", "c")))
+    cfg = tcfg.tiny()
+    cfg.data.path = str(p)
+    cfg.train.epochs = 1
+    series, splits, period = prepare(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, len(series.columns), period)
+    fit(model, splits, cfg, out_dir=tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "train_state.pt").exists()
+    cfg.train.epochs = 2
+    best = fit(model, splits, cfg, out_dir=tmp_path / "run", resume=True, quiet=True)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert best["epochs"] in (1, 2)
+
+
+def test_demo_forecast_uses_shipped_checkpoint_for_ett_layout() -> None:
+    if not (REPO / "checkpoints" / "timeseries" / "etth1-cyclelinear-h96" / "config.json").exists():
+        pytest.skip("etth1-cyclelinear-h96 not shipped")
+    from pipelines.timeseries.demo import EXAMPLES, forecast_file
+
+    png, csv, summary = forecast_file(next(iter(EXAMPLES.values())), "OT", 96)
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    frame = pd.read_csv(csv)
+    assert len(frame) == 96 and list(frame.columns) == ["date", "OT"]
+    assert "etth1-cyclelinear-h96" in summary
