@@ -27,13 +27,7 @@ from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
 from .config import BackboneConfig
-from .ops.fftconv import (
-    fft_causal_conv,
-    right_align,
-    ssm_final_state,
-    ssm_free_response,
-    ssm_kernel,
-)
+from .ops.fftconv import fft_causal_conv, right_align, ssm_free_response, ssm_kernel, ssm_kernel_and_state
 from .registry import register_backbone, register_mixer
 
 __all__ = ["S4D", "s4d_reference"]
@@ -109,16 +103,14 @@ class S4D(Backbone):
         """SSM part on channels-first ``u`` (B, H, L): ``(y (B, H, L), state (B, H, N/2) complex)``."""
         B, H, L = u.shape
         log_dA, dB, C = self.discrete()
-        y = fft_causal_conv(u, ssm_kernel(2 * C * dB, log_dA, L))
+        # state after each row's last valid token: right-align rows so it lands at L-1
+        u_st = u if lengths is None else right_align(u, lengths)
+        K, x = ssm_kernel_and_state(2 * C * dB, dB, log_dA, u_st)  # one pass over dA^l
+        y = fft_causal_conv(u, K) + u * self.D.float()[:, None]
         if x0 is not None:
             y = y + ssm_free_response(x0, 2 * C, log_dA, L)
-        y = y + u * self.D.float()[:, None]
-        if lengths is None:
-            x = ssm_final_state(u, dB, log_dA, x0)
-        else:  # state after each row's last valid token
-            x = ssm_final_state(right_align(u, lengths), dB, log_dA, None)
-            if x0 is not None:
-                x = x + x0 * torch.exp(log_dA[None] * lengths.view(B, 1, 1).to(log_dA.real.dtype))
+            n = torch.full((B,), L, device=u.device) if lengths is None else lengths
+            x = x + x0 * torch.exp(log_dA[None] * n.view(B, 1, 1).to(log_dA.real.dtype))
         return y, x
 
     def _out(self, y: Tensor) -> Tensor:

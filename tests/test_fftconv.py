@@ -16,6 +16,7 @@ from backbones.ops.fftconv import (
     ssm_final_state,
     ssm_free_response,
     ssm_kernel,
+    ssm_kernel_and_state,
 )
 
 
@@ -110,6 +111,9 @@ def test_ssm_helpers_match_recurrence():
     y = fft_causal_conv(u, ssm_kernel(c * b, log_a, T, block=16)) + ssm_free_response(x0, c, log_a, T, block=16)
     torch.testing.assert_close(y, y_seq, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ssm_final_state(u, b, log_a, x0, block=16), x, atol=1e-4, rtol=1e-4)
+    K, xs = ssm_kernel_and_state(c * b, b, log_a, u, block=16)  # zero initial state
+    torch.testing.assert_close(K, ssm_kernel(c * b, log_a, T), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(xs + x0 * torch.exp(log_a * T), x, atol=1e-4, rtol=1e-4)
 
 
 def _float64_fft_reference(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
