@@ -163,7 +163,7 @@ def fft_bidirectional_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor) -> Tensor:
     """Non-causal convolution: ``y[t] = sum_{j>=0} k_fwd[j] u[t-j] + sum_{j>=1} k_bwd[j-1] u[t+j]``.
 
     ``u`` (B, C, L); ``k_fwd``, ``k_bwd`` (C, >=L) (the first L taps are used). One FFT of a
-    fast size >= 2L-1 holds both halves (positive lags at the front, negative at the back).
+    size >= 2L-1 holds both halves (positive lags at the front, negative at the back).
     """
     B, C, L = u.shape
     n = fft_size(2 * L - 1)
