@@ -421,15 +421,24 @@ def iterate_windows(
 
     Windows are gathered from the split tensor per batch (no (N, L, C) copy is built).
     """
-    n = split.n_windows
-    idx = indices if indices is not None else torch.arange(n)
+    idx = window_order(split, shuffle=shuffle, generator=generator, indices=indices)
+    for i in range(0, len(idx), batch_size):
+        yield gather_windows(split, idx[i : i + batch_size])
+
+
+def window_order(
+    split: Split, *, shuffle: bool = False, generator: torch.Generator | None = None, indices: Tensor | None = None
+) -> Tensor:
+    """Window start indices of ``split`` (all, or ``indices``), shuffled with ``generator`` if asked."""
+    idx = indices if indices is not None else torch.arange(split.n_windows)
     if shuffle:
         idx = idx[torch.randperm(len(idx), generator=generator)]
+    return idx
+
+
+def gather_windows(split: Split, starts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x (B, L, C), y (B, H, C), phase (B,))`` for the windows starting at ``starts`` (B,)."""
     l, h = split.seq_len, split.pred_len
-    ar_x = torch.arange(l)
-    ar_y = torch.arange(l, l + h)
-    for i in range(0, len(idx), batch_size):
-        b = idx[i : i + batch_size]
-        x = split.data[b[:, None] + ar_x]  # (b, l, c)
-        y = split.data[b[:, None] + ar_y]  # (b, h, c)
-        yield x, y, split.phase[b]
+    x = split.data[starts[:, None] + torch.arange(l)]  # (b, l, c)
+    y = split.data[starts[:, None] + torch.arange(l, l + h)]  # (b, h, c)
+    return x, y, split.phase[starts]

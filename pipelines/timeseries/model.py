@@ -46,6 +46,7 @@ __all__ = [
     "build_model",
     "pinball_loss",
     "series_decomp",
+    "forecast_loss",
     "save_forecaster",
     "load_forecaster",
     "from_pretrained",
@@ -71,6 +72,25 @@ def pinball_loss(pred: Tensor, target: Tensor, quantiles: Tensor) -> Tensor:
     """Mean pinball (quantile) loss; ``pred`` (..., Q), ``target`` (...), ``quantiles`` (Q,)."""
     diff = target.unsqueeze(-1) - pred
     return torch.maximum(quantiles * diff, (quantiles - 1) * diff).mean()
+
+
+def forecast_loss(
+    point: Tensor,
+    quant: Tensor | None,
+    y: Tensor,
+    quantiles: Tensor,
+    *,
+    kind: str = "mse",
+    target_idx: list[int] | None = None,
+) -> Tensor:
+    """MSE (or MAE) of ``point`` (B, H, C) on the target channels + pinball loss of ``quant``."""
+    if target_idx is not None and len(target_idx) != point.shape[-1]:
+        point, y = point[..., target_idx], y[..., target_idx]
+        quant = quant[..., target_idx, :] if quant is not None else None
+    loss = F.l1_loss(point, y) if kind == "mae" else F.mse_loss(point, y)
+    if quant is not None:
+        loss = loss + pinball_loss(quant, y, quantiles)
+    return loss
 
 
 def _make_backbone(cfg: ModelConfig, dropout: float) -> nn.Module:
@@ -233,13 +253,7 @@ class Forecaster(nn.Module):
     def loss(self, x: Tensor, y: Tensor, phase: Tensor | None, *, kind: str = "mse", target_idx: list[int] | None = None) -> Tensor:
         """Training loss: MSE (or MAE) of the point forecast + pinball loss of the quantiles."""
         point, quant = self(x, phase)
-        if target_idx is not None and len(target_idx) != self.n_vars:
-            point, y = point[..., target_idx], y[..., target_idx]
-            quant = quant[..., target_idx, :] if quant is not None else None
-        loss = F.l1_loss(point, y) if kind == "mae" else F.mse_loss(point, y)
-        if quant is not None:
-            loss = loss + pinball_loss(quant, y, self.quantiles)
-        return loss
+        return forecast_loss(point, quant, y, self.quantiles, kind=kind, target_idx=target_idx)
 
     @property
     def trainable(self) -> bool:

@@ -1,5 +1,9 @@
 """Training loop of the time-series pipeline (explicit; helpers from ``pipelines/common.py``).
 
+Under ``torchrun --nproc_per_node N -m apps.cli timeseries train ...`` each of the N CPU
+processes (gloo) takes an equal share of every global batch and DDP averages the
+gradients; only rank 0 writes logs, resumable states and the checkpoint.
+
 Adam, per-epoch validation on the validation split, early stopping on validation MSE,
 the best epoch's weights kept (model selection never looks at the test split). After
 every epoch ``train_state.pt`` (model, optimizer, epoch, RNG, best weights) is written
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,18 +25,21 @@ import torch
 from pipelines.common import (
     EarlyStopping,
     MetricLogger,
+    init_distributed,
     load_train_state,
     progress,
     save_train_state,
     seed_everything,
     set_threads,
     sha256_file,
+    shard_indices,
+    wrap_ddp,
 )
 
 from .config import TimeseriesConfig
-from .data import Series, Splits, UserError, iterate_windows, load_series, make_splits
+from .data import Series, Splits, UserError, gather_windows, load_series, make_splits, window_order
 from .evaluate import evaluate_split
-from .model import Forecaster, build_model, resolve_period, save_forecaster
+from .model import Forecaster, build_model, forecast_loss, resolve_period, save_forecaster
 
 __all__ = ["prepare", "fit", "train", "scaler_record"]
 
@@ -85,6 +93,10 @@ def fit(
     """Train ``model`` in place; returns the best validation metrics (``val_mse``, ``val_mae``, ``epochs``)."""
     tc = cfg.train
     tidx = splits.series.target_idx
+    env = init_distributed("cpu")  # under torchrun: gloo, each rank takes its share of every batch
+    if not env.is_main:
+        out_dir = None  # only rank 0 writes
+    net = wrap_ddp(model, env)
     if not model.trainable or tc.epochs <= 0:
         m = evaluate_split(model, splits.val, target_idx=tidx, batch_size=tc.eval_batch_size)
         return {"val_mse": m["mse"], "val_mae": m["mae"], "epochs": 0}
@@ -108,7 +120,7 @@ def fit(
     best: dict[str, float] = {}
     start_epoch, step = 0, 0
     state_path = out_dir / "train_state.pt" if out_dir is not None else None
-    log = MetricLogger(out_dir / "metrics.jsonl" if out_dir is not None else None)
+    log = MetricLogger(out_dir / "metrics.jsonl" if out_dir is not None else None, rank=env.rank)
     if resume and state_path is not None:
         best_model = copy.deepcopy(model)
         if (out_dir / "best_state.pt").exists():
@@ -118,22 +130,27 @@ def fit(
         start_epoch = int(extra.get("epoch", 0))
         stopper.load_state_dict(extra.get("stopper") or {})
         best = dict(extra.get("best") or {})
-        gen.manual_seed(tc.seed + start_epoch)
+        if extra.get("generator") is not None:
+            gen.set_state(extra["generator"])
         if extra.get("stopped"):
             start_epoch = tc.epochs
     for epoch in range(start_epoch, tc.epochs):
         model.train()
         t0 = time.time()
         run_loss, seen = 0.0, 0
-        bar = progress(
-            iterate_windows(splits.train, tc.batch_size, shuffle=True, generator=gen, indices=sub),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{tc.epochs}",
-        )
-        for x, y, ph in bar:
+        order = window_order(splits.train, shuffle=True, generator=gen, indices=sub)
+        for i in progress(range(0, len(order), tc.batch_size), desc=f"epoch {epoch + 1}/{tc.epochs}"):
+            b = order[i : i + tc.batch_size]
+            if env.distributed:  # equal shares per rank (a ragged last batch is trimmed)
+                b = b[: len(b) - len(b) % env.world_size]
+                if len(b) == 0:
+                    continue
+                b = torch.as_tensor(shard_indices(b, env), dtype=torch.long)
+            x, y, ph = gather_windows(splits.train, b)
             for g in opt.param_groups:
                 g["lr"] = tc.lr * g.get("lr_mult", 1.0) * _lr_factor(tc.lradj, epoch, step, total)
-            loss = model.loss(x, y, ph, kind=tc.loss, target_idx=tidx)
+            point, quant = net(x, ph)
+            loss = forecast_loss(point, quant, y, model.quantiles, kind=tc.loss, target_idx=tidx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -149,7 +166,7 @@ def fit(
                 save_train_state(out_dir / "best_state.pt", model=model)
         rec = log.log(step, epoch=epoch + 1, train_loss=run_loss / max(1, seen), val_mse=val["mse"],
                       val_mae=val["mae"], seconds=round(time.time() - t0, 2))
-        if not quiet:
+        if not quiet and env.is_main:
             print(
                 f"epoch {epoch + 1}: train {rec['train_loss']:.4f} val_mse {val['mse']:.4f} "
                 f"val_mae {val['mae']:.4f} ({rec['seconds']}s)",
@@ -158,7 +175,7 @@ def fit(
         if state_path is not None:
             save_train_state(state_path, model=model, optimizer=opt, step=step,
                              extra={"epoch": epoch + 1, "stopper": stopper.state_dict(), "best": best,
-                                    "stopped": bool(stop)})
+                                    "stopped": bool(stop), "generator": gen.get_state()})
         if stop:
             break
     model.load_state_dict(best_state)
@@ -200,6 +217,8 @@ def train(
         data_info["sha256"] = sha256_file(series.source)
     except OSError:
         pass
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes the checkpoint
+        return metrics
     save_forecaster(
         model, cfg, out_dir, scaler=scaler_record(splits, period), metrics=metrics, data=data_info,
         name=name, card=model_card(cfg, metrics, data_info, name or f"timeseries/{out_dir.name}"),
