@@ -90,7 +90,8 @@ def plot_forecast(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    targets = [series.columns[j] for j in series.target_idx][:6]
+    all_targets = [series.columns[j] for j in series.target_idx]
+    targets = all_targets[-8:]  # at most 8 panels (the last columns: ETT's OT is last)
     history = history or min(len(series), max(3 * len(frame), 96))
     fig, axes = plt.subplots(len(targets), 1, figsize=(10, 2.6 * len(targets) + 0.6), squeeze=False, sharex=True)
     ts_hist = series.timestamps[-history:]
@@ -107,7 +108,8 @@ def plot_forecast(
         ax.set_ylabel(t)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(loc="upper left", fontsize=8)
-    axes[0, 0].set_title(title or f"{Path(series.source).name}: {len(frame)}-step forecast")
+    more = f" (last {len(targets)} of {len(all_targets)} targets)" if len(targets) < len(all_targets) else ""
+    axes[0, 0].set_title((title or f"{Path(series.source).name}: {len(frame)}-step forecast") + more)
     fig.autofmt_xdate()
     fig.tight_layout()
     if path is not None:
