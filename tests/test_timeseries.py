@@ -344,3 +344,16 @@ def test_demo_forecast_uses_shipped_checkpoint_for_ett_layout() -> None:
     frame = pd.read_csv(csv)
     assert len(frame) == 96 and list(frame.columns) == ["date", "OT"]
     assert "etth1-cyclelinear-h96" in summary
+
+
+@pytest.mark.parametrize(
+    "pattern,mixer_kwargs",
+    [("M", {}), ("M2", {"M2": {"headdim": 16, "d_state": 16}}), ("S", {}), ("M,A", {})],
+)
+def test_registry_backbones_plug_in(pattern: str, mixer_kwargs: dict) -> None:
+    """Mamba, Mamba-2, S4D and a Mamba/attention hybrid from the registry, as variate-token backbones."""
+    cfg = tcfg.tiny().model
+    cfg.pattern, cfg.mixer_kwargs, cfg.d_model, cfg.n_layers = pattern, mixer_kwargs, 32, 2
+    m = Forecaster(cfg, n_vars=3, seq_len=32, pred_len=8, period=24)
+    point, _ = m(torch.randn(2, 32, 3), torch.tensor([0, 1]))
+    assert point.shape == (2, 8, 3) and torch.isfinite(point).all()
