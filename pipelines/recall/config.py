@@ -171,7 +171,7 @@ def passkey_retrieval() -> Config:
             carry_backbone_state=False,
         ),
         backbone=_bb("M"),
-        train=TrainConfig(steps=1500, batch_size=16, lr=3e-3, target_accuracy=1.0, eval_every=100),
+        train=TrainConfig(steps=1200, batch_size=16, lr=1e-2, weight_decay=0.01, target_accuracy=0.99, eval_every=100),
         eval=EvalConfig(multipliers=[1, 4, 16, 64], depths=[0.1, 0.5, 0.9], n_per_cell=16, batch_size=8),
     )
 
