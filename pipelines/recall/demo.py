@@ -21,7 +21,7 @@ def shipped_checkpoints() -> list[str]:
         names = sorted({e.name for e in list_models("recall")})
     except Exception:  # noqa: BLE001 - the demo must still build without a hub
         names = []
-    return names or ["recall/attn-mqar"]
+    return names or ["recall/hybrid-mqar"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -81,7 +81,7 @@ def build_demo(checkpoint: str | None = None):
     import gradio as gr
 
     names = shipped_checkpoints()
-    default = checkpoint or ("recall/attn-mqar" if "recall/attn-mqar" in names else names[0])
+    default = checkpoint or ("recall/hybrid-mqar" if "recall/hybrid-mqar" in names else names[0])
 
     def run(ckpt, mult, depth, seed, history):
         try:

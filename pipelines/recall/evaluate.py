@@ -34,7 +34,7 @@ from .data import DEPTH_TASKS, EXACT_MATCH_TASKS, generate
 
 METRIC_KEYS = ["accuracy", "effective_length", "effective_multiplier", "state_bytes", "n", "train_len"]
 EXAMPLE_INPUTS = ["1x@0.5", "4x@0.1#3"]
-DEFAULT_CHECKPOINT = "recall/attn-mqar"
+DEFAULT_CHECKPOINT = "recall/hybrid-mqar"
 
 
 def score(preds: Tensor, targets: Tensor, task: str) -> tuple[float, int]:
