@@ -197,6 +197,18 @@ def smamba(horizon: int = 96) -> TimeseriesConfig:
     )
 
 
+def smamba_h192() -> TimeseriesConfig:
+    return smamba(192)
+
+
+def smamba_h336() -> TimeseriesConfig:
+    return smamba(336)
+
+
+def smamba_h720() -> TimeseriesConfig:
+    return smamba(720)
+
+
 def dlinear(horizon: int = 96) -> TimeseriesConfig:
     """DLinear baseline (Zeng et al., AAAI 2023) with TSLib's settings for ETTh1."""
     return _with_horizon(
@@ -259,6 +271,9 @@ PRESETS = {
     "dlinear_h720": dlinear_h720,
     "seasonal_naive": seasonal_naive,
     "smamba": smamba,
+    "smamba_h192": smamba_h192,
+    "smamba_h336": smamba_h336,
+    "smamba_h720": smamba_h720,
     "patch": patch,
 }
 
