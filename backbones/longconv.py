@@ -86,7 +86,8 @@ class LongConv(Backbone):
         return {"hist": torch.zeros(batch_size, self.d_model, 0, device=dev)}
 
     def _out(self, y: Tensor) -> Tensor:
-        return F.glu(self.output_linear(self.dropout(F.gelu(y))), dim=-1)
+        h = self.dropout(F.gelu(y)).to(self.output_linear.weight.dtype)  # computed in fp32, projected in the weights dtype
+        return F.glu(self.output_linear(h), dim=-1)
 
     def forward(self, x: Tensor, state: State = None, *, mask: Tensor | None = None) -> tuple[Tensor, State]:
         B, L, _ = x.shape

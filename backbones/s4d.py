@@ -115,7 +115,8 @@ class S4D(Backbone):
 
     def _out(self, y: Tensor) -> Tensor:
         """GELU -> dropout -> Linear(D, 2D) -> GLU on channels-last ``y``."""
-        return F.glu(self.output_linear(self.dropout(F.gelu(y))), dim=-1)
+        h = self.dropout(F.gelu(y)).to(self.output_linear.weight.dtype)  # computed in fp32, projected in the weights dtype
+        return F.glu(self.output_linear(h), dim=-1)
 
     def forward(self, x: Tensor, state: State = None, *, mask: Tensor | None = None) -> tuple[Tensor, State]:
         B, L, _ = x.shape

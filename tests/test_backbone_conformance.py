@@ -267,3 +267,19 @@ def test_state_helpers_apply(subject):
     close(m(x[:, 5:], st2)[0], m(x[:, 5:], st)[0], f"{name}: state_to/detach_state changed the state")
     empty = m.init_state(B, device="cpu", dtype=torch.float32)
     close(m(x, empty)[0], m(x)[0], f"{name}: init_state() differs from state=None")
+
+
+def test_bfloat16_weights_run_close_to_float32(subject):
+    """Casting a whole backbone to bfloat16 runs, keeps recurrent state in float32, and
+    stays within a few percent of the float32 output."""
+    _, _, m = subject
+    x = inputs(m)
+    with torch.no_grad():
+        y32, _ = m(x)
+        mb = m.to(torch.bfloat16)
+        yb, st = mb(x.bfloat16())
+    assert yb.dtype == torch.bfloat16
+    rel = ((yb.float() - y32).abs().max() / y32.abs().max().clamp_min(1e-6)).item()
+    assert rel < 0.05, f"bf16 relative error {rel:.3f}"
+    float_leaves = [t for t in torch.utils._pytree.tree_flatten(st)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    assert all(t.dtype == torch.float32 for t in float_leaves), {t.dtype for t in float_leaves}
