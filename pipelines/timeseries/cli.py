@@ -7,6 +7,8 @@
   and interval (quantile models).
 - ``backtest --checkpoint NAME_OR_DIR [--data CSV] [--folds 5] [--step N] [--json]``:
   rolling-origin evaluation over the last ``folds`` origins.
+- ``ensemble --members CK1 CK2 ... --out DIR [--data CSV]``: one checkpoint averaging the
+  members' forecasts, scored on validation and test.
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ def _backtest(args: argparse.Namespace) -> Any:
     return backtest(args.checkpoint, args.data, folds=args.folds, step=args.step)
 
 
+def _ensemble_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--members", nargs="+", required=True, help="trained checkpoints (dirs or hub names)")
+    p.add_argument("--out", required=True, help="output checkpoint dir")
+    p.add_argument("--data", default=None, help="CSV to score on (default: the members' training file)")
+
+
+def _ensemble(args: argparse.Namespace) -> Any:
+    from .model import make_ensemble
+
+    return make_ensemble(list(args.members), args.out, data=args.data)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return run_pipeline_cli(
         argv,
@@ -62,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predict=_predict,
         default_preset="release",
         description="Long-term forecasting (TSLib protocol on ETTh1) and forecasting of your own CSVs.",
-        extra_verbs={"backtest": (_backtest_args, _backtest)},
+        extra_verbs={"backtest": (_backtest_args, _backtest), "ensemble": (_ensemble_args, _ensemble)},
     )
 
 

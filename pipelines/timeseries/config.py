@@ -54,7 +54,8 @@ class ModelConfig:
     """The forecaster.
 
     ``kind``: ``backbone`` (encoder tokens + registry backbone + head), ``dlinear``,
-    ``linear`` (RLinear-style one linear map) or ``seasonal_naive``.
+    ``linear`` (RLinear-style one linear map), ``seasonal_naive``, or ``ensemble`` (the
+    mean forecast of ``members``, built from trained checkpoints by the ``ensemble`` verb).
     ``tokens`` (for ``backbone``): ``variate`` (S-Mamba / iTransformer), ``patch``
     (PatchTST, channel independent) or ``time`` (channel independent, one token per step).
     ``cycle``: period of the learned cycle (CycleNet); ``-1`` = from the data
@@ -82,6 +83,7 @@ class ModelConfig:
     moving_avg: int = 25
     individual: bool = False
     quantiles: list[float] = field(default_factory=list)
+    members: list[dict[str, Any]] = field(default_factory=list)  # kind "ensemble": member ModelConfigs
 
 
 @dataclass

@@ -52,7 +52,7 @@ __all__ = [
     "from_pretrained",
 ]
 
-KINDS = ("backbone", "dlinear", "linear", "seasonal_naive")
+KINDS = ("backbone", "dlinear", "linear", "seasonal_naive", "ensemble")
 TOKENS = ("variate", "patch", "time")
 
 
@@ -130,6 +130,17 @@ class Forecaster(nn.Module):
         gap = 0.6 / n_side
         self.register_buffer("q_init", torch.tensor(math.log(math.expm1(gap))), persistent=False)
         kind = cfg.kind
+        if kind == "ensemble":
+            if not cfg.members:
+                raise ValueError("an ensemble needs members (ModelConfig dicts)")
+            from pipelines.common import config_from_dict
+
+            self.members = nn.ModuleList(
+                Forecaster(config_from_dict(ModelConfig, m), n_vars, seq_len, pred_len, period) for m in cfg.members
+            )
+            self.n_out = self.members[0].n_out
+            self.quantiles = self.members[0].quantiles
+            return
         if kind == "seasonal_naive":
             if period <= 0 or period > seq_len:
                 raise ValueError(f"seasonal_naive needs 0 < period <= seq_len, got period {period}")
@@ -213,6 +224,12 @@ class Forecaster(nn.Module):
             raise ValueError(
                 f"expected input (B, {self.seq_len}, {self.n_vars}), got {tuple(x.shape)}"
             )
+        if self.cfg.kind == "ensemble":  # the mean of the members' forecasts
+            outs = [m(x, phase) for m in self.members]
+            point = torch.stack([o[0] for o in outs]).mean(0)
+            quants = [o[1] for o in outs if o[1] is not None]
+            quant = torch.stack(quants).mean(0) if len(quants) == len(outs) else None
+            return point, quant
         if self.cfg.kind == "seasonal_naive":
             p = self.period
             idx = self.seq_len - p + torch.arange(self.pred_len, device=x.device) % p
@@ -336,3 +353,59 @@ def load_forecaster(checkpoint: Any) -> tuple[Forecaster, TimeseriesConfig, dict
 def from_pretrained(name_or_dir: str) -> Forecaster:
     """The forecaster of a checkpoint dir or hub name (``timeseries/<name>``), in eval mode."""
     return load_forecaster(name_or_dir)[0]
+
+
+def make_ensemble(members: list[str], out_dir: Any, *, data: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """Average the forecasts of trained checkpoints ``members`` into one checkpoint in ``out_dir``.
+
+    The members must share the data layout, scaler, input length and horizon. The
+    ensemble is scored on the validation and test splits of ``data`` (default: the
+    members' training file) and saved self-contained (all member weights).
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from pipelines.common import UserError, config_to_dict, sha256_file
+
+    from .data import load_series, make_splits
+    from .evaluate import evaluate_split
+
+    if len(members) < 2:
+        raise UserError("an ensemble needs at least two --members checkpoints")
+    loaded = [load_forecaster(m) for m in members]
+    m0, cfg0, meta0 = loaded[0]
+    sc0 = meta0.get("scaler") or {}
+    for (m, cfg, meta), nm in zip(loaded[1:], members[1:]):
+        sc = meta.get("scaler") or {}
+        same = (cfg.data.seq_len, cfg.data.pred_len, sc.get("columns"), sc.get("mean"), sc.get("period")) == (
+            cfg0.data.seq_len, cfg0.data.pred_len, sc0.get("columns"), sc0.get("mean"), sc0.get("period"))
+        if not same:
+            raise UserError(f"member {nm} does not match {members[0]} (input, horizon, columns, scaler, cycle); "
+                            "ensemble checkpoints trained on the same data and task")
+    mcfg = dataclasses.replace(cfg0.model, kind="ensemble", members=[config_to_dict(c.model) for _, c, _ in loaded],
+                               quantiles=[])
+    cfg = dataclasses.replace(cfg0, preset="ensemble", model=mcfg)
+    model = Forecaster(mcfg, m0.n_vars, m0.seq_len, m0.pred_len, m0.period)
+    for dst, (src, _, _) in zip(model.members, loaded):
+        dst.load_state_dict(src.state_dict())
+    model.eval()
+    series = load_series(cfg.data, data or cfg.data.path or None)
+    splits = make_splits(cfg.data, series, model.period)
+    val = evaluate_split(model, splits.val, target_idx=series.target_idx)
+    test = evaluate_split(model, splits.test, target_idx=series.target_idx)
+    metrics: dict[str, Any] = {"mse": test["mse"], "mae": test["mae"],
+                               **{k: v for k, v in test.items() if k not in ("mse", "mae")},
+                               "val_mse": val["mse"], "val_mae": val["mae"],
+                               "members": ",".join(str(m) for m in members),
+                               "n_params": sum(p.numel() for p in model.parameters())}
+    data_info = {"name": Path(series.source).name, "rows": len(series), "split": splits.scheme,
+                 "sha256": sha256_file(series.source)}
+    out = Path(out_dir)
+    nm = name or f"timeseries/{out.name}"
+    card = (f"# {nm}\n\nMean forecast of {', '.join(f'`{m}`' for m in members)} (input {m0.seq_len}, "
+            f"horizon {m0.pred_len}), saved self-contained.\n\nTest MSE {test['mse']:.4f}, MAE {test['mae']:.4f} "
+            f"({test['n_windows']} windows); validation MSE {val['mse']:.4f}.\n\nData: {data_info['name']}"
+            + (" (ETT, Zhou et al., AAAI 2021, CC BY-ND 4.0; not redistributed)" if data_info["name"].lower().startswith("ett") else "")
+            + f"\n\n```bash\nlongstream timeseries evaluate --checkpoint {nm} --data path/to/{data_info['name']} --json\n```\n")
+    save_forecaster(model, cfg, out, scaler=sc0, metrics=metrics, data=data_info, name=name, card=card)
+    return metrics
