@@ -375,7 +375,7 @@ def make_ensemble(members: list[str], out_dir: Any, *, data: str | None = None, 
     loaded = [load_forecaster(m) for m in members]
     m0, cfg0, meta0 = loaded[0]
     sc0 = meta0.get("scaler") or {}
-    for (m, cfg, meta), nm in zip(loaded[1:], members[1:]):
+    for (_, cfg, meta), nm in zip(loaded[1:], members[1:]):
         sc = meta.get("scaler") or {}
         same = (cfg.data.seq_len, cfg.data.pred_len, sc.get("columns"), sc.get("mean"), sc.get("period")) == (
             cfg0.data.seq_len, cfg0.data.pred_len, sc0.get("columns"), sc0.get("mean"), sc0.get("period"))
