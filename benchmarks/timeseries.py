@@ -40,26 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 HORIZONS = (96, 192, 336, 720)
-# our shipped candidates per horizon; the benchmark picks the one with the lowest *validation*
-# MSE recorded in its config.json (selection never uses the test split)
-CANDIDATES = ("timeseries/etth1-ensemble-h{h}", "timeseries/etth1-cyclelinear-h{h}")
-MAMBA = "timeseries/etth1-smamba-h{h}"  # shipped Mamba models, evaluated beside
-
-
-def pick_best(h: int) -> str:
-    """The shipped candidate for horizon ``h`` with the lowest recorded validation MSE."""
-    from pipelines.hub import default_hub
-
-    entries = default_hub().entries()
-    scored = []
-    for c in CANDIDATES:
-        name = c.format(h=h)
-        if name in entries:
-            meta = json.loads((default_hub().resolve(name) / "config.json").read_text())
-            scored.append((float(meta["metrics"]["val_mse"]), name))
-    if not scored:
-        raise SystemExit(f"no shipped checkpoint for horizon {h}; run with --train-best")
-    return min(scored)[1]
 PUBLISHED = {  # input 96, ETTh1, (MSE, MAE)
     "DLinear (paper)": {96: (0.386, 0.400), 192: (0.437, 0.432), 336: (0.481, 0.459), 720: (0.519, 0.516)},
     "iTransformer (paper)": {96: (0.386, 0.405), 192: (0.441, 0.436), 336: (0.487, 0.458), 720: (0.503, 0.491)},
@@ -73,6 +53,18 @@ SOURCES = {
     "PatchTST (paper)": "iTransformer paper's PatchTST row (input 96)",
     "CycleNet/Linear (repo, seed 2024)": "github.com/ACAT-SCUT/CycleNet result.txt (input 96, seed 2024)",
 }
+MAMBA = "timeseries/etth1-smamba-h{h}"  # shipped Mamba models, evaluated beside
+
+
+def pick_best(h: int) -> str:
+    """Our shipped candidate for horizon ``h`` with the lowest recorded *validation* MSE
+    (``pipelines.timeseries.evaluate.best_shipped``; the test split is never used to choose)."""
+    from pipelines.timeseries.evaluate import best_shipped
+
+    name = best_shipped(h)
+    if name is None:
+        raise SystemExit(f"no shipped checkpoint for horizon {h}; run with --train-best")
+    return name
 
 
 def _pin(threads: int) -> None:

@@ -343,7 +343,7 @@ def test_demo_forecast_uses_shipped_checkpoint_for_ett_layout() -> None:
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
     frame = pd.read_csv(csv)
     assert len(frame) == 96 and list(frame.columns) == ["date", "OT"]
-    assert "etth1-cyclelinear-h96" in summary
+    assert "shipped checkpoint `timeseries/etth1-" in summary
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,7 @@ EXAMPLES = {
     "hourly, ETT layout (shipped checkpoint)": _DEMOS / "example_hourly.csv",
     "daily sales of two stores (fitted on the fly)": _DEMOS / "example_daily_sales.csv",
 }
-SHIPPED = {96: "timeseries/etth1-cyclelinear-h96", 192: "timeseries/etth1-cyclelinear-h192",
-           336: "timeseries/etth1-cyclelinear-h336", 720: "timeseries/etth1-cyclelinear-h720"}
+
 
 
 def _columns(csv: str | Path) -> list[str]:
@@ -38,8 +37,10 @@ def _columns(csv: str | Path) -> list[str]:
 def _shipped_for(columns: list[str], freq: str, horizon: int) -> str | None:
     from pipelines.hub import default_hub
 
-    name = SHIPPED.get(int(horizon))
-    if name is None or name not in default_hub().entries():
+    from .evaluate import best_shipped
+
+    name = best_shipped(int(horizon))
+    if name is None:
         return None
     meta = json.loads((Path(default_hub().resolve(name)) / "config.json").read_text())
     sc = meta.get("scaler") or {}

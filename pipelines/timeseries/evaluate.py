@@ -16,6 +16,7 @@ Metric names (stable; documented in this pipeline's README):
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from .data import Split, UserError, iterate_windows, load_series, make_splits
 from .model import Forecaster, pinball_loss
 
-__all__ = ["evaluate_split", "evaluate", "backtest", "predict", "METRIC_KEYS", "EXAMPLE_INPUTS"]
+__all__ = ["evaluate_split", "evaluate", "backtest", "predict", "best_shipped", "METRIC_KEYS", "EXAMPLE_INPUTS"]
 
 METRIC_KEYS = ["mse", "mae", "n_windows", "seq_len", "pred_len"]
 """Keys ``evaluate`` always returns (``coverage``, ``interval``, ``pinball`` too for quantile models)."""
@@ -33,6 +34,27 @@ METRIC_KEYS = ["mse", "mae", "n_windows", "seq_len", "pred_len"]
 _DEMO_DIR = Path(__file__).resolve().parents[2] / "demos" / "timeseries"
 EXAMPLE_INPUTS = [str(_DEMO_DIR / "example_hourly.csv")]
 """A small synthetic hourly CSV in the ETT layout, accepted by the shipped checkpoints."""
+
+
+SHIPPED_CANDIDATES = ("timeseries/etth1-ensemble-h{h}", "timeseries/etth1-cyclelinear-h{h}")
+
+
+def best_shipped(horizon: int) -> str | None:
+    """The shipped ETTh1 model for ``horizon`` with the lowest recorded *validation* MSE (or None)."""
+    from pipelines.hub import default_hub
+
+    hub = default_hub()
+    entries = hub.entries()
+    scored = []
+    for c in SHIPPED_CANDIDATES:
+        name = c.format(h=int(horizon))
+        if name in entries:
+            try:
+                meta = json.loads((Path(hub.resolve(name)) / "config.json").read_text())
+                scored.append((float(meta["metrics"]["val_mse"]), name))
+            except (OSError, KeyError, ValueError, UserError):
+                continue
+    return min(scored)[1] if scored else None
 
 
 def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> Any:
