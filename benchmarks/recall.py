@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--derive-baseline", action="store_true",
                     help="(re)build recall/mamba-sinkwindow-passkey from the retrieval checkpoint")
+    ap.add_argument("--rss-json", default=None,
+                    help="reuse a previous --rss-worker measurement (JSON file) instead of streaming again")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     marks = [1 << 16, 1 << 18, 1 << 20]
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "command": "python benchmarks/recall.py" + (" --reeval" if args.reeval else "")
+        + (f" --rss-json {args.rss_json}" if args.rss_json else "")
         + (" --derive-baseline" if args.derive_baseline else ""),
         "mqar": {}, "induction": {}, "passkey": {}, "state_vs_accuracy": [],
     }
@@ -185,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                                              "state_bytes_longest": m.get("state_bytes")})
 
     rss = None
-    if (Path(args.rss_checkpoint) / "config.json").exists():
+    if args.rss_json:
+        rss = json.loads(Path(args.rss_json).read_text())
+        rss["reused_from"] = args.rss_json
+    elif (Path(args.rss_checkpoint) / "config.json").exists():
         cmd = [sys.executable, __file__, "--rss-worker", "--rss-tokens", str(args.rss_tokens),
                "--rss-checkpoint", args.rss_checkpoint]
         env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -298,6 +304,10 @@ def render_md(res: dict[str, Any]) -> str:
     elif "error" in r:
         L.append("RSS worker failed:\n\n```\n" + r["error"] + "\n```")
     else:
+        if r.get("reused_from"):
+            L.append(f"(measurement reused from `{r['reused_from']}`, made by `python benchmarks/recall.py "
+                     f"--rss-worker --rss-checkpoint {r['checkpoint']}`)")
+            L.append("")
         L.append(f"`{r['checkpoint']}` streamed {r['tokens']} tokens in segments of {r['segment_len']} "
                  f"({r['tokens_per_s']} tokens/s); process RSS at start {r['rss_start_kib'] / 1024:.1f} MiB "
                  f"(the input and prediction tensors of {r['tokens']} tokens are allocated up front).")

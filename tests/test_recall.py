@@ -159,3 +159,23 @@ def test_with_memory_swaps_the_cache_policy_keeping_weights():
     x, y = generate(sw.cfg.data, 2, seed=0)
     p, nbytes = sw.predict_at(x, y)
     assert p.shape == y.shape and nbytes > 0
+
+
+def test_multikey_dense_queries_answer_each_named_needle():
+    cfg = rc.DataConfig(task="multikey", seq_len=160, vocab_size=64, key_len=2, n_needles=4, n_queries=3)
+    x, y = generate(cfg, 2, depth=0.2, seed=5)
+    for i in range(2):
+        qs = (x[i] == QUERY).nonzero().squeeze(-1).tolist()
+        assert len(qs) == 3 and int((y[i] != -100).sum()) == 6
+        for q in qs:
+            name = int(x[i, q + 1])
+            s = [j for j in (x[i] == KEY).nonzero().squeeze(-1).tolist() if int(x[i, j + 1]) == name][0]
+            assert y[i, q + 1 : q + 3].tolist() == x[i, s + 2 : s + 4].tolist()
+
+
+def test_eval_data_overrides_apply():
+    from pipelines.recall.evaluate import eval_data
+
+    cfg = rc.passkey_named_retrieval()
+    d = eval_data(cfg)
+    assert (d.n_needles, d.n_queries) == (1, 1) and (cfg.data.n_needles, cfg.data.n_queries) == (8, 8)

@@ -75,7 +75,7 @@ def _needle_span(cfg: DataConfig) -> int:
     if cfg.task == "passkey":
         return 1 + cfg.key_len
     if cfg.task == "multikey":
-        return cfg.n_needles * (2 + cfg.key_len)
+        return cfg.n_needles * (2 + cfg.key_len) + (cfg.n_queries - 1) * (1 + cfg.key_len)
     return (2 + cfg.key_len) + (cfg.n_hops - 1) * 3  # vartrack
 
 
@@ -175,7 +175,10 @@ def _needles(cfg: DataConfig, n: int, L: int, depth: float | None, g: torch.Gene
     seq = torch.randint(NOISE0, V, (n, L), generator=g)
     tgt = torch.full((n, L), -100, dtype=torch.long)
     task = cfg.task
-    tail = k + (0 if task == "passkey" else 1)  # QUERY [name] d1..d(k-1)
+    nq = cfg.n_queries if task == "multikey" else 1
+    if task == "multikey" and not 1 <= nq <= cfg.n_needles:
+        raise UserError(f"multikey needs 1 <= n_queries <= n_needles, got {nq} and {cfg.n_needles}")
+    tail = nq * (k + (0 if task == "passkey" else 1))  # per query: QUERY [name] d1..d(k-1)
     hay = L - tail  # haystack length (needles live in [0, hay))
     for i in range(n):
         digits = torch.randint(DIGIT0, DIGIT0 + N_DIGITS, (k,), generator=g)
@@ -188,9 +191,16 @@ def _needles(cfg: DataConfig, n: int, L: int, depth: float | None, g: torch.Gene
             names = torch.randperm(N_NAMES, generator=g)[: cfg.n_needles] + NAME0
             width = 2 + k
             starts = _spread(cfg.n_needles, width, hay, depth, g)  # first start = queried needle
+            answers = []
             for j, s in enumerate(starts):
                 d = digits if j == 0 else torch.randint(DIGIT0, DIGIT0 + N_DIGITS, (k,), generator=g)
                 seq[i, s : s + width] = torch.cat([torch.tensor([KEY, int(names[j])]), d])
+                answers.append(d)
+            for j in range(nq - 1, 0, -1):  # extra queries (dense training) come first, in reverse
+                q0 = L - tail + (nq - 1 - j) * (k + 1)
+                seq[i, q0 : q0 + 2] = torch.tensor([QUERY, int(names[j])])
+                seq[i, q0 + 2 : q0 + k + 1] = answers[j][:-1]
+                tgt[i, q0 + 1 : q0 + k + 1] = answers[j]
             query = torch.tensor([QUERY, int(names[0])])
         else:  # vartrack
             names = torch.randperm(N_NAMES, generator=g)[: cfg.n_hops] + NAME0
@@ -205,7 +215,7 @@ def _needles(cfg: DataConfig, n: int, L: int, depth: float | None, g: torch.Gene
                 s = lo + int(offs[h - 1]) + 3 * (h - 1)
                 seq[i, s : s + 3] = torch.tensor([KEY, int(names[h]), int(names[h - 1])])
             query = torch.tensor([QUERY, int(names[-1])])
-        q0 = L - tail
+        q0 = L - len(query) - (k - 1)  # the main query is always last
         seq[i, q0 : q0 + len(query)] = query
         seq[i, q0 + len(query) :] = digits[:-1]
         tgt[i, q0 + len(query) - 1 :] = digits  # predicted at the last query token and after each digit

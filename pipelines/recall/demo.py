@@ -55,7 +55,9 @@ def run_example(checkpoint: str, multiplier: float, depth: float, seed: int,
     if length > 65536:
         raise UserError(f"{length} tokens is more than the demo allows (65536); pick a smaller multiplier")
     d = float(depth) if cfg.data.task in DEPTH_TASKS else None
-    x, y = generate(cfg.data, 1, seq_len=length, depth=d, seed=int(seed))
+    from .evaluate import eval_data
+
+    x, y = generate(eval_data(cfg), 1, seq_len=length, depth=d, seed=int(seed))
     p, nb = model.predict_at(x, y)
     sel = (y[0] != -100).nonzero().squeeze(-1).tolist()
     tgt = y[0, sel].tolist()

@@ -60,6 +60,13 @@ def accuracy_on(model, tokens: Tensor, targets: Tensor, *, batch_size: int = 16,
     return got / max(units, 1), nbytes
 
 
+def eval_data(cfg: Config):
+    """The DataConfig evaluation uses: ``cfg.data`` with ``cfg.eval.data_overrides`` applied."""
+    import dataclasses
+
+    return dataclasses.replace(cfg.data, **cfg.eval.data_overrides) if cfg.eval.data_overrides else cfg.data
+
+
 def grid_lengths(cfg: Config, ev: EvalConfig) -> list[tuple[int, int]]:
     """``[(multiplier, length)]`` evaluated for this config."""
     return [(m, m * cfg.data.seq_len) for m in ev.multipliers if m * cfg.data.seq_len <= ev.max_len]
@@ -72,6 +79,12 @@ def evaluate_model(model, ev: EvalConfig | None = None, *, show_progress: bool =
     model.eval()
     cfg: Config = model.cfg
     ev = ev or cfg.eval
+    if ev.data_overrides:  # e.g. train on dense multi-needle data, evaluate on single needles
+        import copy
+        import dataclasses
+
+        cfg = copy.copy(cfg)
+        cfg.data = dataclasses.replace(cfg.data, **ev.data_overrides)
     task = cfg.data.task
     depths: list[float | None] = list(ev.depths) if task in DEPTH_TASKS else [None]
     cells = grid_lengths(cfg, ev)
@@ -177,7 +190,8 @@ def parse_spec(spec: str, cfg: Config) -> tuple[int, float | None, int]:
 def predict_one(model, length: int, depth: float | None, seed: int) -> dict[str, Any]:
     """Generate one example, run the model, and compare prediction with target."""
     cfg = model.cfg
-    x, y = generate(cfg.data, 1, seq_len=length, depth=depth if cfg.data.task in DEPTH_TASKS else None, seed=seed)
+    x, y = generate(eval_data(cfg), 1, seq_len=length, depth=depth if cfg.data.task in DEPTH_TASKS else None,
+                    seed=seed)
     p, nb = model.predict_at(x, y)
     sel = y[0] != -100
     tgt, pr = y[0][sel].tolist(), p[0][sel].tolist()
