@@ -87,13 +87,19 @@ def _ssd_block(x: Tensor, a: Tensor, B: Tensor, C: Tensor, st: Tensor, T: int) -
     to_end = torch.exp(cs[..., -1:] - cs)  # (b, g, j, c, t)
     xw = xc * to_end.permute(0, 3, 4, 1, 2)[..., None]  # (b, c, t, g, j, p)
     chunk_states = torch.einsum("bctgn,bctgjp->bcgjpn", Bc, xw).reshape(b, c, h, p, n)
-    # 3. carry states across chunks (short loop over the chunks of this block)
-    chunk_decay = torch.exp(cs[..., -1]).reshape(b, h, c)  # (b, h, c)
-    starts = []
-    for i in range(c):
-        starts.append(st)
-        st = chunk_decay[:, :, i, None, None] * st + chunk_states[:, i]
-    prev = torch.stack(starts, 1).reshape(b, c, g, j, p, n)  # state entering each chunk
+    # 3. carry states across chunks, all at once: the state entering chunk i is
+    #    sum_{k<i} exp(a_{k+1} + ... + a_{i-1}) S_k + exp(a_0 + ... + a_{i-1}) st, with a_k a chunk's total
+    #    log decay and S_k its own contribution. Segment sums are reverse cumsums of masked copies
+    #    (no differences of large cumsums, so no cancellation).
+    tot = cs[..., -1].reshape(b, h, c)  # (b, h, c)
+    seg_c = tot[..., None, :].expand(b, h, c + 1, c).tril(-1).flip(-1).cumsum(-1).flip(-1)  # (b, h, i, k)
+    # seg_c[..., i, k] = a_k + ... + a_{i-1} for k < i (0 otherwise); S_k's weight is exp(seg_c[i, k+1])
+    seg_next = torch.cat([seg_c[..., 1:], seg_c.new_zeros(b, h, c + 1, 1)], -1)
+    w = torch.exp(seg_next).tril(-1)  # (b, h, i, k), i = 0..c (c: the state leaving the block)
+    w0 = torch.exp(seg_c[..., 0])  # (b, h, i): decay of the block's entering state up to chunk i
+    states = torch.einsum("bhik,bkhpn->bihpn", w, chunk_states) + w0.permute(0, 2, 1)[..., None, None] * st[:, None]
+    prev = states[:, :c].reshape(b, c, g, j, p, n)  # state entering each chunk
+    st = states[:, c]
     # 4. contribution of the entering state: y_t += exp(cs_t) C_t . prev
     y_off = torch.einsum("bctgn,bcgjpn->bctgjp", Cc, prev) * torch.exp(cs).permute(0, 3, 4, 1, 2)[..., None]
     return (y + y_off).reshape(b, l, h, p), st
@@ -111,7 +117,7 @@ def ssd_scan(
     dt_softplus: bool = False,
     initial_state: Tensor | None = None,
     *,
-    block_chunks: int = 16,
+    block_chunks: int = 64,
     cpu_chunk: int = 64,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
