@@ -357,3 +357,37 @@ def test_registry_backbones_plug_in(pattern: str, mixer_kwargs: dict) -> None:
     m = Forecaster(cfg, n_vars=3, seq_len=32, pred_len=8, period=24)
     point, _ = m(torch.randn(2, 32, 3), torch.tensor([0, 1]))
     assert point.shape == (2, 8, 3) and torch.isfinite(point).all()
+
+
+def test_targets_covariates_and_short_predict_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Forecast one target with an input-only covariate; a too-short CSV for predict is a UserError (exit 2)."""
+    df = _hourly(500, ("load", "temp", "other"))
+    data = _csv(tmp_path, "cov.csv", df)
+    ck = tmp_path / "ck"
+    rc, out, err = _cli(
+        ["train", "--preset", "tiny", "--out", str(ck), "--quiet", "--data.path", str(data),
+         "--data.targets", "load", "--data.covariates", "temp", "--model.kind", "linear"],
+        capsys,
+    )
+    assert rc == 0, err
+    meta = json.loads((ck / "config.json").read_text())
+    assert meta["scaler"]["columns"] == ["load", "temp"] and meta["scaler"]["targets"] == ["load"]
+    fc = tmp_path / "fc.csv"
+    rc, out, err = _cli(["predict", "--checkpoint", str(ck), str(data), "--out", str(fc)], capsys)
+    assert rc == 0, err
+    assert list(pd.read_csv(fc).columns) == ["date", "load"]
+    short = _csv(tmp_path, "short.csv", df.iloc[:10])
+    rc, out, err = _cli(["predict", "--checkpoint", str(ck), str(short), "--out", str(tmp_path / "s.csv")], capsys)
+    assert rc == 2 and "short.csv has 10 rows but the model reads the last 32" in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_monthly_frequency_and_given_freq(tmp_path: Path) -> None:
+    ms = pd.date_range("2000-01-01", periods=60, freq="MS")
+    df = pd.DataFrame({"month": ms.strftime("%Y-%m-%d"), "sales": np.arange(60.0)})
+    p = _csv(tmp_path, "monthly.csv", df)
+    s = load_series(tcfg.DataConfig(date_col="month"), p)
+    assert s.freq == "MS" and default_period(s.freq) == 12
+    assert phase_index(s.timestamps, s.freq, 12)[:13].tolist() == list(range(12)) + [0]
+    with pytest.raises(UserError, match="do not follow frequency 'D'"):
+        load_series(tcfg.DataConfig(date_col="month", freq="D"), p)
