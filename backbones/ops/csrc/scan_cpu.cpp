@@ -12,9 +12,10 @@
 // The recurrence per channel e and state n:   h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,
 //                                             y_t = sum_n C_t[n] h_t[n].
 // Work is split over (batch, block of 32 channels); each task walks the whole sequence and
-// keeps its state block (n x 32 floats) in registers / L1. exp() is a vectorised Cephes-style
-// polynomial with its argument clamped to [-80, 0] and flush-to-zero on, so decays that
-// underflow never hit slow denormal arithmetic. Registered as torch.ops.longstream_ops.*.
+// keeps its state block (n x 32 floats) in L1. The decays exp(dt A) = 2^(dt A log2 e) use a
+// vectorised exp2 (degree-6 polynomial + exponent-bit add) with the argument clamped to
+// [-115, 127] (2^-115 ~ e^-80) and flush-to-zero on, so decays that underflow never hit slow
+// denormal arithmetic; the rest of the step is FMAs. Registered as torch.ops.longstream_ops.*.
 // Built only where AVX2 + FMA exist; otherwise Python falls back to pure PyTorch.
 
 #include <ATen/ATen.h>
@@ -34,8 +35,9 @@ namespace {
 constexpr int kBlock = 32;             // channels per task
 constexpr int kVec = 8;                // floats per AVX2 register
 constexpr int kMaxV = kBlock / kVec;   // registers per block row
+constexpr float kLog2e = 1.44269504088896341f;
 
-// exp(x) for x <= 0 (decays): Cephes expf polynomial, relative error ~1e-7.
+// exp(x) (softplus, SiLU): Cephes expf polynomial, relative error ~1e-7; x clamped to [-80, 88].
 static inline __m256 exp256(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-80.0f);
   x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
@@ -54,6 +56,24 @@ static inline __m256 exp256(__m256 x) {
   __m256i e = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
   e = _mm256_slli_epi32(e, 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// 2^t (the decays, with A pre-scaled by log2(e)): t clamped to [-115, 127] (2^-115 ~ e^-80, so
+// underflowing decays never reach denormals), t = k + f with k integer and |f| <= 1/2, 2^f by a
+// degree-6 polynomial (relative error ~1e-7), 2^k added to the exponent bits.
+static inline __m256 exp2_256(__m256 t) {
+  t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-115.0f)), _mm256_set1_ps(127.0f));
+  const __m256 k = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(t, k);
+  __m256 p = _mm256_set1_ps(1.5345806605182588e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3399932067841291e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618489071726799e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550328642129898e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022646248340607e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931471824645996e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
 }
 
 // log(x) for x > 0 (Cephes logf polynomial).
@@ -156,7 +176,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) {
           h[n * kMaxV + v] = _mm256_loadu_ps(ph0 + (b * N + n) * E + e0 + v * kVec);
-          A[n * kMaxV + v] = _mm256_loadu_ps(pA + n * E + e0 + v * kVec);
+          A[n * kMaxV + v] = _mm256_mul_ps(_mm256_loadu_ps(pA + n * E + e0 + v * kVec), _mm256_set1_ps(kLog2e));
         }
       for (int64_t t = 0; t < L; ++t) {
         if (save_ckpt && t % chunk == 0) {
@@ -178,7 +198,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
         for (int64_t n = 0; n < N; ++n) {
           const __m256 bn = _mm256_set1_ps(Bt[n]), cn = _mm256_set1_ps(Ct[n]);
           for (int v = 0; v < nv; ++v) {
-            __m256 a = exp256(_mm256_mul_ps(dtv[v], A[n * kMaxV + v]));
+            __m256 a = exp2_256(_mm256_mul_ps(dtv[v], A[n * kMaxV + v]));
             __m256 hv = _mm256_fmadd_ps(a, h[n * kMaxV + v], _mm256_mul_ps(duv[v], bn));
             h[n * kMaxV + v] = hv;
             yv[v] = _mm256_fmadd_ps(hv, cn, yv[v]);
@@ -220,7 +240,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
 
   at::parallel_for(0, Bsz * nblk, 1, [&](int64_t begin, int64_t end) {
     FtzGuard ftz;
-    std::vector<__m256> A(N * kMaxV), dh(N * kMaxV), dA(N * kMaxV);
+    std::vector<__m256> A(N * kMaxV), A2(N * kMaxV), dh(N * kMaxV), dA(N * kMaxV);
     std::vector<__m256> hs((chunk + 1) * N * kMaxV);  // hs[i] = state before local step i
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, blk = task % nblk, e0 = blk * kBlock;
@@ -228,6 +248,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) {
           A[n * kMaxV + v] = _mm256_loadu_ps(pA + n * E + e0 + v * kVec);
+          A2[n * kMaxV + v] = _mm256_mul_ps(A[n * kMaxV + v], _mm256_set1_ps(kLog2e));
           dh[n * kMaxV + v] = _mm256_loadu_ps(pdhT + (b * N + n) * E + e0 + v * kVec);
           dA[n * kMaxV + v] = _mm256_setzero_ps();
         }
@@ -250,7 +271,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
           for (int64_t n = 0; n < N; ++n) {
             const __m256 bn = _mm256_set1_ps(Bt[n]);
             for (int v = 0; v < nv; ++v) {
-              __m256 a = exp256(_mm256_mul_ps(dtv[v], A[n * kMaxV + v]));
+              __m256 a = exp2_256(_mm256_mul_ps(dtv[v], A2[n * kMaxV + v]));
               hn[n * kMaxV + v] = _mm256_fmadd_ps(a, hp[n * kMaxV + v], _mm256_mul_ps(duv[v], bn));
             }
           }
@@ -282,7 +303,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
               sC = _mm256_fmadd_ps(gv[v], hc[i], sC);
               sB = _mm256_fmadd_ps(d, duv[v], sB);
               dxu[v] = _mm256_fmadd_ps(d, bn, dxu[v]);
-              __m256 a = exp256(_mm256_mul_ps(dtv[v], A[i]));
+              __m256 a = exp2_256(_mm256_mul_ps(dtv[v], A2[i]));
               __m256 daa = _mm256_mul_ps(_mm256_mul_ps(d, hp[i]), a);  // dL/d(dt A) for this n
               ddtv[v] = _mm256_fmadd_ps(daa, A[i], ddtv[v]);
               dA[i] = _mm256_fmadd_ps(daa, dtv[v], dA[i]);
