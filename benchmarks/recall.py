@@ -273,7 +273,8 @@ def render_md(res: dict[str, Any]) -> str:
         L.append(f"| {m['label']} | recall/{name} | {m['vocab_size']} | {m.get('steps')} | {_fmt(m.get('accuracy'))} | "
                  f"{_fmt(m.get('acc_4x'))} | {_fmt(m.get('acc_16x'))} | {m.get('state_bytes')} |")
     for group, title in (("induction", "Induction heads (trained at 256)"),
-                         ("passkey", "Passkey retrieval (trained at 512; exact match of 2 digits)")):
+                         ("passkey", "Passkey retrieval (single named needle `KEY name d1 d2`, exact match of "
+                                     "both digits; trained at 512 on 8 needles per sequence, all queried)")):
         L += ["", f"## {title}", ""]
         for name, m in res[group].items():
             if m.get("missing"):

@@ -192,6 +192,9 @@ def passkey_named_retrieval() -> Config:
     on the single-needle passkey ``KEY name d1 d2 ... QUERY name -> d1 d2`` at 1x-64x."""
     cfg = passkey_retrieval()
     cfg.data = DataConfig(task="multikey", seq_len=512, vocab_size=64, key_len=2, n_needles=8, n_queries=8, n_val=128)
+    # top_k 16 >= every past block at 512 tokens, so training sees all needles; at long lengths
+    # the learned representatives pick the 16 blocks
+    cfg.model.memory_kwargs = {"block_size": 32, "top_k": 16, "d_key": 32, "max_blocks": 2048}
     cfg.train = TrainConfig(steps=1500, batch_size=16, lr=3e-3, weight_decay=0.01, target_accuracy=0.99,
                             eval_every=100)
     cfg.eval = EvalConfig(multipliers=[1, 4, 16, 64], depths=[0.1, 0.5, 0.9], n_per_cell=8, batch_size=8,
