@@ -879,6 +879,21 @@ def _load_legacy(path: Path, meta: dict[str, Any], verify: bool) -> dict[str, to
     return sd
 
 
+def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], source: Any, meta: dict[str, Any] | None = None):
+    """Load ``state_dict`` into ``model``; a missing or unexpected key is one UserError naming ``source``.
+
+    Returns the model in eval mode.
+    """
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        made_by = f"; it was made by code version {meta.get('code_version')}" if meta else ""
+        raise UserError(
+            f"checkpoint {source} does not match the model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}){made_by}; re-download or retrain it"
+        )
+    return model.eval()
+
+
 def load_pretrained(
     name_or_dir: str | os.PathLike, *, pipeline: str | None = None, verify: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:

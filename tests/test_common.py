@@ -287,3 +287,15 @@ def test_out_dir_guard(tmp_path):
     (ck / "eval.png").write_bytes(b"")  # extra files beside a checkpoint are fine
     common.save_pretrained(_net(), _Cfg(), ck, pipeline="demo")
     assert (ck / "eval.png").exists()
+
+
+def test_load_weights_rejects_a_mismatched_checkpoint_with_one_user_error():
+    import torch
+
+    from pipelines.common import UserError, load_weights
+
+    model = torch.nn.Linear(3, 2)
+    ok = load_weights(model, {k: v.clone() for k, v in model.state_dict().items()}, "runs/x")
+    assert ok is model and not model.training
+    with pytest.raises(UserError, match=r"runs/y does not match the model .*missing \['bias'\].*unexpected \['extra'\]"):
+        load_weights(model, {"weight": torch.zeros(2, 3), "extra": torch.zeros(1)}, "runs/y", {"code_version": "0.0"})

@@ -51,14 +51,7 @@ def from_pretrained(name_or_dir: str | Path) -> SineClassifier:
     """Load a checkpoint dir or hub name (``template/<name>`` or ``<name>``)."""
     sd, meta, _ = common.load_pretrained(name_or_dir, pipeline=DOMAIN)
     cfg = common.config_from_dict(Config, meta["config"])
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise common.UserError(
-            f"checkpoint {name_or_dir} does not match the model (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); it was made by another code version ({meta.get('code_version')})"
-        )
-    return model.eval()
+    return common.load_weights(build_model(cfg), sd, name_or_dir, meta)
 
 
 @torch.no_grad()

@@ -331,7 +331,7 @@ def save_forecaster(
 
 def load_forecaster(checkpoint: Any) -> tuple[Forecaster, TimeseriesConfig, dict[str, Any]]:
     """Resolve and load a timeseries checkpoint -> (model in eval mode, config, config.json)."""
-    from pipelines.common import UserError, config_from_dict, load_pretrained
+    from pipelines.common import UserError, config_from_dict, load_pretrained, load_weights
 
     sd, meta, _ = load_pretrained(str(checkpoint), pipeline=PIPELINE)
     cfg = config_from_dict(TimeseriesConfig, meta.get("config") or {})
@@ -340,13 +340,7 @@ def load_forecaster(checkpoint: Any) -> tuple[Forecaster, TimeseriesConfig, dict
         model = Forecaster(cfg.model, int(sc["n_vars"]), cfg.data.seq_len, cfg.data.pred_len, int(sc["period"]))
     except KeyError as e:
         raise UserError(f"checkpoint {checkpoint}: config.json lacks scaler.{e.args[0]}; retrain it") from None
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"checkpoint {checkpoint} does not match its config (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); re-download or retrain it"
-        )
-    model.eval()
+    load_weights(model, sd, checkpoint, meta)
     return model, cfg, meta
 
 
