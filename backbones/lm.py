@@ -51,6 +51,23 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def replace_dir(tmp: str | Path, directory: str | Path) -> None:
+    """Put the finished directory ``tmp`` at ``directory`` by rename, replacing any old one.
+
+    The old directory is renamed aside first and removed last, so ``directory`` is at every
+    moment either the complete old version or the complete new one.
+    """
+    tmp, directory = Path(tmp), Path(directory)
+    if not directory.exists():
+        os.replace(tmp, directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
+    os.rmdir(old)
+    os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(
     directory: str | Path,
     tensors: dict[str, Tensor],
@@ -84,14 +101,7 @@ def save_checkpoint(
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-            os.rmdir(old)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        replace_dir(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

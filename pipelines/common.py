@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -44,6 +43,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from backbones.lm import replace_dir, sha256_file
 
 __all__ = [
     "UserError",
@@ -448,17 +449,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- train state (resume)
 
 
@@ -820,17 +810,11 @@ def save_pretrained(
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
         (tmp / "README.md").write_text(card if card is not None else _default_card(meta))
         _publish_perms(tmp)
-        if out.exists():
-            # keep extra files (logs) that live beside the checkpoint
+        if out.exists():  # keep extra files (logs) that live beside the checkpoint
             for p in out.iterdir():
                 if not (tmp / p.name).exists() and not p.name.startswith("."):
                     os.replace(p, tmp / p.name)
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
