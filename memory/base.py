@@ -14,8 +14,8 @@ configuration it belongs to (restoring into a module with another configuration 
 refused with a message naming the differing fields).
 
 Every reading path starts as a no-op: read results are added to the stream through a
-zero-initialised per-channel gate, so adding a memory to a model never changes its output
-at initialisation.
+zero-initialised output projection (then a per-channel gate), so adding a memory to a
+model never changes its output at initialisation.
 
 Axis legend (shape comments in ``memory/``): b batch, n tokens in the current segment,
 d model width, m memory entries (slots, cached tokens, bank entries), k key width,
@@ -121,7 +121,13 @@ def keep_last_valid(values: list[Tensor], valid: Tensor, keep: int) -> tuple[lis
 class GatedCrossAttention(nn.Module):
     """Read head shared by the cache-style memories: queries from the stream, keys and
     values from memory entries, a learned always-valid null slot (so "nothing relevant"
-    is expressible and an empty memory reads zeros), and a zero-initialised output gate.
+    is expressible and an empty memory reads zeros), and a zero-initialised output
+    projection (so the read is a no-op at initialisation) followed by a per-channel gate.
+
+    Queries, keys and values are projected from RMS-normalised inputs (pre-norm, as in
+    every attention block): the residual stream of a freshly initialised model is tiny
+    (embeddings of std 0.02), and unnormalised projections left the attention logits near
+    zero for hundreds of steps (see ``pipelines/recall/diagnose.py``).
 
     ``forward(x (B,N,D), mem (B,M,D), mem_mask (B,M) or (B,N,M)) -> x + gate * read``.
     """
@@ -132,12 +138,30 @@ class GatedCrossAttention(nn.Module):
         if d_key % n_heads:
             raise ValueError(f"d_key={d_key} must be divisible by n_heads={n_heads}")
         self.n_heads, self.d_key = n_heads, d_key
+        from backbones.base import RMSNorm
+
+        self.norm = RMSNorm(d_model)
         self.q = nn.Linear(d_model, d_key, bias=False)
         self.k = nn.Linear(d_model, d_key, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.o = nn.Linear(d_model, d_model, bias=False)
         self.null_k = nn.Parameter(torch.zeros(d_key))
-        self.gate = nn.Parameter(torch.zeros(d_model))  # zero-init: reading starts as a no-op
+        # reading starts as a no-op through the zero-initialised output projection; the
+        # per-channel gate starts at 1. (A zero gate with a random projection is also a
+        # no-op, but then the gate's gradient is the product of two random read-outs and
+        # the read path stayed at chance for 500+ steps in pipelines/recall/diagnose.py;
+        # a zero projection gets a full-rank gradient at step 1 and learns.)
+        nn.init.zeros_(self.o.weight)
+        self.gate = nn.Parameter(torch.ones(d_model))
+
+    def queries(self, x: Tensor) -> Tensor:
+        """Query projection of stream tokens (B, N, D) -> (B, N, K)."""
+        return self.q(self.norm(x))
+
+    def keys_values(self, mem: Tensor) -> tuple[Tensor, Tensor]:
+        """Key (B, M, K) and value (B, M, D) projections of memory entries (B, M, D)."""
+        m = self.norm(mem)
+        return self.k(m), self.v(m)
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:
         """Attention of queries ``x`` (B,N,D) over projected ``k`` (B,M,K), ``v`` (B,M,D).
@@ -147,7 +171,7 @@ class GatedCrossAttention(nn.Module):
         """
         b, n, _ = x.shape
         h, p = self.n_heads, self.d_key // self.n_heads
-        q = self.q(x).view(b, n, h, p).transpose(1, 2)  # (b, h, n, p)
+        q = self.queries(x).view(b, n, h, p).transpose(1, 2)  # (b, h, n, p)
         nk = self.null_k.view(1, 1, self.d_key).expand(b, 1, -1)
         kk = torch.cat([nk, k], 1).view(b, -1, h, p).transpose(1, 2)  # (b, h, 1+m, p)
         vv = torch.cat([v.new_zeros(b, 1, v.shape[-1]), v], 1)  # (b, 1+m, d)
@@ -163,7 +187,7 @@ class GatedCrossAttention(nn.Module):
         return self.gate * self.o(out)
 
     def forward(self, x: Tensor, mem: Tensor, mem_mask: Tensor) -> Tensor:
-        return x + self.attend(x, self.k(mem), self.v(mem), mem_mask)
+        return x + self.attend(x, *self.keys_values(mem), mem_mask)
 
 
 class StreamMemory(nn.Module):

@@ -68,7 +68,7 @@ class CompressiveBank(StreamMemory):
     def read(self, state: BankState, query: Tensor, *, mask: Tensor | None = None) -> Tensor:
         if state.entries.shape[1] == 0:
             return torch.zeros_like(query)
-        return self.attn.attend(query, self.attn.k(state.entries), self.attn.v(state.entries), state.valid)
+        return self.attn.attend(query, *self.attn.keys_values(state.entries), state.valid)
 
     def write(
         self,

@@ -13,7 +13,11 @@ representative is a salience-weighted mean of the block's keys (a learned scalar
 salience per token, softmax within the block), a differentiable stand-in for InfLLM's
 "tokens that received the most attention". Storage is capped at ``max_blocks``: beyond
 it the least recently retrieved block is evicted (InfLLM's LRU cache policy), so memory
-stays flat on unbounded streams. Reading is gated by a zero-initialised gate.
+stays flat on unbounded streams. With ``local=True`` each query also attends over the
+tokens not yet in a block and over its own segment up to itself (InfLLM's local window),
+so one attention covers near and far context alike: a model trained on short inputs
+reads a retrieved needle with the same weights it uses on a needle in its own segment.
+Reading starts as a no-op (zero-initialised output projection).
 
 When autograd is off, blocks are written into pre-grown buffers in place (the incoming
 state object is consumed, like a KV cache); with autograd on, writes are out of place.
@@ -63,6 +67,7 @@ class BlockRetrieval(StreamMemory):
         top_k: int = 4,
         d_key: int | None = None,
         max_blocks: int | None = 1024,
+        local: bool = False,
     ) -> None:
         super().__init__(d_model)
         if block_size < 1 or top_k < 1:
@@ -70,6 +75,7 @@ class BlockRetrieval(StreamMemory):
         if max_blocks is not None and max_blocks < top_k:
             raise ValueError(f"max_blocks ({max_blocks}) must be >= top_k ({top_k})")
         self.block_size, self.top_k, self.max_blocks = block_size, top_k, max_blocks
+        self.local = local
         self.d_key = d_key or d_model
         self.attn = GatedCrossAttention(d_model, self.d_key, 1)
         self.salience = nn.Linear(d_model, 1)
@@ -83,6 +89,7 @@ class BlockRetrieval(StreamMemory):
             "top_k": self.top_k,
             "d_key": self.d_key,
             "max_blocks": self.max_blocks,
+            "local": self.local,
         }
 
     def init_state(
@@ -126,31 +133,36 @@ class BlockRetrieval(StreamMemory):
         return self._read(state, query, mask)[0]
 
     def _read(self, state: RetrievalState, query: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        if state.valid.shape[1] == 0 or not bool(state.valid.any()):
-            return torch.zeros_like(query), None, None
+        """Each query attends over the retrieved blocks, the pending (not yet blocked) past
+        tokens and, with ``local``, the current segment up to itself (InfLLM's local window)."""
         b, n, _ = query.shape
         t = self.block_size
-        q = self.attn.q(query)  # (b, n, k)
-        idx, ok, bias = self._select(state, q, mask)  # (b, r), (b, r), (b, n, r)
-        r = idx.shape[1]
-        kk = state.keys.gather(1, idx[:, :, None, None].expand(b, r, t, self.d_key)).reshape(b, r * t, -1)
-        vv = state.values.gather(1, idx[:, :, None, None].expand(b, r, t, self.d_model)).reshape(b, r * t, -1)
-        allowed = ok[:, :, None].expand(b, r, t).reshape(b, r * t)  # (b, r*t)
-        bias_t = bias[..., None].expand(b, n, r, t).reshape(b, n, r * t)  # (b, n, r*t)
-        bias_t = torch.where(allowed[:, None, :], bias_t, torch.zeros_like(bias_t))
-        out = self.attn.attend(query, kk.to(query.dtype), vv.to(query.dtype), allowed, bias=bias_t)
+        parts_k, parts_v, parts_m, parts_b = [], [], [], []
+        idx = ok = None
+        if state.valid.shape[1] and bool(state.valid.any()):
+            q = self.attn.queries(query)  # (b, n, k)
+            idx, ok, bias = self._select(state, q, mask)  # (b, r), (b, r), (b, n, r)
+            r = idx.shape[1]
+            parts_k.append(state.keys.gather(1, idx[:, :, None, None].expand(b, r, t, self.d_key)).reshape(b, r * t, -1))
+            parts_v.append(state.values.gather(1, idx[:, :, None, None].expand(b, r, t, self.d_model)).reshape(b, r * t, -1))
+            allowed = ok[:, :, None].expand(b, r, t).reshape(b, r * t)  # (b, r*t)
+            parts_m.append(allowed[:, None, :].expand(b, n, r * t))
+            bias_t = bias[..., None].expand(b, n, r, t).reshape(b, n, r * t)  # (b, n, r*t)
+            parts_b.append(torch.where(allowed[:, None, :], bias_t, torch.zeros_like(bias_t)))
+        if self.local:
+            pend_ok = torch.arange(t, device=query.device)[None, :] < state.pend_n[:, None]  # (b, t)
+            k_seg, v_seg = self.attn.keys_values(query)  # (b, n, k), (b, n, d)
+            qvalid = torch.ones(b, n, dtype=torch.bool, device=query.device) if mask is None else mask.bool()
+            causal = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
+            parts_k += [state.pend_k.to(query.dtype), k_seg]
+            parts_v += [state.pend_v.to(query.dtype), v_seg]
+            parts_m += [pend_ok[:, None, :].expand(b, n, t), causal[None] & qvalid[:, None, :]]
+            parts_b += [query.new_zeros(b, n, t + n)]
+        if not parts_k:
+            return torch.zeros_like(query), None, None
+        out = self.attn.attend(query, torch.cat(parts_k, 1).to(query.dtype), torch.cat(parts_v, 1).to(query.dtype),
+                               torch.cat(parts_m, -1), bias=torch.cat(parts_b, -1))
         return out, idx, ok
-
-    # ----------------------------------------------------------------------- write
-    def forward(  # type: ignore[override]
-        self, segment: Tensor, state: RetrievalState, *, positions=None, frame_ids=None, mask: Tensor | None = None
-    ) -> tuple[Tensor, RetrievalState]:
-        self._check_input(segment, mask)
-        read, idx, ok = self._read(state, segment, mask)
-        if idx is not None:
-            state = self._touch(state, idx, ok)
-        out = segment + read
-        return out, self.write(state, segment, positions=positions, mask=mask)
 
     def _touch(self, state: RetrievalState, idx: Tensor, ok: Tensor) -> RetrievalState:
         """Mark retrieved blocks as used now (LRU bookkeeping; counters only)."""
@@ -169,8 +181,7 @@ class BlockRetrieval(StreamMemory):
         mask: Tensor | None = None,
     ) -> RetrievalState:
         b, n, _ = x.shape
-        k = self.attn.k(x)  # (b, n, k)
-        v = self.attn.v(x)  # (b, n, d)
+        k, v = self.attn.keys_values(x)  # (b, n, k), (b, n, d)
         s = self.salience(x).squeeze(-1)  # (b, n)
         uniform = (mask is None or bool(mask.all())) and bool((state.pend_n == state.pend_n[0]).all())
         uniform = uniform and bool((state.valid.sum(-1) == state.valid[:1].sum(-1)).all()) if b > 0 else uniform

@@ -84,7 +84,7 @@ class SinkWindow(StreamMemory):
         kp = qpos[:, None, :]  # (b, 1, n) key positions
         m_seg = qvalid[:, None, :] & (kp <= qpos[..., None]) & ((kp > lo) | (kp < self.sinks))
         allowed = torch.cat([m_sink, m_win, m_seg], -1)  # (b, n, s+w+n)
-        return self.attn.attend(query, self.attn.k(keys), self.attn.v(keys), allowed)
+        return self.attn.attend(query, *self.attn.keys_values(keys), allowed)
 
     def write(
         self,

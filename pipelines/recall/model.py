@@ -36,8 +36,16 @@ class RecallModel(nn.Module):
         d, v = cfg.backbone.d_model, cfg.data.vocab_size
         self.embed = nn.Embedding(v, d)
         nn.init.normal_(self.embed.weight, std=0.02)
-        bb = create_backbone(cfg.backbone)
         mc = cfg.model
+        bcfg = cfg.backbone
+        if mc.memory and bcfg.final_norm:
+            # a memory adds its read to the backbone's residual stream, and this model norms
+            # before the head anyway: a final norm in between shrinks the read's share of the
+            # stream and kept it from learning (pipelines/recall/diagnose.py, README)
+            import dataclasses
+
+            bcfg = dataclasses.replace(bcfg, final_norm=False)
+        bb = create_backbone(bcfg)
         self.backbone: nn.Module | None = bb
         self.memory = None
         if mc.memory:
@@ -70,12 +78,20 @@ class RecallModel(nn.Module):
             progress=progress,
         )
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """Training / short-input forward: logits (B, L, V), truncated BPTT per config."""
+    def forward(self, tokens: Tensor, targets: Tensor | None = None) -> Tensor:
+        """Training / short-input forward with truncated BPTT per config.
+
+        Without ``targets``: logits (B, L, V). With ``targets`` (B, L): logits only at the
+        scored positions (``targets != -100``), shape (K, V) in row-major order, so a large
+        vocabulary (MQAR's 8192) never materialises (B, L, V).
+        """
         self._check_tokens(tokens)
         de = self.cfg.model.detach_every or None
-        logits, _ = self.runner(detach_every=de).run(tokens)
-        return logits
+        if targets is None:
+            logits, _ = self.runner(detach_every=de).run(tokens)
+            return logits
+        h, _ = self.runner(detach_every=de, head=False).run(tokens)  # (b, l, d)
+        return self.head(self.norm(h[targets != -100]))  # (k, v)
 
     @torch.no_grad()
     def predict_at(self, tokens: Tensor, targets: Tensor, *, segment_len: int | None = None,

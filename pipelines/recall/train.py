@@ -56,9 +56,12 @@ def validate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> d
     got, units, loss_sum, nb = 0.0, 0, 0.0, 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        logits = model(xb)
-        loss_sum += loss_fn(logits, yb).item() * len(xb)
-        a, u = score(logits.argmax(-1), yb, model.cfg.data.task)
+        sel = yb != -100
+        logits = model(xb, yb)  # (k, v) at the scored positions
+        loss_sum += loss_fn(logits, yb[sel]).item() * len(xb)
+        preds = torch.full_like(yb, -100)
+        preds[sel] = logits.argmax(-1)
+        a, u = score(preds, yb, model.cfg.data.task)
         got, units, nb = got + a, units + u, nb + len(xb)
     model.train(was)
     return {"val_accuracy": got / max(units, 1), "val_loss": loss_sum / max(nb, 1)}
@@ -87,8 +90,9 @@ def _run(cfg: Config, model, env, steps: int, *, out_dir: Path | None, resume: b
     for step in progress(range(start, steps), total=steps - start, desc=tag):
         xb, yb = split(cfg.data, "train", tc.batch_size, step + 1 + 10_000 * (tag != "train"))
         idx = shard_indices(torch.arange(tc.batch_size), env)
-        logits = net(xb[idx])
-        loss = loss_fn(logits, yb[idx])
+        xr, yr = xb[idx], yb[idx]
+        logits = net(xr, yr)  # (k, v): logits only where a target is scored
+        loss = loss_fn(logits, yr[yr != -100])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:
