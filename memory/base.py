@@ -186,6 +186,16 @@ class GatedCrossAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, n, -1)  # (b, n, d)
         return self.gate * self.o(out)
 
+    def attend_per_query(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Like :meth:`attend`, but every query has its own entries: ``k`` (B,N,M,K),
+        ``v`` (B,N,M,D), ``mask`` / ``bias`` (B,N,M). Returns the gated read (B, N, D)."""
+        b, n, m, _ = k.shape
+        out = self.attend(
+            x.reshape(b * n, 1, -1), k.reshape(b * n, m, -1), v.reshape(b * n, m, -1),
+            mask.reshape(b * n, 1, m), None if bias is None else bias.reshape(b * n, 1, m),
+        )
+        return out.view(b, n, -1)
+
     def forward(self, x: Tensor, mem: Tensor, mem_mask: Tensor) -> Tensor:
         return x + self.attend(x, *self.keys_values(mem), mem_mask)
 

@@ -76,6 +76,7 @@ class BlockRetrieval(StreamMemory):
             raise ValueError(f"max_blocks ({max_blocks}) must be >= top_k ({top_k})")
         self.block_size, self.top_k, self.max_blocks = block_size, top_k, max_blocks
         self.local = local
+        self.query_chunk = 32  # queries per gather when blocks are selected per query
         self.d_key = d_key or d_model
         self.attn = GatedCrossAttention(d_model, self.d_key, 1)
         self.salience = nn.Linear(d_model, 1)
@@ -116,53 +117,90 @@ class BlockRetrieval(StreamMemory):
         return state.valid.long().sum(-1)
 
     # ------------------------------------------------------------------------ read
+    def _scores(self, state: RetrievalState, q: Tensor) -> Tensor:
+        """Block scores (b, n, c): each query against each representative, -inf for empty slots."""
+        s = torch.einsum("bnk,bck->bnc", q, state.reps.to(q.dtype)) * self.d_key**-0.5
+        return s.masked_fill(~state.valid[:, None, :], float("-inf"))
+
     def _select(self, state: RetrievalState, q: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Exact top-k blocks for the segment: indices (b, r), their validity (b, r), per-query scores (b, n, r)."""
-        scale = self.d_key**-0.5
-        s = torch.einsum("bnk,bck->bnc", q, state.reps.to(q.dtype)) * scale  # (b, n, c)
-        s_m = s.masked_fill(~state.valid[:, None, :], float("-inf"))
-        if mask is not None:
-            s_m = s_m.masked_fill(~mask.bool()[..., None], float("-inf"))
-        seg = s_m.max(1).values  # (b, c): best score over the segment's queries
-        r = min(self.top_k, seg.shape[1])
-        top, idx = seg.topk(r, dim=-1)  # (b, r) exact
+        """Exact top-k blocks for every query: indices (b, n, r), validity (b, n, r), scores (b, n, r)."""
+        s = self._scores(state, q)  # (b, n, c)
+        r = min(self.top_k, s.shape[-1])
+        top, idx = s.topk(r, dim=-1)  # (b, n, r) exact
         ok = torch.isfinite(top)
-        return idx, ok, s.gather(2, idx[:, None, :].expand(-1, s.shape[1], -1))
+        if mask is not None:
+            ok = ok & mask.bool()[..., None]
+        return idx, ok, torch.where(ok, top, torch.zeros_like(top))
 
     def read(self, state: RetrievalState, query: Tensor, *, mask: Tensor | None = None) -> Tensor:
         return self._read(state, query, mask)[0]
 
     def _read(self, state: RetrievalState, query: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Each query attends over the retrieved blocks, the pending (not yet blocked) past
-        tokens and, with ``local``, the current segment up to itself (InfLLM's local window)."""
+        """Every query attends over *its own* top-k blocks (block score added to the logits),
+        the pending past tokens not yet in a block and, with ``local``, its own segment up to
+        itself. When every stored block fits in ``top_k`` all queries share them (no gather)."""
         b, n, _ = query.shape
+        has_blocks = state.valid.shape[1] > 0 and bool(state.valid.any())
+        if not has_blocks and not self.local:
+            return torch.zeros_like(query), None, None
         t = self.block_size
-        parts_k, parts_v, parts_m, parts_b = [], [], [], []
-        idx = ok = None
-        if state.valid.shape[1] and bool(state.valid.any()):
-            q = self.attn.queries(query)  # (b, n, k)
-            idx, ok, bias = self._select(state, q, mask)  # (b, r), (b, r), (b, n, r)
-            r = idx.shape[1]
-            parts_k.append(state.keys.gather(1, idx[:, :, None, None].expand(b, r, t, self.d_key)).reshape(b, r * t, -1))
-            parts_v.append(state.values.gather(1, idx[:, :, None, None].expand(b, r, t, self.d_model)).reshape(b, r * t, -1))
-            allowed = ok[:, :, None].expand(b, r, t).reshape(b, r * t)  # (b, r*t)
-            parts_m.append(allowed[:, None, :].expand(b, n, r * t))
-            bias_t = bias[..., None].expand(b, n, r, t).reshape(b, n, r * t)  # (b, n, r*t)
-            parts_b.append(torch.where(allowed[:, None, :], bias_t, torch.zeros_like(bias_t)))
+        q = self.attn.queries(query)  # (b, n, k)
+        loc_k = loc_v = loc_m = None
         if self.local:
             pend_ok = torch.arange(t, device=query.device)[None, :] < state.pend_n[:, None]  # (b, t)
             k_seg, v_seg = self.attn.keys_values(query)  # (b, n, k), (b, n, d)
             qvalid = torch.ones(b, n, dtype=torch.bool, device=query.device) if mask is None else mask.bool()
             causal = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-            parts_k += [state.pend_k.to(query.dtype), k_seg]
-            parts_v += [state.pend_v.to(query.dtype), v_seg]
-            parts_m += [pend_ok[:, None, :].expand(b, n, t), causal[None] & qvalid[:, None, :]]
-            parts_b += [query.new_zeros(b, n, t + n)]
-        if not parts_k:
-            return torch.zeros_like(query), None, None
-        out = self.attn.attend(query, torch.cat(parts_k, 1).to(query.dtype), torch.cat(parts_v, 1).to(query.dtype),
-                               torch.cat(parts_m, -1), bias=torch.cat(parts_b, -1))
-        return out, idx, ok
+            loc_k = torch.cat([state.pend_k.to(query.dtype), k_seg], 1)  # (b, t+n, k)
+            loc_v = torch.cat([state.pend_v.to(query.dtype), v_seg], 1)  # (b, t+n, d)
+            loc_m = torch.cat([pend_ok[:, None, :].expand(b, n, t), causal[None] & qvalid[:, None, :]], -1)  # (b, n, t+n)
+        if not has_blocks:
+            return self.attn.attend(query, loc_k, loc_v, loc_m), None, None
+        n_blocks = int(state.valid.sum(-1).max())
+        if n_blocks <= self.top_k:  # every block is retrieved: shared keys, per-query block bias
+            s = self._scores(state, q)  # (b, n, c)
+            c = s.shape[-1]
+            kk = state.keys.reshape(b, c * t, -1).to(query.dtype)
+            vv = state.values.reshape(b, c * t, -1).to(query.dtype)
+            m_blk = state.valid[:, None, :, None].expand(b, n, c, t).reshape(b, n, c * t)
+            bias = torch.where(m_blk, s[..., None].expand(b, n, c, t).reshape(b, n, c * t), torch.zeros(()))
+            idx = torch.arange(c, device=query.device)[None, :].expand(b, c)  # (b, c) all slots
+            ok = state.valid
+            if loc_k is not None:
+                kk, vv = torch.cat([kk, loc_k], 1), torch.cat([vv, loc_v], 1)
+                m_blk = torch.cat([m_blk, loc_m], -1)
+                bias = torch.cat([bias, bias.new_zeros(b, n, loc_k.shape[1])], -1)
+            return self.attn.attend(query, kk, vv, m_blk, bias=bias), idx, ok
+        idx, ok, top = self._select(state, q, mask)  # (b, n, r) each
+        r = idx.shape[-1]
+        outs = []
+        for a in range(0, n, self.query_chunk):  # bound the (queries x retrieved tokens) gather
+            e = min(a + self.query_chunk, n)
+            ii, okc, tc = idx[:, a:e], ok[:, a:e], top[:, a:e]  # (b, c_, r)
+            rows = torch.arange(b, device=query.device)[:, None, None]
+            kk = state.keys[rows, ii].reshape(b, e - a, r * t, -1).to(query.dtype)  # (b, c_, r*t, k)
+            vv = state.values[rows, ii].reshape(b, e - a, r * t, -1).to(query.dtype)  # (b, c_, r*t, d)
+            mm = okc[..., None].expand(-1, -1, r, t).reshape(b, e - a, r * t)
+            bb = tc[..., None].expand(-1, -1, r, t).reshape(b, e - a, r * t)
+            if loc_k is not None:
+                L = loc_k.shape[1]
+                kk = torch.cat([kk, loc_k[:, None].expand(b, e - a, L, -1)], 2)
+                vv = torch.cat([vv, loc_v[:, None].expand(b, e - a, L, -1)], 2)
+                mm = torch.cat([mm, loc_m[:, a:e]], -1)
+                bb = torch.cat([bb, bb.new_zeros(b, e - a, L)], -1)
+            outs.append(self.attn.attend_per_query(query[:, a:e], kk, vv, mm, bias=bb))
+        return torch.cat(outs, 1), idx.reshape(b, n * r), ok.reshape(b, n * r)
+
+    # ----------------------------------------------------------------------- write
+    def forward(  # type: ignore[override]
+        self, segment: Tensor, state: RetrievalState, *, positions=None, frame_ids=None, mask: Tensor | None = None
+    ) -> tuple[Tensor, RetrievalState]:
+        self._check_input(segment, mask)
+        read, idx, ok = self._read(state, segment, mask)
+        if idx is not None:
+            state = self._touch(state, idx, ok)
+        out = segment + read
+        return out, self.write(state, segment, positions=positions, mask=mask)
 
     def _touch(self, state: RetrievalState, idx: Tensor, ok: Tensor) -> RetrievalState:
         """Mark retrieved blocks as used now (LRU bookkeeping; counters only)."""

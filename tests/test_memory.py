@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -45,7 +47,7 @@ def make(name: str, backbone=None, randomize_gate: bool = True, **over):
     m = create_memory(name, d_model=D, **kw)
     if randomize_gate:  # exercise the read path (it is a no-op at init)
         for n_, p in m.named_parameters():
-            if n_.endswith("gate") or n_.endswith("salience.weight"):
+            if n_.endswith("gate") or n_.endswith("salience.weight") or n_.endswith("attn.o.weight"):
                 torch.nn.init.normal_(p, std=0.5)
     runner = StreamRunner(None if m.wraps_backbone else bb, m, segment_len=7)
     return m, bb, runner
@@ -289,3 +291,39 @@ def test_bad_input_shape_is_clear():
     m, _, _ = make("sink_window")
     with pytest.raises(ValueError, match="expects"):
         m(torch.randn(2, 3, D + 1), m.init_state(2))
+
+
+def test_retrieval_each_query_fetches_its_own_blocks():
+    # two queries in one segment ask for different blocks; with top_k 1 each must read its own
+    torch.manual_seed(0)
+    m = create_memory("retrieval", d_model=4, block_size=2, top_k=1, d_key=4, max_blocks=None)
+    with torch.no_grad():
+        m.attn.q.weight.copy_(torch.eye(4))
+        m.attn.k.weight.copy_(torch.eye(4))
+        m.attn.v.weight.copy_(torch.eye(4))
+        m.attn.o.weight.copy_(torch.eye(4))
+    st = m.init_state(1)
+    st = m.write(st, torch.tensor([[[9.0, 0, 0, 0], [9, 0, 0, 0], [0, 9, 0, 0], [0, 9, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]]]))
+    q = torch.tensor([[[5.0, 0, 0, 0], [0, 5, 0, 0]]])
+    read = m.read(st, q)
+    assert read[0, 0, 0] > 10 * read[0, 0, 1].abs() and read[0, 1, 1] > 10 * read[0, 1, 0].abs()
+    idx, ok, _ = m._select(st, m.attn.queries(q), None)
+    assert ok.all() and [int(st.start[0, i]) for i in idx[0, :, 0]] == [0, 2]
+
+
+def test_retrieval_local_window_is_causal_and_counts_pending_tokens():
+    torch.manual_seed(0)
+    m = create_memory("retrieval", d_model=D, block_size=4, top_k=2, local=True)
+    torch.nn.init.normal_(m.attn.o.weight)
+    st = m.init_state(1)
+    _, st = m(torch.randn(1, 6, D), st)  # one block stored, two tokens pending
+    assert int(st.pend_n[0]) == 2
+    x = torch.randn(1, 5, D)
+    base = m.read(st, x)
+    x2 = x.clone()
+    x2[0, 3] += 3.0
+    out = m.read(st, x2)
+    torch.testing.assert_close(out[0, :3], base[0, :3])  # earlier queries do not see token 3
+    assert not torch.allclose(out[0, 3:], base[0, 3:])  # token 3 and later do
+    st2 = dataclasses.replace(st, pend_n=torch.zeros_like(st.pend_n))
+    assert not torch.allclose(m.read(st2, x)[0, 0], base[0, 0])  # the pending tokens are read

@@ -92,6 +92,7 @@ def test_stream_save_restore_continue(tmp_path):
     bb = create_backbone("test_attention")
     mem = create_memory("retrieval", d_model=D, block_size=3, top_k=2)
     torch.nn.init.normal_(mem.attn.gate)
+    torch.nn.init.normal_(mem.attn.o.weight)
     r = StreamRunner(bb, mem, segment_len=5)
     x = torch.randn(2, 31, D)
     with torch.no_grad():
