@@ -84,7 +84,7 @@ def rss_worker(checkpoint: str, tokens: int, marks: list[int]) -> dict[str, Any]
             end = s + h.shape[1]
             if end == tokens:  # the answer positions: predict the passkey after 1M tokens
                 sel = y[:, s:end] != -100
-                pred = model.head(model.norm(h[sel])).argmax(-1).tolist()
+                pred = model.logits(h[sel]).argmax(-1).tolist()
             while todo and end >= todo[0]:
                 rss, hwm = _rss_kib()
                 rec["marks"][str(todo[0])] = {"rss_kib": rss, "hwm_kib": hwm, "state_bytes": st.nbytes(),

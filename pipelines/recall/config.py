@@ -39,6 +39,7 @@ class ModelConfig:
     segment_len: int = 0  # tokens per streamed segment (0 = whole sequence at once)
     carry_backbone_state: bool = True  # False: memory is the only path between segments
     detach_every: int = 0  # truncated BPTT in segments (0 = never detach during training)
+    tie_embeddings: bool = False  # output logits against the input embedding table
 
 
 @dataclass
@@ -57,6 +58,9 @@ class TrainConfig:
     target_accuracy: float = 1.0  # stop early once validation accuracy reaches this
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave default)
+    # length curriculum: [[until_step, seq_len], ...]; steps before until_step train at that
+    # (shorter) length, the rest at data.seq_len (validation always at data.seq_len)
+    curriculum: list[list[int]] = field(default_factory=list)
     device: str = "cpu"
 
 
@@ -163,21 +167,21 @@ def selective_copy_mamba() -> Config:
 
 
 def passkey_retrieval() -> Config:
-    """Passkey: Mamba (segment-local) + block-retrieval memory with a local window, trained at
-    512 in 128-token segments. In training every past block fits in ``top_k`` (the block
-    scores are learned through the logit bias); at 32K each query fetches its own top-16."""
+    """Passkey: a 1-layer Mamba (width 32, restarted every 32-token segment) + block-retrieval
+    memory with a local window, trained at 512 (after 250 steps at 128, a length curriculum).
+    Every query fetches its own top-16 blocks of 8 tokens, at 512 as at 32K."""
     return Config(
-        data=DataConfig(task="passkey", seq_len=512, vocab_size=64, key_len=2, n_val=128),
+        data=DataConfig(task="passkey", seq_len=512, vocab_size=40, key_len=2, n_val=128),
         model=ModelConfig(
             memory="retrieval",
-            memory_kwargs={"block_size": 32, "top_k": 16, "d_key": 32, "max_blocks": 2048, "local": True},
-            segment_len=128,
+            memory_kwargs={"block_size": 8, "top_k": 16, "d_key": 16, "max_blocks": 4096, "local": True},
+            segment_len=32,
             carry_backbone_state=False,
         ),
-        backbone=_bb("M"),
-        train=TrainConfig(steps=1500, batch_size=32, lr=3e-3, weight_decay=0.01, target_accuracy=0.995, eval_every=50,
-                          save_every=50),
-        eval=EvalConfig(multipliers=[1, 4, 16, 64], depths=[0.1, 0.5, 0.9], n_per_cell=16, batch_size=8),
+        backbone=BackboneConfig(d_model=32, n_layers=1, pattern="M", mixer_kwargs={"M": {"d_state": 8, "d_conv": 4, "expand": 2}}),
+        train=TrainConfig(steps=1000, batch_size=32, lr=3e-3, weight_decay=0.0, warmup_steps=10, target_accuracy=0.995,
+                          eval_every=50, save_every=50, curriculum=[[250, 128]]),
+        eval=EvalConfig(multipliers=[1, 4, 16, 64], depths=[0.1, 0.5, 0.9], n_per_cell=16, batch_size=16),
     )
 
 
@@ -185,7 +189,7 @@ def passkey_sink_window() -> Config:
     """Passkey baseline: Mamba (segment-local) + StreamingLLM sinks (4) + window (256)."""
     cfg = passkey_retrieval()
     cfg.model.memory = "sink_window"
-    cfg.model.memory_kwargs = {"sinks": 4, "window": 256, "d_key": 32}  # same read head, other cache
+    cfg.model.memory_kwargs = {"sinks": 4, "window": 256, "d_key": 16}  # same read head, other cache
     return cfg
 
 

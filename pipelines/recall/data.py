@@ -107,9 +107,9 @@ def generate(
     return fn(cfg, n, L, depth, g)
 
 
-def split(cfg: DataConfig, name: str, n: int, step: int = 0) -> tuple[Tensor, Tensor]:
+def split(cfg: DataConfig, name: str, n: int, step: int = 0, seq_len: int | None = None) -> tuple[Tensor, Tensor]:
     """Training batches (fresh per ``step``) and the fixed validation set."""
-    return generate(cfg, n, seed=cfg.seed * 1_000_033 + _SPLIT_OFFSET[name] + step)
+    return generate(cfg, n, seq_len=seq_len, seed=cfg.seed * 1_000_033 + _SPLIT_OFFSET[name] + step)
 
 
 def _power_gaps(space: int, k: int, a: float, g: Tensor) -> Tensor:

@@ -59,7 +59,8 @@ class RecallModel(nn.Module):
             else:
                 self.memory = create_memory(mc.memory, d_model=d, **mc.memory_kwargs)
         self.norm = RMSNorm(d)
-        self.head = nn.Linear(d, v, bias=False)
+        # tied: logits against the embedding table (no separate head weights)
+        self.head = None if mc.tie_embeddings else nn.Linear(d, v, bias=False)
 
     # ------------------------------------------------------------------ streaming
     def runner(self, *, segment_len: int | None = None, detach_every: int | None = None,
@@ -74,7 +75,7 @@ class RecallModel(nn.Module):
             detach_every=detach_every,
             carry_backbone_state=mc.carry_backbone_state,
             embed=self.embed,
-            head=(lambda h: self.head(self.norm(h))) if head else None,
+            head=self.logits if head else None,
             progress=progress,
         )
 
@@ -91,7 +92,12 @@ class RecallModel(nn.Module):
             logits, _ = self.runner(detach_every=de).run(tokens)
             return logits
         h, _ = self.runner(detach_every=de, head=False).run(tokens)  # (b, l, d)
-        return self.head(self.norm(h[targets != -100]))  # (k, v)
+        return self.logits(h[targets != -100])  # (k, v)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Vocabulary logits (..., V) of backbone outputs h (..., D)."""
+        h = self.norm(h)
+        return h @ self.embed.weight.t() if self.head is None else self.head(h)
 
     @torch.no_grad()
     def predict_at(self, tokens: Tensor, targets: Tensor, *, segment_len: int | None = None,
@@ -112,7 +118,7 @@ class RecallModel(nn.Module):
             tseg = targets[:, s : s + h.shape[1]]
             sel = tseg != -100  # (b, n)
             if bool(sel.any()):
-                p = self.head(self.norm(h[sel])).argmax(-1)
+                p = self.logits(h[sel]).argmax(-1)
                 preds[:, s : s + h.shape[1]][sel] = p
         nbytes = st.nbytes() // max(tokens.shape[0], 1) if st is not None else 0
         return preds, nbytes

@@ -67,6 +67,14 @@ def validate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> d
     return {"val_accuracy": got / max(units, 1), "val_loss": loss_sum / max(nb, 1)}
 
 
+def train_len(tc, step: int) -> int | None:
+    """Training length at ``step`` under ``train.curriculum`` (None = ``data.seq_len``)."""
+    for until, length in sorted(tc.curriculum):
+        if step < until:
+            return int(length)
+    return None
+
+
 def _fingerprint(cfg: Config) -> str:
     x, y = split(cfg.data, "train", 4, 0)
     return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
@@ -88,7 +96,8 @@ def _run(cfg: Config, model, env, steps: int, *, out_dir: Path | None, resume: b
     done = start
     net.train()
     for step in progress(range(start, steps), total=steps - start, desc=tag):
-        xb, yb = split(cfg.data, "train", tc.batch_size, step + 1 + 10_000 * (tag != "train"))
+        xb, yb = split(cfg.data, "train", tc.batch_size, step + 1 + 10_000 * (tag != "train"),
+                       seq_len=train_len(tc, step))
         idx = shard_indices(torch.arange(tc.batch_size), env)
         xr, yr = xb[idx], yb[idx]
         logits = net(xr, yr)  # (k, v): logits only where a target is scored
