@@ -179,3 +179,30 @@ def test_eval_data_overrides_apply():
     cfg = rc.passkey_named_retrieval()
     d = eval_data(cfg)
     assert (d.n_needles, d.n_queries) == (1, 1) and (cfg.data.n_needles, cfg.data.n_queries) == (8, 8)
+
+
+def test_curriculum_trains_short_first_and_never_stops_before_full_length(tmp_path):
+    from pipelines.recall.train import train, train_len
+
+    tc = rc.TrainConfig(curriculum=[[5, 32], [3, 16]])
+    assert [train_len(tc, s) for s in (0, 2, 3, 4, 5, 9)] == [16, 16, 32, 32, None, None]
+    cfg = rc.tiny()  # seq_len 32; the curriculum trains at 16 first
+    cfg.train.curriculum, cfg.train.min_full_len_steps = [[3, 16]], 3
+    cfg.train.steps, cfg.train.eval_every, cfg.train.target_accuracy = 12, 1, 0.0  # "reached" at every eval
+    m = train(cfg, out_dir=tmp_path / "c", evaluate_at_end=False)
+    assert m["steps"] == 6  # 3 curriculum steps + 3 at full length, then the early stop
+
+
+def test_tied_embeddings_have_no_head_and_match_the_table():
+    from pipelines.recall.model import build_model
+
+    cfg = rc.tiny()
+    cfg.model.tie_embeddings = True
+    m = build_model(cfg).eval()
+    assert m.head is None and not any(k.startswith("head.") for k in m.state_dict())
+    x, y = generate(cfg.data, 2, seed=0)
+    with torch.no_grad():
+        h, _ = m.runner(head=False).run(x)
+        sel = y != -100
+        torch.testing.assert_close(m(x, y), m.norm(h[sel]) @ m.embed.weight.t())
+        torch.testing.assert_close(m(x)[sel], m(x, y))

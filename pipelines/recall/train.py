@@ -117,7 +117,9 @@ def _run(cfg: Config, model, env, steps: int, *, out_dir: Path | None, resume: b
             if log is not None:
                 log.log(done, phase=tag, **val)
             net.train()
-            if val["val_accuracy"] >= tc.target_accuracy:
+            # never stop before min_full_len_steps steps at the full training length
+            full_from = max((u for u, _ in tc.curriculum), default=0)
+            if val["val_accuracy"] >= tc.target_accuracy and done - full_from >= tc.min_full_len_steps:
                 break
         if state_path is not None and env.is_main and tc.save_every and done % tc.save_every == 0 and not last:
             save_train_state(state_path, model=model, optimizer=opt, scheduler=sched, step=done)
