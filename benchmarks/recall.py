@@ -96,7 +96,7 @@ def rss_worker(checkpoint: str, tokens: int, marks: list[int]) -> dict[str, Any]
     return rec
 
 
-SINK_WINDOW = {"sinks": 4, "window": 256, "d_key": 32}
+SINK_WINDOW = {"sinks": 4, "window": 256, "d_key": 16}  # the retrieval read head: d_key 16, one head
 
 
 def derive_sink_window(src: Path, dst: Path) -> dict[str, Any]:

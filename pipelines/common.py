@@ -339,6 +339,18 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_ratio:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on matrices only. Vectors (norm scales, biases)
+    and parameters flagged ``_no_weight_decay`` (Mamba's ``A_log``, ``D``, ``dt_bias``) are
+    not decayed: decaying ``A_log`` pulls every SSM timescale to 1 step and shortens memory."""
+    decay, keep = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (keep if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.1
 ) -> torch.optim.lr_scheduler.LambdaLR:

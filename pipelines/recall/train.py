@@ -29,6 +29,7 @@ from pipelines.common import (
     init_distributed,
     load_train_state,
     make_scheduler,
+    param_groups,
     progress,
     save_train_state,
     seed_everything,
@@ -85,7 +86,7 @@ def _run(cfg: Config, model, env, steps: int, *, out_dir: Path | None, resume: b
     """Train ``model`` for ``steps``; returns the last validation metrics."""
     tc = cfg.train
     net = wrap_ddp(model, env)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
     sched = make_scheduler(opt, steps, min(tc.warmup_steps, max(steps // 10, 1)), tc.min_lr_ratio)
     state_path = out_dir / STATE_FILE if out_dir is not None else None
     start = 0
