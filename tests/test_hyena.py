@@ -62,7 +62,8 @@ def test_channel_group_path_equals_one_group(monkeypatch):
     with torch.no_grad():
         assert m._group_size(2, 30) == 3
         y2, s2 = m(x, mask=mask)
-    torch.testing.assert_close(y2, y1.detach(), atol=1e-6, rtol=1e-5)
+    # float32 FFTs of different batch shapes round differently (seen: 1.1e-6 on outputs of ~1e-2)
+    torch.testing.assert_close(y2, y1.detach(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(s2["short"], s1["short"].detach())
     torch.testing.assert_close(s2["long"][0], s1["long"][0].detach())
 

@@ -140,7 +140,9 @@ def test_hf_layout_parity_and_retied_weights(tmp_path):
         logits = model.logits(IDS)
     ref = reference_forward(sd, IDS, "hyena.backbone.")
     assert (out.double() - ref).abs().max() < 1e-4
-    torch.testing.assert_close(logits, (ref @ sd["lm_head.weight"].double().T).float(), atol=1e-4, rtol=1e-4)
+    # float32 model vs float64 reference through FFT long convolutions: ~1e-4 on logits of O(1)
+    # (1.3e-4 seen on one machine); a wrong layout or weight tie gives errors of O(1)
+    torch.testing.assert_close(logits, (ref @ sd["lm_head.weight"].double().T).float(), atol=5e-4, rtol=1e-3)
 
 
 def test_lightning_ckpt_file_and_chunked_stream(tmp_path):

@@ -206,3 +206,17 @@ def test_tied_embeddings_have_no_head_and_match_the_table():
         sel = y != -100
         torch.testing.assert_close(m(x, y), m.norm(h[sel]) @ m.embed.weight.t())
         torch.testing.assert_close(m(x)[sel], m(x, y))
+
+
+def test_curriculum_phases_override_data_fields():
+    from pipelines.common import UserError
+    from pipelines.recall.train import train_data
+
+    cfg = rc.mqar_attention()
+    cfg.train.curriculum = [[10, {"seq_len": 64, "num_kv_pairs": 4}], [20, 128]]
+    d0, d1, d2 = train_data(cfg, 0), train_data(cfg, 15), train_data(cfg, 25)
+    assert (d0.seq_len, d0.num_kv_pairs) == (64, 4) and (d1.seq_len, d1.num_kv_pairs) == (128, 16)
+    assert d2 is cfg.data
+    cfg.train.curriculum = [[10, {"seq_length": 64}]]
+    with pytest.raises(UserError, match="unknown data fields"):
+        train_data(cfg, 0)

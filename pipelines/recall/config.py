@@ -58,9 +58,13 @@ class TrainConfig:
     target_accuracy: float = 1.0  # stop early once validation accuracy reaches this
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave default)
-    # length curriculum: [[until_step, seq_len], ...]; steps before until_step train at that
-    # (shorter) length, the rest at data.seq_len (validation always at data.seq_len)
+    # curriculum: [[until_step, seq_len or {DataConfig fields}], ...]; steps before until_step
+    # train on that phase's data (e.g. [[300, {"seq_len": 64, "num_kv_pairs": 4}]]), the rest
+    # on ``data`` (validation always on ``data``)
     curriculum: list[list[int]] = field(default_factory=list)
+    # state passing (Buitrago Ruiz & Gu 2025): each batch starts from the previous batch's final
+    # (detached) state instead of zeros, so a recurrent model meets the states of long streams
+    state_passing: bool = False
     min_full_len_steps: int = 200  # early stopping waits for this many steps at data.seq_len after the curriculum
     device: str = "cpu"
 

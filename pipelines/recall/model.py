@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from backbones import create_backbone
 from backbones.base import RMSNorm
 from memory import StreamRunner, create_memory, get_memory_class
+from memory.stream import StreamState
 from pipelines import common
 
 from . import DOMAIN
@@ -79,20 +80,23 @@ class RecallModel(nn.Module):
             progress=progress,
         )
 
-    def forward(self, tokens: Tensor, targets: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, targets: Tensor | None = None, state: StreamState | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, StreamState]:
         """Training / short-input forward with truncated BPTT per config.
 
         Without ``targets``: logits (B, L, V). With ``targets`` (B, L): logits only at the
         scored positions (``targets != -100``), shape (K, V) in row-major order, so a large
-        vocabulary (MQAR's 8192) never materialises (B, L, V).
+        vocabulary (MQAR's 8192) never materialises (B, L, V). ``state`` continues a stream
+        (state passing in training); ``return_state`` also returns the final stream state.
         """
         self._check_tokens(tokens)
         de = self.cfg.model.detach_every or None
         if targets is None:
-            logits, _ = self.runner(detach_every=de).run(tokens)
-            return logits
-        h, _ = self.runner(detach_every=de, head=False).run(tokens)  # (b, l, d)
-        return self.logits(h[targets != -100])  # (k, v)
+            out, st = self.runner(detach_every=de).run(tokens, state)
+        else:
+            h, st = self.runner(detach_every=de, head=False).run(tokens, state)  # (b, l, d)
+            out = self.logits(h[targets != -100])  # (k, v)
+        return (out, st) if return_state else out
 
     def logits(self, h: Tensor) -> Tensor:
         """Vocabulary logits (..., V) of backbone outputs h (..., D)."""

@@ -68,12 +68,32 @@ def validate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> d
     return {"val_accuracy": got / max(units, 1), "val_loss": loss_sum / max(nb, 1)}
 
 
+def _phase(tc, step: int):
+    for entry in sorted(tc.curriculum, key=lambda e: e[0]):
+        if step < entry[0]:
+            return entry
+    return None
+
+
 def train_len(tc, step: int) -> int | None:
     """Training length at ``step`` under ``train.curriculum`` (None = ``data.seq_len``)."""
-    for until, length in sorted(tc.curriculum):
-        if step < until:
-            return int(length)
-    return None
+    e = _phase(tc, step)
+    if e is None:
+        return None
+    return int(e[1]["seq_len"]) if isinstance(e[1], dict) else int(e[1])
+
+
+def train_data(cfg: Config, step: int):
+    """The DataConfig that generates the training batch of ``step``: ``data`` with the
+    curriculum phase's overrides (a length, or a dict of DataConfig fields) applied."""
+    e = _phase(cfg.train, step)
+    if e is None:
+        return cfg.data
+    over = dict(e[1]) if isinstance(e[1], dict) else {"seq_len": int(e[1])}
+    bad = set(over) - set(dataclasses.asdict(cfg.data))
+    if bad:
+        raise UserError(f"--train.curriculum: unknown data fields {sorted(bad)}")
+    return dataclasses.replace(cfg.data, **over)
 
 
 def _fingerprint(cfg: Config) -> str:
@@ -95,13 +115,17 @@ def _run(cfg: Config, model, env, steps: int, *, out_dir: Path | None, resume: b
     x_val, y_val = split(cfg.data, "val", cfg.data.n_val)
     val: dict[str, Any] = {}
     done = start
+    carried = None  # stream state handed from batch to batch (train.state_passing)
     net.train()
     for step in progress(range(start, steps), total=steps - start, desc=tag):
-        xb, yb = split(cfg.data, "train", tc.batch_size, step + 1 + 10_000 * (tag != "train"),
-                       seq_len=train_len(tc, step))
+        xb, yb = split(train_data(cfg, step), "train", tc.batch_size, step + 1 + 10_000 * (tag != "train"))
         idx = shard_indices(torch.arange(tc.batch_size), env)
         xr, yr = xb[idx], yb[idx]
-        logits = net(xr, yr)  # (k, v): logits only where a target is scored
+        if tc.state_passing:  # start from the (detached) final state of the previous batch
+            logits, carried = net(xr, yr, carried, return_state=True)
+            carried = model.runner().detach(carried)
+        else:
+            logits = net(xr, yr)  # (k, v): logits only where a target is scored
         loss = loss_fn(logits, yr[yr != -100])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,6 +162,8 @@ def train(cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str
     if tc.batch_size < 1 or tc.steps < 1:
         raise UserError("--train.batch_size and --train.steps must be >= 1")
     check_config(cfg.data)
+    for e in tc.curriculum:
+        check_config(train_data(cfg, e[0] - 1))
     env = init_distributed(tc.device)
     try:
         set_threads(tc.threads or None)
