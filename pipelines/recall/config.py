@@ -40,6 +40,9 @@ class ModelConfig:
     carry_backbone_state: bool = True  # False: memory is the only path between segments
     detach_every: int = 0  # truncated BPTT in segments (0 = never detach during training)
     tie_embeddings: bool = False  # output logits against the input embedding table
+    # std of the embedding init; with tied embeddings and a large vocabulary the logit scale is
+    # |embedding| * sqrt(d), so 0.02 caps a confident 8192-way prediction for thousands of steps
+    embed_init_std: float = 0.02
 
 
 @dataclass
@@ -128,11 +131,17 @@ def tiny_passkey() -> Config:
 
 
 def mqar_attention() -> Config:
-    """MQAR (Zoology): seq 256, 16 KV pairs, width 64, 2 attention layers."""
+    """MQAR (Zoology): seq 256, 16 KV pairs, width 64, 2 attention layers (RoPE, q/k/v bias).
+
+    Zoology-style easier data first (64 tokens / 4 pairs, then 128 / 8) and lr 1e-3: from
+    scratch at 256 / 16 (lr 3e-3, no bias) attention stayed on the plateau for 2000+ steps;
+    with this recipe it reaches 1.0 at step 800. The bias lets a head attend by position
+    alone (a previous-token head) before any token direction is shared."""
     return Config(
         data=DataConfig(task="mqar", seq_len=256, vocab_size=64, num_kv_pairs=16, n_val=256),
-        backbone=_bb("A"),
-        train=TrainConfig(steps=2000, batch_size=16, lr=3e-3, target_accuracy=0.995, eval_every=100),
+        backbone=_bb("A", bias=True),
+        train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, target_accuracy=0.995, eval_every=100, save_every=100,
+                          curriculum=[[300, {"seq_len": 64, "num_kv_pairs": 4}], [700, {"seq_len": 128, "num_kv_pairs": 8}]]),
         eval=EvalConfig(multipliers=[1, 4, 16], depths=[0.5], n_per_cell=64, batch_size=16),
     )
 
@@ -152,15 +161,19 @@ def mqar_mamba() -> Config:
 
 
 def induction_mamba() -> Config:
-    """Induction heads (Mamba paper): vocab 16, 2 Mamba layers of width 32, trained at 256 after
-    a 600-step length curriculum at 64 (where the induction circuit forms in a few hundred
-    steps; at 256 from scratch it sat on the loss plateau for 2800+ steps), evaluated to 64x (16K)."""
+    """Induction heads (Mamba paper): vocab 16, 2 Mamba layers of width 64, trained at 256.
+
+    The circuit forms in ~600 steps at length 64 (a length curriculum; from scratch at 256
+    it sat on the loss plateau for 2800+ steps). State passing (each batch starts from the
+    previous batch's final state) plus 1900 steps at 256 without weight decay make the
+    selection sharp enough to hold the answer over 16K tokens (64x): without state passing
+    the same run kept 0.42 at 16K. All steps run (``target_accuracy`` > 1)."""
     return Config(
         data=DataConfig(task="induction", seq_len=256, vocab_size=16, n_val=256),
-        backbone=_bb("M", d_model=32),
-        train=TrainConfig(steps=1500, batch_size=32, lr=3e-3, weight_decay=0.01, target_accuracy=1.0, eval_every=100,
-                          save_every=100, curriculum=[[600, 64]]),
-        eval=EvalConfig(multipliers=[1, 4, 16, 64], depths=[0.5], n_per_cell=64, batch_size=16),
+        backbone=_bb("M"),
+        train=TrainConfig(steps=2500, batch_size=32, lr=3e-3, weight_decay=0.0, target_accuracy=1.01, eval_every=100,
+                          save_every=100, curriculum=[[600, 64]], state_passing=True),
+        eval=EvalConfig(multipliers=[1, 4, 16, 64], depths=[0.1, 0.5, 0.9], n_per_cell=64, batch_size=16),
     )
 
 

@@ -36,7 +36,7 @@ class RecallModel(nn.Module):
         self.cfg = cfg
         d, v = cfg.backbone.d_model, cfg.data.vocab_size
         self.embed = nn.Embedding(v, d)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=cfg.model.embed_init_std)
         mc = cfg.model
         bcfg = cfg.backbone
         if mc.memory and bcfg.final_norm:
