@@ -149,7 +149,7 @@ def mqar_attention() -> Config:
 def mqar_hybrid() -> Config:
     """MQAR with a Mamba + attention hybrid ("M,A"), width 64."""
     cfg = mqar_attention()
-    cfg.backbone = _bb("M,A")
+    cfg.backbone = _bb("M,A", bias=True)
     return cfg
 
 

@@ -83,7 +83,9 @@ def build_demo(checkpoint: str | None = None):
     import gradio as gr
 
     names = shipped_checkpoints()
-    default = checkpoint or ("recall/hybrid-mqar" if "recall/hybrid-mqar" in names else names[0])
+    preferred = [n for n in ("recall/mamba-retrieval-passkey", "recall/hybrid-mqar") if n in names]
+    default = checkpoint or (preferred[0] if preferred else names[0])
+    default_mult = 16 if default.endswith("retrieval-passkey") else 1
 
     def run(ckpt, mult, depth, seed, history):
         try:
@@ -102,12 +104,16 @@ def build_demo(checkpoint: str | None = None):
         history = gr.State([])
         with gr.Row():
             ckpt = gr.Dropdown(names, value=default, label="checkpoint", elem_id="recall-checkpoint")
-            mult = gr.Dropdown([1, 4, 16, 64], value=1, label="length (x training length)", elem_id="recall-mult")
+            mult = gr.Dropdown([1, 4, 16, 64], value=default_mult, label="length (x training length)",
+                               elem_id="recall-mult")
         with gr.Row():
             depth = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="needle depth", elem_id="recall-depth")
             seed = gr.Number(value=0, precision=0, label="example seed", elem_id="recall-seed")
         btn = gr.Button("Generate and predict", variant="primary", elem_id="recall-run")
         out = gr.Textbox(label="prediction vs target", lines=8, elem_id="recall-output")
         btn.click(run, [ckpt, mult, depth, seed, history], [out, history], api_name="recall_predict")
-        gr.Examples([[default, 1, 0.5, 0], [default, 4, 0.1, 1]], [ckpt, mult, depth, seed])
+        examples = [[default, default_mult, 0.5, 0], [default, 64, 0.1, 1]]
+        if "recall/hybrid-mqar" in names and default != "recall/hybrid-mqar":
+            examples.append(["recall/hybrid-mqar", 1, 0.5, 0])
+        gr.Examples(examples, [ckpt, mult, depth, seed])
     return demo
