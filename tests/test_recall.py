@@ -220,3 +220,20 @@ def test_curriculum_phases_override_data_fields():
     cfg.train.curriculum = [[10, {"seq_length": 64}]]
     with pytest.raises(UserError, match="unknown data fields"):
         train_data(cfg, 0)
+
+
+def test_memory_reads_the_residual_stream_before_the_only_norm():
+    # under a memory the backbone drops its final norm (the model norms once, before the head)
+    from pipelines.recall.model import build_model
+
+    with_mem = build_model(rc.tiny_passkey())
+    assert with_mem.cfg.backbone.final_norm and not any("norm_f" in k for k in with_mem.state_dict())
+    plain = build_model(rc.tiny())
+    assert any("norm_f" in k for k in plain.state_dict())
+    # and the read is a no-op at init: the memory model equals its backbone + head alone
+    cfg = rc.tiny_passkey()
+    m = build_model(cfg).eval()
+    x, _ = generate(cfg.data, 2, seed=0)
+    with torch.no_grad():
+        ref = torch.cat([m.logits(m.backbone(m.embed(x[:, s:s + 16]))[0]) for s in range(0, x.shape[1], 16)], 1)
+        torch.testing.assert_close(m(x), ref)
