@@ -224,12 +224,18 @@ def test_sink_window_sees_exactly_sinks_and_window():
         assert changed == visible, (j, visible)
 
 
-def test_retrieval_selects_the_matching_block_exactly():
+def identity_retrieval(max_blocks: int | None, read_too: bool = False):
+    """A 4-wide retrieval memory (blocks of 2, top-1) whose projections are identities."""
     torch.manual_seed(0)
-    m = create_memory("retrieval", d_model=4, block_size=2, top_k=1, d_key=4, max_blocks=None)
+    m = create_memory("retrieval", d_model=4, block_size=2, top_k=1, d_key=4, max_blocks=max_blocks)
     with torch.no_grad():
-        m.attn.q.weight.copy_(torch.eye(4))
-        m.attn.k.weight.copy_(torch.eye(4))
+        for lin in (m.attn.q, m.attn.k) + ((m.attn.v, m.attn.o) if read_too else ()):
+            lin.weight.copy_(torch.eye(4))
+    return m
+
+
+def test_retrieval_selects_the_matching_block_exactly():
+    m = identity_retrieval(None)
     st = m.init_state(1)
     blocks = torch.tensor([[[1.0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 5, 0], [0, 0, 5, 0]]])
     st = m.write(st, blocks)
@@ -240,11 +246,7 @@ def test_retrieval_selects_the_matching_block_exactly():
 
 
 def test_retrieval_lru_eviction_keeps_used_blocks():
-    torch.manual_seed(0)
-    m = create_memory("retrieval", d_model=4, block_size=2, top_k=1, d_key=4, max_blocks=2)
-    with torch.no_grad():
-        m.attn.q.weight.copy_(torch.eye(4))
-        m.attn.k.weight.copy_(torch.eye(4))
+    m = identity_retrieval(2)
     st = m.init_state(1)
     needle = torch.tensor([[[0.0, 0, 9, 0], [0, 0, 9, 0]]])
     st = m.write(st, needle)
@@ -295,13 +297,7 @@ def test_bad_input_shape_is_clear():
 
 def test_retrieval_each_query_fetches_its_own_blocks():
     # two queries in one segment ask for different blocks; with top_k 1 each must read its own
-    torch.manual_seed(0)
-    m = create_memory("retrieval", d_model=4, block_size=2, top_k=1, d_key=4, max_blocks=None)
-    with torch.no_grad():
-        m.attn.q.weight.copy_(torch.eye(4))
-        m.attn.k.weight.copy_(torch.eye(4))
-        m.attn.v.weight.copy_(torch.eye(4))
-        m.attn.o.weight.copy_(torch.eye(4))
+    m = identity_retrieval(None, read_too=True)
     st = m.init_state(1)
     st = m.write(st, torch.tensor([[[9.0, 0, 0, 0], [9, 0, 0, 0], [0, 9, 0, 0], [0, 9, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]]]))
     q = torch.tensor([[[5.0, 0, 0, 0], [0, 5, 0, 0]]])

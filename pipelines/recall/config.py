@@ -142,7 +142,7 @@ def mqar_attention() -> Config:
         backbone=_bb("A", bias=True),
         train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, target_accuracy=0.995, eval_every=100, save_every=100,
                           curriculum=[[300, {"seq_len": 64, "num_kv_pairs": 4}], [700, {"seq_len": 128, "num_kv_pairs": 8}]]),
-        eval=EvalConfig(multipliers=[1, 4, 16], depths=[0.5], n_per_cell=64, batch_size=16),
+        eval=EvalConfig(multipliers=[1, 4, 16, 64], depths=[0.5], n_per_cell=64, batch_size=16),
     )
 
 
