@@ -237,3 +237,32 @@ def test_memory_reads_the_residual_stream_before_the_only_norm():
     with torch.no_grad():
         ref = torch.cat([m.logits(m.backbone(m.embed(x[:, s:s + 16]))[0]) for s in range(0, x.shape[1], 16)], 1)
         torch.testing.assert_close(m(x), ref)
+
+
+@pytest.mark.slow  # streams 32K-token inputs through the shipped models (~1 minute)
+@pytest.mark.parametrize("name, mult, depths, floor", [
+    ("attn-mqar", 1, [0.5], 0.99),
+    ("hybrid-mqar", 1, [0.5], 0.99),
+    ("mamba-induction", 64, [0.1, 0.9], 0.99),
+    ("mamba-retrieval-passkey", 64, [0.1, 0.5, 0.9], 0.95),
+])
+def test_shipped_checkpoints_meet_the_acceptance_bars(name, mult, depths, floor):
+    from pipelines.recall.evaluate import evaluate_model
+    from pipelines.recall.model import from_pretrained
+
+    m = from_pretrained(f"recall/{name}")
+    ev = rc.EvalConfig(multipliers=[mult], depths=depths, n_per_cell=8, batch_size=8, seed=99)
+    got = evaluate_model(m, ev, show_progress=False)[f"acc_{mult}x"]
+    assert got >= floor, (name, got)
+
+
+@pytest.mark.slow
+def test_sink_window_baseline_fails_once_the_needle_leaves_its_window():
+    from pipelines.recall.evaluate import accuracy_on
+    from pipelines.recall.model import from_pretrained
+
+    m = from_pretrained("recall/mamba-sinkwindow-passkey")
+    x_in, y_in = generate(m.cfg.data, 8, seq_len=2048, depth=0.95, seed=5)  # needle ~100 tokens back
+    x_out, y_out = generate(m.cfg.data, 8, seq_len=2048, depth=0.1, seed=5)  # ~1800 tokens back
+    assert accuracy_on(m, x_in, y_in)[0] >= 0.9
+    assert accuracy_on(m, x_out, y_out)[0] <= 0.2
