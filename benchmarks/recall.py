@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 CKPT = ROOT / "checkpoints" / "recall"
 OUT = ROOT / "benchmarks" / "results"
 
-MQAR = [("attn-mqar", "attention (A x2)"), ("hybrid-mqar", "Mamba + attention (M,A)"), ("mamba-mqar", "Mamba (M x2)")]
+MQAR = [("attn-mqar", "attention (A x2, q/k/v bias)"), ("hybrid-mqar", "Mamba + attention (M,A)"), ("mamba-mqar", "Mamba (M x2)")]
 PASSKEY = [("mamba-retrieval-passkey", "Mamba + block retrieval (InfLLM, per-query top-16 of 8-token blocks)"),
            ("mamba-sinkwindow-passkey", "same weights, sinks 4 + window 256 cache (StreamingLLM)")]
 INDUCTION = [("mamba-induction", "Mamba (M x2)")]
@@ -266,14 +266,15 @@ def render_md(res: dict[str, Any]) -> str:
     for k, v in res["acceptance"].items():
         L.append(f"| {k} | {_fmt(v)} |")
     L += ["", "## MQAR (seq 256, 16 KV pairs, width 64)", "",
-          "| model | checkpoint | vocab | steps | acc (256) | acc 4x (1K) | acc 16x (4K) | state bytes at 4K |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| model | checkpoint | vocab | steps | acc (256) | acc 4x (1K) | acc 16x (4K) | acc 64x (16K) | state bytes at 16K |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for name, m in res["mqar"].items():
         if m.get("missing"):
-            L.append(f"| {m['label']} | recall/{name} | not trained | | | | | |")
+            L.append(f"| {m['label']} | recall/{name} | not trained | | | | | | |")
             continue
         L.append(f"| {m['label']} | recall/{name} | {m['vocab_size']} | {m.get('steps')} | {_fmt(m.get('accuracy'))} | "
-                 f"{_fmt(m.get('acc_4x'))} | {_fmt(m.get('acc_16x'))} | {m.get('state_bytes')} |")
+                 f"{_fmt(m.get('acc_4x'))} | {_fmt(m.get('acc_16x'))} | {_fmt(m.get('acc_64x'))} | "
+                 f"{m.get('state_bytes')} |")
     for group, title in (("induction", "Induction heads (trained at 256)"),
                          ("passkey", "Passkey retrieval (needle `KEY d1 d2` in noise, query `QUERY d1`, exact "
                                      "match of both digits; trained at 512)")):
