@@ -313,7 +313,8 @@ def render_md(res: dict[str, Any]) -> str:
             L.append(f"(measurement reused from `{r['reused_from']}`, made by `python benchmarks/recall.py "
                      f"--rss-worker --rss-checkpoint {r['checkpoint']}`)")
             L.append("")
-        L.append(f"`{r['checkpoint']}` streamed {r['tokens']} tokens in segments of {r['segment_len']} "
+        ck = os.path.relpath(r["checkpoint"], ROOT) if os.path.isabs(r["checkpoint"]) else r["checkpoint"]
+        L.append(f"`{ck}` streamed {r['tokens']} tokens in segments of {r['segment_len']} "
                  f"({r['tokens_per_s']} tokens/s); process RSS at start {r['rss_start_kib'] / 1024:.1f} MiB "
                  f"(the input and prediction tensors of {r['tokens']} tokens are allocated up front).")
         L += ["", "| tokens streamed | VmRSS | VmHWM (peak) | stream state | seconds |", "|---|---|---|---|---|"]
