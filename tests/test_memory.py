@@ -16,7 +16,7 @@ ALL = ["carried_state", "compressive_bank", "memory_tokens", "retrieval", "sink_
 SMALL_KW = {
     "compressive_bank": {"budget": 8},
     "sink_window": {"sinks": 2, "window": 5},
-    "retrieval": {"block_size": 4, "top_k": 2, "max_blocks": 6},
+    "retrieval": {"block_size": 4, "top_k": 2, "max_blocks": 6, "local": True},
     "memory_tokens": {"num_tokens": 3},
     "carried_state": {},
 }
