@@ -125,9 +125,7 @@ class GatedCrossAttention(nn.Module):
     projection (so the read is a no-op at initialisation) followed by a per-channel gate.
 
     Queries, keys and values are projected from RMS-normalised inputs (pre-norm, as in
-    every attention block): the residual stream of a freshly initialised model is tiny
-    (embeddings of std 0.02), and unnormalised projections left the attention logits near
-    zero for hundreds of steps (see ``pipelines/recall/diagnose.py``).
+    every attention block), so the read does not depend on the scale of the stream it reads.
 
     ``forward(x (B,N,D), mem (B,M,D), mem_mask (B,M) or (B,N,M)) -> x + gate * read``.
     """

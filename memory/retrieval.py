@@ -135,7 +135,8 @@ class BlockRetrieval(StreamMemory):
     def read(self, state: RetrievalState, query: Tensor, *, mask: Tensor | None = None) -> Tensor:
         return self._read(state, query, mask)[0]
 
-    def _read(self, state: RetrievalState, query: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _read(self, state: RetrievalState, query: Tensor, mask: Tensor | None,
+              kv: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Every query attends over *its own* top-k blocks (block score added to the logits),
         the pending past tokens not yet in a block and, with ``local``, its own segment up to
         itself. When every stored block fits in ``top_k`` all queries share them (no gather)."""
@@ -148,7 +149,7 @@ class BlockRetrieval(StreamMemory):
         loc_k = loc_v = loc_m = None
         if self.local:
             pend_ok = torch.arange(t, device=query.device)[None, :] < state.pend_n[:, None]  # (b, t)
-            k_seg, v_seg = self.attn.keys_values(query)  # (b, n, k), (b, n, d)
+            k_seg, v_seg = kv if kv is not None else self.attn.keys_values(query)  # (b, n, k), (b, n, d)
             qvalid = torch.ones(b, n, dtype=torch.bool, device=query.device) if mask is None else mask.bool()
             causal = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
             loc_k = torch.cat([state.pend_k.to(query.dtype), k_seg], 1)  # (b, t+n, k)
@@ -196,11 +197,11 @@ class BlockRetrieval(StreamMemory):
         self, segment: Tensor, state: RetrievalState, *, positions=None, frame_ids=None, mask: Tensor | None = None
     ) -> tuple[Tensor, RetrievalState]:
         self._check_input(segment, mask)
-        read, idx, ok = self._read(state, segment, mask)
+        kv = self.attn.keys_values(segment)  # (b, n, k), (b, n, d): read locally, then written
+        read, idx, ok = self._read(state, segment, mask, kv)
         if idx is not None:
             state = self._touch(state, idx, ok)
-        out = segment + read
-        return out, self.write(state, segment, positions=positions, mask=mask)
+        return segment + read, self._write_kv(state, segment, kv, mask)
 
     def _touch(self, state: RetrievalState, idx: Tensor, ok: Tensor) -> RetrievalState:
         """Mark retrieved blocks as used now (LRU bookkeeping; counters only)."""
@@ -218,8 +219,12 @@ class BlockRetrieval(StreamMemory):
         frame_ids: Tensor | None = None,
         mask: Tensor | None = None,
     ) -> RetrievalState:
+        return self._write_kv(state, x, self.attn.keys_values(x), mask)
+
+    def _write_kv(self, state: RetrievalState, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor | None) -> RetrievalState:
+        """:meth:`write` with the keys and values of ``x`` already projected."""
         b, n, _ = x.shape
-        k, v = self.attn.keys_values(x)  # (b, n, k), (b, n, d)
+        k, v = kv  # (b, n, k), (b, n, d)
         s = self.salience(x).squeeze(-1)  # (b, n)
         uniform = (mask is None or bool(mask.all())) and bool((state.pend_n == state.pend_n[0]).all())
         uniform = uniform and bool((state.valid.sum(-1) == state.valid[:1].sum(-1)).all()) if b > 0 else uniform

@@ -182,11 +182,12 @@ def test_eval_data_overrides_apply():
 
 
 def test_curriculum_trains_short_first_and_never_stops_before_full_length(tmp_path):
-    from pipelines.recall.train import train, train_len
+    from pipelines.recall.train import train, train_data
 
-    tc = rc.TrainConfig(curriculum=[[5, 32], [3, 16]])
-    assert [train_len(tc, s) for s in (0, 2, 3, 4, 5, 9)] == [16, 16, 32, 32, None, None]
-    cfg = rc.tiny()  # seq_len 32; the curriculum trains at 16 first
+    cfg = rc.tiny()  # seq_len 32
+    cfg.train.curriculum = [[5, 24], [3, 16]]
+    assert [train_data(cfg, s).seq_len for s in (0, 2, 3, 4, 5, 9)] == [16, 16, 24, 24, 32, 32]
+    cfg = rc.tiny()  # the curriculum trains at 16 first
     cfg.train.curriculum, cfg.train.min_full_len_steps = [[3, 16]], 3
     cfg.train.steps, cfg.train.eval_every, cfg.train.target_accuracy = 12, 1, 0.0  # "reached" at every eval
     m = train(cfg, out_dir=tmp_path / "c", evaluate_at_end=False)

@@ -12,6 +12,7 @@ Axis legend: b batch, l length, n segment length, d model width, v vocabulary.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,13 @@ class RecallModel(nn.Module):
         self.cfg = cfg
         d, v = cfg.backbone.d_model, cfg.data.vocab_size
         self.embed = nn.Embedding(v, d)
-        nn.init.normal_(self.embed.weight, std=cfg.model.embed_init_std)
+        nn.init.normal_(self.embed.weight, std=0.02)
         mc = cfg.model
         bcfg = cfg.backbone
         if mc.memory and bcfg.final_norm:
             # a memory adds its read to the backbone's residual stream, and this model norms
             # before the head anyway: a final norm in between shrinks the read's share of the
             # stream and kept it from learning (pipelines/recall/diagnose.py, README)
-            import dataclasses
-
             bcfg = dataclasses.replace(bcfg, final_norm=False)
         bb = create_backbone(bcfg)
         self.backbone: nn.Module | None = bb

@@ -75,14 +75,6 @@ def _phase(tc, step: int):
     return None
 
 
-def train_len(tc, step: int) -> int | None:
-    """Training length at ``step`` under ``train.curriculum`` (None = ``data.seq_len``)."""
-    e = _phase(tc, step)
-    if e is None:
-        return None
-    return int(e[1]["seq_len"]) if isinstance(e[1], dict) else int(e[1])
-
-
 def train_data(cfg: Config, step: int):
     """The DataConfig that generates the training batch of ``step``: ``data`` with the
     curriculum phase's overrides (a length, or a dict of DataConfig fields) applied."""
