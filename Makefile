@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torchaudio" 2>/dev/null || $(BIN)/pip install -q --no-deps torchaudio==2.11.0
 	$(BIN)/pip install -q -e ".[demo,dev]" torch==2.14.1
 	@# compile the optional C++ CPU kernels once (cached; falls back to pure PyTorch if it cannot)
-	$(BIN)/python -m backbones.ops.cpu_kernels || true
+	$(BIN)/python -m longstream.backbones.ops.cpu_kernels || true
 	touch $(STAMP)
 
 test: setup

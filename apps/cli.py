@@ -10,7 +10,7 @@
     longstream bench [NAME [ARGS...]]                run benchmarks/NAME.py (no NAME: list them)
 
 Exit codes: 0 success, 2 bad usage or bad input (one ``error:`` line, no traceback),
-1 internal failure. Also runnable as ``python -m apps.cli`` (e.g. under ``torchrun``).
+1 internal failure. Also runnable as ``python -m longstream.apps.cli`` (e.g. under ``torchrun``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from pipelines.common import REPO_ROOT, UserError, make_parser, print_json, run_cli_guarded
+from longstream.pipelines.common import REPO_ROOT, UserError, make_parser, print_json, run_cli_guarded
 
 TOP_COMMANDS = ("list", "hub", "data", "demo", "bench")
 
@@ -36,8 +36,8 @@ def _first_line(doc: str | None, width: int = 100) -> str:
 
 
 def _inventory() -> dict:
-    from pipelines.hub import default_hub
-    from pipelines.registry import PIPELINES, get_pipeline, list_pipelines
+    from longstream.pipelines.hub import default_hub
+    from longstream.pipelines.registry import PIPELINES, get_pipeline, list_pipelines
 
     pipes = []
     available = set(list_pipelines())
@@ -51,13 +51,13 @@ def _inventory() -> dict:
                 desc = desc or "(import failed)"
         pipes.append({"name": name, "available": name in available, "description": desc, "presets": presets})
     try:
-        from backbones import list_backbones
+        from longstream.backbones import list_backbones
 
         backbones = list_backbones()
     except Exception as e:  # pragma: no cover - defensive
         backbones = [f"(unavailable: {e})"]
     try:
-        from memory import list_memories  # optional while memory/ is being written
+        from longstream.memory import list_memories  # optional while memory/ is being written
 
         memories = list(list_memories())
     except Exception:
@@ -109,7 +109,7 @@ def _fmt_metrics(m: dict) -> str:
 
 
 def cmd_hub(argv: Sequence[str]) -> int:
-    from pipelines.hub import default_hub
+    from longstream.pipelines.hub import default_hub
 
     p = make_parser("longstream hub", "pretrained checkpoints: list, inspect, download, verify")
     sub = p.add_subparsers(dest="cmd", metavar="{list,info,download,verify,register}")
@@ -194,7 +194,7 @@ def cmd_hub(argv: Sequence[str]) -> int:
 
 
 def cmd_data(argv: Sequence[str]) -> int:
-    from pipelines.datasets import DATASETS, data_root, dataset_path, verify_dataset
+    from longstream.pipelines.datasets import DATASETS, data_root, dataset_path, verify_dataset
 
     p = make_parser("longstream data", "datasets: list, verify checksums, print paths")
     sub = p.add_subparsers(dest="cmd", metavar="{list,verify,path}")
@@ -258,7 +258,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise UserError("the demo needs gradio: pip install 'longstream[demo]'") from None
-    from apps.gradio_app import launch
+    from longstream.apps.gradio_app import launch
 
     launch(host=args.host, port=args.port, share=args.share == "yes",
            only=args.only.split(",") if args.only else None)
@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage:" + USAGE)
         return 0 if argv else 2
     if argv[0] == "--version":
-        from pipelines.common import code_version
+        from longstream.pipelines.common import code_version
 
         print(code_version())
         return 0
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_cli_guarded(lambda: fn(rest))
 
     def dispatch() -> int:
-        from pipelines.registry import PIPELINES, get_pipeline, list_pipelines
+        from longstream.pipelines.registry import PIPELINES, get_pipeline, list_pipelines
 
         if cmd not in PIPELINES:
             raise UserError(

@@ -33,13 +33,13 @@ def build_app(only: Sequence[str] | None = None) -> Any:
     _quiet_gradio_env()
     import gradio as gr
 
-    from pipelines.registry import get_pipeline, list_pipelines
+    from longstream.pipelines.registry import get_pipeline, list_pipelines
 
     names = [n for n in list_pipelines() if only is None or n in only]
     if only:
         unknown = sorted(set(only) - set(names))
         if unknown:
-            from pipelines.common import UserError
+            from longstream.pipelines.common import UserError
 
             raise UserError(f"unknown or unavailable pipeline(s) {unknown}; available: {list_pipelines()}")
     # Build each tab's Blocks first, outside the app context (a Blocks created inside
@@ -85,5 +85,5 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
     )
 
 
-if __name__ == "__main__":  # python -m apps.gradio_app [port]
+if __name__ == "__main__":  # python -m longstream.apps.gradio_app [port]
     launch(port=int(sys.argv[1]) if len(sys.argv) > 1 else 7860)

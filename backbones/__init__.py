@@ -9,7 +9,7 @@ Public API: :class:`Backbone`, :func:`create_backbone`, :func:`list_backbones`,
 Example::
 
     import torch
-    from backbones import LanguageModel, create_backbone
+    from longstream.backbones import LanguageModel, create_backbone
 
     bb = create_backbone("test_hybrid")             # "M,A": Mamba + attention, d_model 16
     x = torch.randn(2, 100, bb.d_model)             # (b, l, d)

@@ -14,7 +14,7 @@ Sources (Gu & Dao 2023, "Mamba"; Dao & Gu 2024, "Transformers are SSMs"):
 
 Our mixers use mamba_ssm's parameter names, so converting is a rename of the embedding key
 plus a translation of the config. ``save_pretrained`` of the result writes safetensors +
-config.json. Command line: ``python -m backbones.convert SRC_DIR OUT_DIR``.
+config.json. Command line: ``python -m longstream.backbones.convert SRC_DIR OUT_DIR``.
 
 Axis legend: v vocabulary, d model width.
 """

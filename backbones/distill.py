@@ -21,7 +21,7 @@ unit circle (stable).
 projections, short convolution and gating, ``step`` in O(D * modes), and a chunked
 ``forward`` (FFT with the SSM's kernel plus the free response of the carried state) that
 equals ``step``. The SSM filter is not truncated at ``l_max``: it decays on its own.
-:func:`distill_hyena` builds one from a trained :class:`~backbones.hyena.Hyena` and
+:func:`distill_hyena` builds one from a trained :class:`~longstream.backbones.hyena.Hyena` and
 reports the filter fit error and the extrapolated filter error.
 
 Axis legend: b batch, l length, d model width, m modes (complex), o Hyena stage.

@@ -10,7 +10,7 @@ state-spaces/mamba-* load by name, and the initialisation follows the paper (S4D
 ``A``, ``dt`` log-uniform in [dt_min, dt_max] through an inverse-softplus bias).
 
 The computation is time-major (b, l, e) end to end: no transposes around the conv or the
-scan. On CPU the conv and scan run in the compiled kernels of ``backbones.ops`` when they
+scan. On CPU the conv and scan run in the compiled kernels of ``longstream.backbones.ops`` when they
 are built, on CUDA in ``mamba_ssm`` / ``causal_conv1d`` when they import, and in pure
 PyTorch otherwise. State: ``{"conv": (b, e, k-1), "ssm": (b, e, n)}``, float32.
 
@@ -176,7 +176,7 @@ class Mamba(Backbone):
 
     # ------------------------------------------------------------------ reference
     def reference(self, x: Tensor, state: State = None) -> tuple[Tensor, State]:
-        """The same layer in float64 with the sequential references of ``backbones.ops``."""
+        """The same layer in float64 with the sequential references of ``longstream.backbones.ops``."""
         p = {k: v.detach().double() for k, v in self.named_parameters()}
         x = x.double()
         e, n = self.d_inner, self.d_state

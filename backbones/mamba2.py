@@ -190,7 +190,7 @@ class Mamba2(Backbone):
 
     # ------------------------------------------------------------------ reference
     def reference(self, x: Tensor, state: State = None) -> tuple[Tensor, State]:
-        """The same layer in float64 with the sequential references of ``backbones.ops``."""
+        """The same layer in float64 with the sequential references of ``longstream.backbones.ops``."""
         x = x.double()
         b, l, _ = x.shape
         e, g, n, h, p = self.d_inner, self.ngroups, self.d_state, self.nheads, self.headdim

@@ -1,9 +1,9 @@
 """Registries: mixer classes by layer-pattern symbol, and backbone presets by name.
 
-A *mixer* is a :class:`~backbones.base.Backbone` built as ``cls(d_model, **kwargs)``.
+A *mixer* is a :class:`~longstream.backbones.base.Backbone` built as ``cls(d_model, **kwargs)``.
 It is registered under a short symbol used in layer patterns (``"M"`` Mamba,
 ``"M2"`` Mamba-2, ``"A"`` attention, ...). A *preset* is a function returning a
-:class:`~backbones.config.BackboneConfig`; ``create_backbone(name, **overrides)``
+:class:`~longstream.backbones.config.BackboneConfig`; ``create_backbone(name, **overrides)``
 builds the stack it describes.
 """
 
@@ -93,18 +93,18 @@ def create_backbone(name: str | BackboneConfig, **overrides: Any):
 
 _LOADED = False
 
+#: The modules that register mixers and presets. Every one must import: a file that is
+#: missing or broken is an error here, never a silently smaller registry.
+MIXER_MODULES = ("mamba", "mamba2", "attention", "mlp", "s4d", "hyena", "longconv", "presets")
+
 
 def _ensure_loaded() -> None:
     """Import the modules that register mixers and presets (once)."""
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
     import importlib
 
-    for mod in ("mamba", "mamba2", "attention", "mlp", "s4d", "hyena", "longconv", "presets"):
-        try:
-            importlib.import_module(f"backbones.{mod}")
-        except ModuleNotFoundError as e:  # a mixer file not written yet
-            if e.name != f"backbones.{mod}":
-                raise
+    for mod in MIXER_MODULES:
+        importlib.import_module(f".{mod}", __package__)
+    _LOADED = True

@@ -5,7 +5,7 @@ Transformer-Mamba Language Model", 2024: one attention layer per seven Mamba
 layers, ``"M*7,A"``) and of ``mamba_ssm``'s ``MixerModel`` (whose names — ``layers``,
 ``norm_f`` — this module keeps so converted checkpoints load by name).
 
-Pattern grammar (see :class:`~backbones.config.BackboneConfig`): comma-separated items,
+Pattern grammar (see :class:`~longstream.backbones.config.BackboneConfig`): comma-separated items,
 each a run of mixer symbols optionally followed by ``*k`` (repeat the run k times).
 A run is read symbol by symbol, longest registered symbol first, so ``"MMMA"`` is
 M, M, M, A and ``"M2M2A"`` is M2, M2, A. The resulting list is repeated and truncated

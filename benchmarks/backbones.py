@@ -50,9 +50,9 @@ import torch.nn.functional as F  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backbones import BackboneConfig, list_mixers  # noqa: E402
-from backbones.ops import cpu_kernels  # noqa: E402
-from backbones.stack import SequenceBackbone  # noqa: E402
+from longstream.backbones import BackboneConfig, list_mixers  # noqa: E402
+from longstream.backbones.ops import cpu_kernels  # noqa: E402
+from longstream.backbones.stack import SequenceBackbone  # noqa: E402
 
 D_MODEL = 256
 QUADRATIC = {"A", "Abi", "sdpa"}  # time grows ~ L^2

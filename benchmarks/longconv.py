@@ -46,10 +46,10 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backbones.distill import distill_hyena  # noqa: E402
-from backbones.hyena import Hyena  # noqa: E402
-from backbones.hyenadna import HyenaDNAConfig, HyenaDNAModel  # noqa: E402
-from backbones.s4d import S4D, s4d_reference  # noqa: E402
+from longstream.backbones.distill import distill_hyena  # noqa: E402
+from longstream.backbones.hyena import Hyena  # noqa: E402
+from longstream.backbones.hyenadna import HyenaDNAConfig, HyenaDNAModel  # noqa: E402
+from longstream.backbones.s4d import S4D, s4d_reference  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 

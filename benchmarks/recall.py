@@ -61,9 +61,9 @@ def rss_worker(checkpoint: str, tokens: int, marks: list[int]) -> dict[str, Any]
     import torch
 
     torch.set_num_threads(1)
-    from pipelines.recall.data import generate
-    from pipelines.recall.evaluate import eval_data
-    from pipelines.recall.model import from_pretrained
+    from longstream.pipelines.recall.data import generate
+    from longstream.pipelines.recall.evaluate import eval_data
+    from longstream.pipelines.recall.model import from_pretrained
 
     model = from_pretrained(checkpoint)
     cfg = model.cfg
@@ -99,8 +99,8 @@ SINK_WINDOW = {"sinks": 4, "window": 256, "d_key": 16}  # the retrieval read hea
 def derive_sink_window(src: Path, dst: Path) -> dict[str, Any]:
     """The StreamingLLM baseline: the retrieval model's weights with its block memory replaced by
     a sink + window cache (same backbone, same read head), evaluated on the same grid and saved."""
-    from pipelines.recall.evaluate import evaluate_model
-    from pipelines.recall.model import from_pretrained, with_memory
+    from longstream.pipelines.recall.evaluate import evaluate_model
+    from longstream.pipelines.recall.model import from_pretrained, with_memory
 
     model = with_memory(from_pretrained(str(src)), "sink_window", SINK_WINDOW)
     metrics = evaluate_model(model)
@@ -122,7 +122,7 @@ def load_metrics(name: str, reeval: bool) -> dict[str, Any] | None:
     meta = json.loads((d / "config.json").read_text())
     m = dict(meta.get("metrics", {}))
     if reeval:
-        from pipelines.recall.evaluate import evaluate
+        from longstream.pipelines.recall.evaluate import evaluate
 
         m.update(evaluate(str(d)))
     m["_config"] = meta["config"]

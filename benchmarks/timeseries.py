@@ -58,8 +58,8 @@ MAMBA = "timeseries/etth1-smamba-h{h}"  # shipped Mamba models, evaluated beside
 
 def pick_best(h: int) -> str:
     """Our shipped candidate for horizon ``h`` with the lowest recorded *validation* MSE
-    (``pipelines.timeseries.evaluate.best_shipped``; the test split is never used to choose)."""
-    from pipelines.timeseries.evaluate import best_shipped
+    (``longstream.pipelines.timeseries.evaluate.best_shipped``; the test split is never used to choose)."""
+    from longstream.pipelines.timeseries.evaluate import best_shipped
 
     name = best_shipped(h)
     if name is None:
@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     _pin(args.threads)
     import torch
 
-    from pipelines.common import code_version, seed_everything
-    from pipelines.hub import default_hub
-    from pipelines.timeseries import config as tcfg
-    from pipelines.timeseries.data import default_data_path
-    from pipelines.timeseries.evaluate import evaluate
-    from pipelines.timeseries.train import train
+    from longstream.pipelines.common import code_version, seed_everything
+    from longstream.pipelines.hub import default_hub
+    from longstream.pipelines.timeseries import config as tcfg
+    from longstream.pipelines.timeseries.data import default_data_path
+    from longstream.pipelines.timeseries.evaluate import evaluate
+    from longstream.pipelines.timeseries.train import train
 
     data = str(args.data or default_data_path())
     rows: dict[str, dict[int, dict[str, float]]] = {"ours": {}, "DLinear (this run)": {}, "seasonal naive": {}}

@@ -136,7 +136,7 @@ class GatedCrossAttention(nn.Module):
         if d_key % n_heads:
             raise ValueError(f"d_key={d_key} must be divisible by n_heads={n_heads}")
         self.n_heads, self.d_key = n_heads, d_key
-        from backbones.base import RMSNorm
+        from longstream.backbones.base import RMSNorm
 
         self.norm = RMSNorm(d_model)
         self.q = nn.Linear(d_model, d_key, bias=False)

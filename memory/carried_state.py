@@ -4,7 +4,7 @@ The simplest streaming memory, and the one a state-space model gets for free: Ma
 (Gu & Dao, 2023) and its relatives compress the whole past into a fixed-size state, so a
 long input processed segment by segment with the state passed along (chunked prefill)
 gives the same outputs as one pass over the whole input, at constant memory. This module
-wraps any :class:`~backbones.base.Backbone` that supports state passing and exposes that
+wraps any :class:`~longstream.backbones.base.Backbone` that supports state passing and exposes that
 state through the memory protocol, so the stream runner, truncated back-propagation,
 per-row reset and save / restore treat it like every other memory. There is no read
 gate: the backbone's state *is* the read path (segment-invariant, tested).

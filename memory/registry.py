@@ -1,6 +1,6 @@
 """The memory registry: ``create_memory(name, **kw)`` and ``list_memories()``.
 
-Each entry maps a short name to a :class:`~memory.base.StreamMemory` subclass, built as
+Each entry maps a short name to a :class:`~longstream.memory.base.StreamMemory` subclass, built as
 ``cls(d_model, **kw)``. Memories that wrap a backbone (``carried_state``,
 ``memory_tokens``) take it as ``backbone=``.
 """
@@ -12,11 +12,11 @@ from typing import Any
 from .base import StreamMemory
 
 _MEMORIES: dict[str, str] = {
-    "carried_state": "memory.carried_state:CarriedStateMemory",
-    "memory_tokens": "memory.memory_tokens:MemoryTokens",
-    "compressive_bank": "memory.compressive_bank:CompressiveBank",
-    "sink_window": "memory.sink_window:SinkWindow",
-    "retrieval": "memory.retrieval:BlockRetrieval",
+    "carried_state": "longstream.memory.carried_state:CarriedStateMemory",
+    "memory_tokens": "longstream.memory.memory_tokens:MemoryTokens",
+    "compressive_bank": "longstream.memory.compressive_bank:CompressiveBank",
+    "sink_window": "longstream.memory.sink_window:SinkWindow",
+    "retrieval": "longstream.memory.retrieval:BlockRetrieval",
 }
 
 

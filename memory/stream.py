@@ -55,9 +55,9 @@ class StreamRunner:
     """Run ``backbone`` (+ ``memory``) over a long input segment by segment.
 
     Args:
-        backbone: a :class:`~backbones.base.Backbone` (may be None when ``memory`` wraps it
+        backbone: a :class:`~longstream.backbones.base.Backbone` (may be None when ``memory`` wraps it
             or when the stream is features already mixed elsewhere).
-        memory: a :class:`~memory.base.StreamMemory` or None.
+        memory: a :class:`~longstream.memory.base.StreamMemory` or None.
         segment_len: tokens per segment (None = the whole input at once).
         detach_every: detach state every k segments (truncated BPTT); None = never.
         carry_backbone_state: continue the backbone's state across segments (True), or

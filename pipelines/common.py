@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones.lm import replace_dir, sha256_file
+from longstream.backbones.lm import replace_dir, sha256_file
 
 __all__ = [
     "UserError",
@@ -312,13 +312,13 @@ def _set_dotted(obj: Any, parts: list[str], raw: str, full: str) -> Any:
 
 
 def build_backbone(spec: Any, **overrides: Any) -> nn.Module:
-    """``backbones.create_backbone`` with configuration mistakes turned into :class:`UserError`.
+    """``longstream.backbones.create_backbone`` with configuration mistakes turned into :class:`UserError`.
 
     ``spec`` is a preset name or a ``BackboneConfig`` (e.g. ``cfg.backbone``). A bad
     pattern, unknown preset or unknown mixer option is something the user typed
     (``--backbone.pattern Q``), so it exits 2 with the message instead of a traceback.
     """
-    from backbones import create_backbone
+    from longstream.backbones import create_backbone
 
     try:
         return create_backbone(spec, **overrides)

@@ -4,13 +4,13 @@ Nothing here downloads. Files are looked up under the **data root**:
 
 1. ``$LONGSTREAM_DATA`` if set (tests, CI and benchmarks set it to ``../shared/data``);
 2. else the repository's sibling ``../shared/data`` if it exists;
-3. else ``<cache>/data`` (``$LONGSTREAM_HOME`` or ``~/.cache/longstream``; see :mod:`pipelines.hub`).
+3. else ``<cache>/data`` (``$LONGSTREAM_HOME`` or ``~/.cache/longstream``; see :mod:`longstream.pipelines.hub`).
 
 Each :class:`Dataset` lists its files relative to the root with their sha256 (copied
 from the staged copy's ``SHA256SUMS``). Free Spoken Digit's 3,000 recordings are
 verified through their own manifest ``speech/fsdd/SHA256SUMS`` whose sha256 is pinned
 here. ``dataset_path(name)`` returns the dataset's main path or raises a
-:class:`~pipelines.common.UserError` naming the canonical source and where to put the
+:class:`~longstream.pipelines.common.UserError` naming the canonical source and where to put the
 files. ``longstream data list|verify|path`` is the command-line view.
 """
 
@@ -119,7 +119,7 @@ DATASETS: dict[str, Dataset] = {
             licence="CC BY-ND 4.0 (redistribute unmodified, with attribution)",
             citation="Zhou et al., Informer: Beyond Efficient Transformer for Long Sequence Time-Series "
             "Forecasting, AAAI 2021",
-            loader="pipelines.timeseries.data",
+            loader="longstream.pipelines.timeseries.data",
             files=_FILES_ETTH1,
             size="17,420 rows x 7 variables",
         ),
@@ -130,7 +130,7 @@ DATASETS: dict[str, Dataset] = {
             source="https://github.com/Jakobovski/free-spoken-digit-dataset (recordings/)",
             licence="CC BY-SA 4.0",
             citation="Jackson et al., Free Spoken Digit Dataset (FSDD), 2018, doi:10.5281/zenodo.1342401",
-            loader="pipelines.speech.data",
+            loader="longstream.pipelines.speech.data",
             manifest=_FSDD_MANIFEST,
             size="3,000 clips, 6 speakers x 10 digits x 50 takes",
         ),
@@ -141,7 +141,7 @@ DATASETS: dict[str, Dataset] = {
             source="NCBI nucleotide (accessions in the FASTA headers); packaged by Debian ragout-examples",
             licence="public sequence data; Debian packaging BSD-3-Clause",
             citation="NCBI RefSeq/GenBank; Kolmogorov et al., Ragout, Bioinformatics 2014 (packaging)",
-            loader="pipelines.genomics.data",
+            loader="longstream.pipelines.genomics.data",
             files=_FILES_BACTERIA_GENOMES,
             size="13 genomes, ~40 Mbp",
         ),
@@ -152,7 +152,7 @@ DATASETS: dict[str, Dataset] = {
             source="https://www.ncbi.nlm.nih.gov/nuccore/NC_001416.1 (copy from the bowtie2 examples)",
             licence="public sequence data (bowtie2 examples, GPL-3)",
             citation="Sanger et al., Nucleotide sequence of bacteriophage lambda DNA, J Mol Biol 1982",
-            loader="pipelines.genomics.data",
+            loader="longstream.pipelines.genomics.data",
             files=_FILES_LAMBDA_PHAGE,
             size="48,502 bp",
         ),
@@ -163,7 +163,7 @@ DATASETS: dict[str, Dataset] = {
             source="https://www.ncbi.nlm.nih.gov/nuccore/NC_000962.3 (copy from Debian's ariba package)",
             licence="public sequence data (Debian ariba, GPL-3)",
             citation="Cole et al., Deciphering the biology of Mycobacterium tuberculosis, Nature 1998",
-            loader="pipelines.genomics.data",
+            loader="longstream.pipelines.genomics.data",
             files=_FILES_MTB_H37RV,
             size="4,411,532 bp",
         ),
@@ -175,7 +175,7 @@ DATASETS: dict[str, Dataset] = {
             licence="MIT",
             citation="Xiao, Rasul, Vollgraf, Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine "
             "Learning Algorithms, arXiv:1708.07747, 2017",
-            loader="pipelines.vision.data",
+            loader="longstream.pipelines.vision.data",
             files=_FILES_FASHION_MNIST,
             size="60,000 train + 10,000 test",
         ),
@@ -186,7 +186,7 @@ DATASETS: dict[str, Dataset] = {
             source="https://github.com/opencv/opencv (samples/data)",
             licence="Apache-2.0 / BSD (OpenCV samples)",
             citation="OpenCV sample data, https://github.com/opencv/opencv",
-            loader="pipelines.video.data",
+            loader="longstream.pipelines.video.data",
             files=_FILES_OPENCV_VIDEOS,
             size="795 / 270 / 68 frames",
         ),
@@ -198,7 +198,7 @@ DATASETS: dict[str, Dataset] = {
             licence="zlib (Bullet Physics)",
             citation="Peng et al., DeepMimic: Example-Guided Deep Reinforcement Learning of Physics-Based "
             "Character Skills, SIGGRAPH 2018",
-            loader="pipelines.motion.data",
+            loader="longstream.pipelines.motion.data",
             files=_FILES_DEEPMIMIC_MOTIONS,
             size="15 clips",
         ),
@@ -209,7 +209,7 @@ DATASETS: dict[str, Dataset] = {
             source="http://mocap.cs.cmu.edu (packaged by Debian's assimp-testmodels)",
             licence="CMU mocap: free to use",
             citation="CMU Graphics Lab Motion Capture Database, http://mocap.cs.cmu.edu",
-            loader="pipelines.motion.data",
+            loader="longstream.pipelines.motion.data",
             files=_FILES_CMU_MOCAP,
             size="2 long clips",
         ),

@@ -4,7 +4,7 @@ Registry (where names come from), two sources merged, shipped first:
 
 1. **Shipped checkpoints**: every ``checkpoints/<domain>/<name>/config.json`` in the
    repository is the model ``<domain>/<name>``. Its ``config.json`` records the sha256
-   of ``model.safetensors`` (written by :func:`pipelines.common.save_pretrained`), so a
+   of ``model.safetensors`` (written by :func:`longstream.pipelines.common.save_pretrained`), so a
    pipeline registers a shipped model just by saving it there. Nothing else to edit.
 2. **Remote-only models**: ``checkpoints/registry.json`` (and any file named by
    ``$LONGSTREAM_HUB_REGISTRY``) maps ``<domain>/<name>`` to

@@ -13,9 +13,9 @@ import importlib
 from types import ModuleType
 
 PIPELINES: dict[str, str] = {
-    "template": "pipelines._template",
-    "recall": "pipelines.recall",
-    "timeseries": "pipelines.timeseries",
+    "template": "longstream.pipelines._template",
+    "recall": "longstream.pipelines.recall",
+    "timeseries": "longstream.pipelines.timeseries",
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import backbones.attention as attn_mod
-from backbones import Attention, BidirectionalAttention, create_backbone
-from backbones.attention import apply_rope, attention_reference
+import longstream.backbones.attention as attn_mod
+from longstream.backbones import Attention, BidirectionalAttention, create_backbone
+from longstream.backbones.attention import apply_rope, attention_reference
 
 D = 16
 

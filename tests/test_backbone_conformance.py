@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch.utils._pytree import tree_flatten
 
-from backbones import (
+from longstream.backbones import (
     BackboneConfig,
     SequenceBackbone,
     backbone_config,
@@ -37,7 +37,7 @@ from backbones import (
     state_nbytes,
     state_to,
 )
-from backbones.base import Backbone
+from longstream.backbones.base import Backbone
 
 D_MIXER = 16
 B, L = 2, 11
@@ -100,7 +100,7 @@ def test_test_presets_are_tiny():
 
 
 def test_every_mixer_symbol_has_a_test_preset():
-    from backbones.stack import layer_symbols
+    from longstream.backbones.stack import layer_symbols
 
     covered = set()
     for name in list_backbones("test_"):

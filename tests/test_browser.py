@@ -63,7 +63,7 @@ def app_url():
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO), "LONGSTREAM_OFFLINE": "1"}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "demo_server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "demo", "--port", str(port)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "longstream.apps.cli", "demo", "--port", str(port)], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -91,7 +91,7 @@ def app_url():
 
 
 def _domains_with_demo() -> list[tuple[str, str]]:
-    from pipelines.registry import get_pipeline, list_pipelines
+    from longstream.pipelines.registry import get_pipeline, list_pipelines
 
     out = []
     for name in list_pipelines():

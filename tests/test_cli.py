@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from apps.cli import main
+from longstream.apps.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,8 +87,8 @@ def test_template_train_evaluate_predict(capsys, tmp_path):
     assert rc == 0 and len(_last_json(out)) == 2
     assert json.loads((tmp_path / "pred.json").read_text())[0]["input"] == "gen:1"
     # evaluate on a user file
-    from pipelines._template.config import tiny
-    from pipelines._template.data import make_split, save_csv
+    from longstream.pipelines._template.config import tiny
+    from longstream.pipelines._template.data import make_split, save_csv
 
     x, y = make_split(tiny().data, "val")
     save_csv(tmp_path / "val.csv", x[:10], y[:10])
@@ -141,7 +141,7 @@ def test_bad_usage_exits_2_with_one_line(capsys, argv, needle):
 
 
 def test_internal_failure_exits_1(capsys, monkeypatch):
-    import pipelines._template.evaluate as ev
+    import longstream.pipelines._template.evaluate as ev
 
     def boom(**kw):
         raise RuntimeError("simulated bug")
@@ -152,8 +152,8 @@ def test_internal_failure_exits_1(capsys, monkeypatch):
 
 
 def test_resume_continues_exactly(tmp_path, capsys):
-    from pipelines._template.config import tiny
-    from pipelines._template.train import train
+    from longstream.pipelines._template.config import tiny
+    from longstream.pipelines._template.train import train
 
     cfg = tiny()
     train(cfg, out_dir=tmp_path / "full")
@@ -172,9 +172,9 @@ def test_resume_continues_exactly(tmp_path, capsys):
 def test_console_script_subprocess():
     """A fresh interpreter: importing the apps loads no gradio, and a bad input exits 2 with one line."""
     code = (
-        "import sys, apps.cli, apps.gradio_app\n"
+        "import sys, longstream.apps.cli, longstream.apps.gradio_app\n"
         "assert 'gradio' not in sys.modules, 'gradio imported at import time'\n"
-        "sys.exit(apps.cli.main(['template', 'evaluate', '--checkpoint', 'nowhere/x/y', '--json']))\n"
+        "sys.exit(longstream.apps.cli.main(['template', 'evaluate', '--checkpoint', 'nowhere/x/y', '--json']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
@@ -183,15 +183,15 @@ def test_console_script_subprocess():
 
 def test_gradio_app_has_one_tab_per_pipeline():
     pytest.importorskip("gradio")
-    from apps.gradio_app import build_app
-    from pipelines.registry import list_pipelines
+    from longstream.apps.gradio_app import build_app
+    from longstream.pipelines.registry import list_pipelines
 
     app = build_app(only=["template"])
     ids = [getattr(b, "id", None) for b in app.blocks.values() if type(b).__name__ == "Tab"]
     assert ids == ["template"]
     names = {getattr(f, "api_name", None) for f in app.fns.values()}
     assert "template_classify" in names
-    from pipelines.common import UserError
+    from longstream.pipelines.common import UserError
 
     with pytest.raises(UserError, match="unknown or unavailable"):
         build_app(only=["nope"])

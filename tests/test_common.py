@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines import common
-from pipelines.common import UserError
+from longstream.pipelines import common
+from longstream.pipelines.common import UserError
 
 
 @dataclass
@@ -292,7 +292,7 @@ def test_out_dir_guard(tmp_path):
 def test_load_weights_rejects_a_mismatched_checkpoint_with_one_user_error():
     import torch
 
-    from pipelines.common import UserError, load_weights
+    from longstream.pipelines.common import UserError, load_weights
 
     model = torch.nn.Linear(3, 2)
     ok = load_weights(model, {k: v.clone() for k, v in model.state_dict().items()}, "runs/x")

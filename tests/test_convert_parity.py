@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones.convert import ConversionError, convert_checkpoint, load_hf, load_mamba_ssm
-from backbones.lm import LanguageModel
+from longstream.backbones.convert import ConversionError, convert_checkpoint, load_hf, load_mamba_ssm
+from longstream.backbones.lm import LanguageModel
 
 torch.set_num_threads(1)
 pytest.importorskip("transformers")
@@ -112,7 +112,7 @@ def _mamba_ssm_dir(tmp: Path, layer: str, vocab: int, fmt: str) -> tuple[Path, L
     """Write a random model of ours as a synthetic mamba_ssm checkpoint; return (dir, model)."""
     sym = "M" if layer == "Mamba1" else "M2"
     kw = {"d_state": 4} if sym == "M" else {"d_state": 8, "headdim": 8, "ngroups": 2, "chunk_size": 4}
-    from backbones.config import BackboneConfig
+    from longstream.backbones.config import BackboneConfig
 
     torch.manual_seed(0)
     ours = LanguageModel(vocab, BackboneConfig(d_model=16, n_layers=2, pattern=sym, mixer_kwargs={sym: kw}),

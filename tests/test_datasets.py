@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import datasets as ds
-from pipelines.common import UserError
+from longstream.pipelines import datasets as ds
+from longstream.pipelines.common import UserError
 
 SHARED = Path(os.environ.get("LONGSTREAM_DATA", ""))
 HAVE_DATA = (SHARED / "SHA256SUMS").exists()

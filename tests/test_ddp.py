@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.common import apply_overrides
+from longstream.pipelines.common import apply_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ["--train.steps", "6", "--train.batch_size", "16", "--train.threads", "1", "--train.eval_every", "3"]
@@ -22,14 +22,14 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "LONGSTREAM_QUIET": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "apps.cli", "template", "train", "--preset", "tiny", "--out", str(tmp_path / "ddp"), *OVERRIDES,
+        "-m", "longstream.apps.cli", "template", "train", "--preset", "tiny", "--out", str(tmp_path / "ddp"), *OVERRIDES,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     # the single-process reference, in this process, same config and global batch
-    from pipelines._template.config import tiny
-    from pipelines._template.train import train
+    from longstream.pipelines._template.config import tiny
+    from longstream.pipelines._template.train import train
 
     cfg = apply_overrides(tiny(), OVERRIDES)
     ref_metrics = train(cfg, out_dir=tmp_path / "single", preset="tiny")

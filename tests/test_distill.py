@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from backbones.distill import DistilledHyena, distill_hyena, distill_module, fit_modal, modal_filter
-from backbones.hyena import Hyena
-from backbones.hyenadna import HyenaDNAConfig, HyenaDNAModel
+from longstream.backbones.distill import DistilledHyena, distill_hyena, distill_module, fit_modal, modal_filter
+from longstream.backbones.hyena import Hyena
+from longstream.backbones.hyenadna import HyenaDNAConfig, HyenaDNAModel
 
 L_FIT = 128
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import backbones.ops.fftconv as fc
-from backbones.ops.fftconv import (
+import longstream.backbones.ops.fftconv as fc
+from longstream.backbones.ops.fftconv import (
     causal_conv_with_history,
     direct_causal_conv_reference,
     fft_bidirectional_conv,

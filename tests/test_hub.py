@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from pipelines import common
-from pipelines.common import UserError
-from pipelines.hub import Hub, validate_name
+from longstream.pipelines import common
+from longstream.pipelines.common import UserError
+from longstream.pipelines.hub import Hub, validate_name
 
 
 class _Server:
@@ -253,7 +253,7 @@ def test_cli_end_to_end_remote_model(tmp_path, monkeypatch, capsys):
     """`hub register` -> `hub list/download/verify` -> `template evaluate --checkpoint <remote name>`."""
     import shutil
 
-    from apps.cli import main
+    from longstream.apps.cli import main
 
     repo = Path(__file__).resolve().parents[1]
     served = tmp_path / "served" / "template" / "sine-remote"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import backbones.hyena as hy
-from backbones.hyena import Hyena, HyenaBidirectional, hyena_reference
+import longstream.backbones.hyena as hy
+from longstream.backbones.hyena import Hyena, HyenaBidirectional, hyena_reference
 
 
 def make(**kw) -> Hyena:

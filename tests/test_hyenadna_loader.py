@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones.hyenadna import CharacterTokenizer, HyenaDNAConfig, load_hyenadna
+from longstream.backbones.hyenadna import CharacterTokenizer, HyenaDNAConfig, load_hyenadna
 
 D, NL, DI, V, LMAX, FO, EMB = 16, 2, 32, 16, 40, 8, 5
 

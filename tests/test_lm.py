@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from backbones import CheckpointError, LanguageModel, list_backbones
-from backbones.registry import backbone_config, list_mixers
-from backbones.stack import layer_symbols
+from longstream.backbones import CheckpointError, LanguageModel, list_backbones
+from longstream.backbones.registry import backbone_config, list_mixers
+from longstream.backbones.stack import layer_symbols
 
 V = 37
 

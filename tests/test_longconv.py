@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbones.longconv import LongConv, longconv_reference
+from longstream.backbones.longconv import LongConv, longconv_reference
 
 
 def test_squash_and_smooth():

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones import list_mixers
-from backbones.mamba import Mamba
-from backbones.mamba2 import Mamba2
-from backbones.ops import cpu_kernels
+from longstream.backbones import list_mixers
+from longstream.backbones.mamba import Mamba
+from longstream.backbones.mamba2 import Mamba2
+from longstream.backbones.ops import cpu_kernels
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from backbones import create_backbone, list_backbones
-from memory import MemoryStateError, StreamRunner, create_memory, list_memories
+from longstream.backbones import create_backbone, list_backbones
+from longstream.memory import MemoryStateError, StreamRunner, create_memory, list_memories
 
 torch.set_num_threads(1)
 D = 16

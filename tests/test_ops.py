@@ -1,4 +1,4 @@
-"""Kernels of ``backbones.ops`` against their float64 sequential references.
+"""Kernels of ``longstream.backbones.ops`` against their float64 sequential references.
 
 Selective scan (C++ kernel and pure-PyTorch path), causal conv (cache, step, C++), SSD:
 values, final states, gradients, chunked-with-state == whole, odd sizes, extreme decays.
@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbones.ops import cpu_kernels
-from backbones.ops.causal_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
-from backbones.ops.selective_scan import selective_scan, selective_scan_ref
-from backbones.ops.ssd import ssd_scan, ssd_scan_ref
+from longstream.backbones.ops import cpu_kernels
+from longstream.backbones.ops.causal_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
+from longstream.backbones.ops.selective_scan import selective_scan, selective_scan_ref
+from longstream.backbones.ops.ssd import ssd_scan, ssd_scan_ref
 
 torch.set_num_threads(1)
 
@@ -200,7 +200,7 @@ def test_cuda_dispatch_is_lazy_and_optional():
     """Without mamba_ssm / causal_conv1d (or without CUDA) every has_* is False and CPU ops never touch them."""
     import sys
 
-    from backbones.ops import cuda
+    from longstream.backbones.ops import cuda
 
     if not torch.cuda.is_available():
         assert not (cuda.has_selective_scan() or cuda.has_causal_conv1d() or cuda.has_ssd())

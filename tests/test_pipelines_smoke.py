@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.hub import default_hub
-from pipelines.registry import PIPELINES, get_pipeline, list_pipelines
+from longstream.pipelines.hub import default_hub
+from longstream.pipelines.registry import PIPELINES, get_pipeline, list_pipelines
 
 STANDARD_FILES = ("config", "data", "model", "train", "evaluate", "cli", "demo")
 DOMAINS = list_pipelines()

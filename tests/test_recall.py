@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from pipelines.recall import config as rc
-from pipelines.recall.data import DEPTH_TASKS, KEY, QUERY, generate
+from longstream.pipelines.recall import config as rc
+from longstream.pipelines.recall.data import DEPTH_TASKS, KEY, QUERY, generate
 
 torch.set_num_threads(1)
 
@@ -71,7 +71,7 @@ def test_ruler_tasks_answer_the_queried_chain(task):
 
 
 def test_bad_task_settings_are_user_errors():
-    from pipelines.common import UserError
+    from longstream.pipelines.common import UserError
 
     with pytest.raises(UserError, match="unknown recall task"):
         generate(rc.DataConfig(task="nope"), 1)
@@ -83,7 +83,7 @@ def test_bad_task_settings_are_user_errors():
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny_passkey"])
 def test_model_streaming_matches_full_forward_and_predict_at(preset):
-    from pipelines.recall.model import build_model
+    from longstream.pipelines.recall.model import build_model
 
     cfg = rc.PRESETS[preset]()
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def test_model_streaming_matches_full_forward_and_predict_at(preset):
 
 
 def test_every_preset_builds():
-    from pipelines.recall.data import check_config
+    from longstream.pipelines.recall.data import check_config
 
     for name, fn in rc.PRESETS.items():
         cfg = fn()
@@ -109,8 +109,8 @@ def test_every_preset_builds():
 
 
 def test_cli_train_evaluate_predict(tmp_path, capsys):
-    from pipelines.recall.cli import main
-    from pipelines.recall.evaluate import EXAMPLE_INPUTS, METRIC_KEYS
+    from longstream.pipelines.recall.cli import main
+    from longstream.pipelines.recall.evaluate import EXAMPLE_INPUTS, METRIC_KEYS
 
     out = tmp_path / "ck"
     assert main(["train", "--preset", "tiny", "--out", str(out), "--quiet", "--train.steps", "2"]) == 0
@@ -130,7 +130,7 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
 
 
 def test_lr_sweep_picks_one_of_the_rates(tmp_path):
-    from pipelines.recall.train import train
+    from longstream.pipelines.recall.train import train
 
     cfg = rc.tiny()
     cfg.train.lr_sweep = [1e-3, 1e-2]
@@ -143,13 +143,13 @@ def test_lr_sweep_picks_one_of_the_rates(tmp_path):
 @pytest.mark.slow  # importing gradio takes minutes on a loaded 2-core box
 def test_demo_builds_without_launching():
     pytest.importorskip("gradio")
-    from pipelines.recall.demo import build_demo
+    from longstream.pipelines.recall.demo import build_demo
 
     assert build_demo() is not None
 
 
 def test_with_memory_swaps_the_cache_policy_keeping_weights():
-    from pipelines.recall.model import build_model, with_memory
+    from longstream.pipelines.recall.model import build_model, with_memory
 
     torch.manual_seed(0)
     m = build_model(rc.tiny_passkey()).eval()
@@ -174,7 +174,7 @@ def test_multikey_dense_queries_answer_each_named_needle():
 
 
 def test_eval_data_overrides_apply():
-    from pipelines.recall.evaluate import eval_data
+    from longstream.pipelines.recall.evaluate import eval_data
 
     cfg = rc.passkey_named_retrieval()
     d = eval_data(cfg)
@@ -182,7 +182,7 @@ def test_eval_data_overrides_apply():
 
 
 def test_curriculum_trains_short_first_and_never_stops_before_full_length(tmp_path):
-    from pipelines.recall.train import train, train_data
+    from longstream.pipelines.recall.train import train, train_data
 
     cfg = rc.tiny()  # seq_len 32
     cfg.train.curriculum = [[5, 24], [3, 16]]
@@ -195,7 +195,7 @@ def test_curriculum_trains_short_first_and_never_stops_before_full_length(tmp_pa
 
 
 def test_tied_embeddings_have_no_head_and_match_the_table():
-    from pipelines.recall.model import build_model
+    from longstream.pipelines.recall.model import build_model
 
     cfg = rc.tiny()
     cfg.model.tie_embeddings = True
@@ -210,8 +210,8 @@ def test_tied_embeddings_have_no_head_and_match_the_table():
 
 
 def test_curriculum_phases_override_data_fields():
-    from pipelines.common import UserError
-    from pipelines.recall.train import train_data
+    from longstream.pipelines.common import UserError
+    from longstream.pipelines.recall.train import train_data
 
     cfg = rc.mqar_attention()
     cfg.train.curriculum = [[10, {"seq_len": 64, "num_kv_pairs": 4}], [20, 128]]
@@ -225,7 +225,7 @@ def test_curriculum_phases_override_data_fields():
 
 def test_memory_reads_the_residual_stream_before_the_only_norm():
     # under a memory the backbone drops its final norm (the model norms once, before the head)
-    from pipelines.recall.model import build_model
+    from longstream.pipelines.recall.model import build_model
 
     with_mem = build_model(rc.tiny_passkey())
     assert with_mem.cfg.backbone.final_norm and not any("norm_f" in k for k in with_mem.state_dict())
@@ -248,8 +248,8 @@ def test_memory_reads_the_residual_stream_before_the_only_norm():
     ("mamba-retrieval-passkey", 64, [0.1, 0.5, 0.9], 0.95),
 ])
 def test_shipped_checkpoints_meet_the_acceptance_bars(name, mult, depths, floor):
-    from pipelines.recall.evaluate import evaluate_model
-    from pipelines.recall.model import from_pretrained
+    from longstream.pipelines.recall.evaluate import evaluate_model
+    from longstream.pipelines.recall.model import from_pretrained
 
     m = from_pretrained(f"recall/{name}")
     ev = rc.EvalConfig(multipliers=[mult], depths=depths, n_per_cell=8, batch_size=8, seed=99)
@@ -259,8 +259,8 @@ def test_shipped_checkpoints_meet_the_acceptance_bars(name, mult, depths, floor)
 
 @pytest.mark.slow
 def test_sink_window_baseline_fails_once_the_needle_leaves_its_window():
-    from pipelines.recall.evaluate import accuracy_on
-    from pipelines.recall.model import from_pretrained
+    from longstream.pipelines.recall.evaluate import accuracy_on
+    from longstream.pipelines.recall.model import from_pretrained
 
     m = from_pretrained("recall/mamba-sinkwindow-passkey")
     x_in, y_in = generate(m.cfg.data, 8, seq_len=2048, depth=0.95, seed=5)  # needle ~100 tokens back

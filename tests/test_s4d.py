@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from backbones.s4d import S4D, s4d_reference
+from longstream.backbones.s4d import S4D, s4d_reference
 
 
 def make(init: str = "lin", d: int = 8, n: int = 8) -> S4D:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbones import (
+from longstream.backbones import (
     Attention,
     BackboneConfig,
     Bidirectional,
@@ -17,7 +17,7 @@ from backbones import (
     parse_pattern,
     reverse_within_length,
 )
-from backbones.stack import layer_symbols
+from longstream.backbones.stack import layer_symbols
 
 SYMS = ["M", "M2", "A", "Abi", "G", "S", "H"]
 

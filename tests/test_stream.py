@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbones import create_backbone, list_backbones
-from memory import MemoryStateError, StreamRunner, create_memory
+from longstream.backbones import create_backbone, list_backbones
+from longstream.memory import MemoryStateError, StreamRunner, create_memory
 
 torch.set_num_threads(1)
 D = 16

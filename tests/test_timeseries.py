@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from encoders.timeseries import CycleBasis, PatchTokens, RevIN, TimeTokens, VariateTokens, patchify
-from pipelines.common import UserError, apply_overrides
-from pipelines.timeseries import config as tcfg
-from pipelines.timeseries.data import (
+from longstream.encoders.timeseries import CycleBasis, PatchTokens, RevIN, TimeTokens, VariateTokens, patchify
+from longstream.pipelines.common import UserError, apply_overrides
+from longstream.pipelines.timeseries import config as tcfg
+from longstream.pipelines.timeseries.data import (
     default_period,
     ett_borders,
     iterate_windows,
@@ -25,13 +25,13 @@ from pipelines.timeseries.data import (
     make_splits,
     phase_index,
 )
-from pipelines.timeseries.model import Forecaster, series_decomp
+from longstream.pipelines.timeseries.model import Forecaster, series_decomp
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _etth1() -> Path:
-    from pipelines.datasets import data_root
+    from longstream.pipelines.datasets import data_root
 
     p = data_root() / "timeseries" / "ett" / "ETTh1.csv"
     if not p.exists():
@@ -227,7 +227,7 @@ def test_long_format_csv(tmp_path: Path) -> None:
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from pipelines.timeseries.cli import main
+    from longstream.pipelines.timeseries.cli import main
 
     rc = main(argv)
     out, err = capsys.readouterr()
@@ -293,7 +293,7 @@ def test_shipped_checkpoint_reproduces_recorded_metrics() -> None:
     ck = [d for d in _shipped() if json.loads((d / "config.json").read_text())["config"]["data"]["pred_len"] == 96]
     if not ck:
         pytest.skip("no shipped horizon-96 timeseries checkpoint")
-    from pipelines.timeseries.evaluate import evaluate
+    from longstream.pipelines.timeseries.evaluate import evaluate
 
     for d in ck[:2]:
         rec = json.loads((d / "config.json").read_text())["metrics"]
@@ -306,7 +306,7 @@ def test_shipped_checkpoint_reproduces_recorded_metrics() -> None:
 @pytest.mark.slow
 def test_all_shipped_checkpoints_reproduce() -> None:
     path = _etth1()
-    from pipelines.timeseries.evaluate import evaluate
+    from longstream.pipelines.timeseries.evaluate import evaluate
 
     for d in _shipped():
         rec = json.loads((d / "config.json").read_text())["metrics"]
@@ -315,8 +315,8 @@ def test_all_shipped_checkpoints_reproduce() -> None:
 
 
 def test_fit_resumes_from_train_state(tmp_path: Path) -> None:
-    from pipelines.timeseries.model import build_model
-    from pipelines.timeseries.train import fit, prepare
+    from longstream.pipelines.timeseries.model import build_model
+    from longstream.pipelines.timeseries.train import fit, prepare
 
     p = _csv(tmp_path, "h.csv", _hourly(600, ("a", "b", "c")))
     cfg = tcfg.tiny()
@@ -337,7 +337,7 @@ def test_fit_resumes_from_train_state(tmp_path: Path) -> None:
 def test_demo_forecast_uses_shipped_checkpoint_for_ett_layout() -> None:
     if not (REPO / "checkpoints" / "timeseries" / "etth1-cyclelinear-h96" / "config.json").exists():
         pytest.skip("etth1-cyclelinear-h96 not shipped")
-    from pipelines.timeseries.demo import EXAMPLES, forecast_file
+    from longstream.pipelines.timeseries.demo import EXAMPLES, forecast_file
 
     png, csv, summary = forecast_file(next(iter(EXAMPLES.values())), "OT", 96)
     assert Path(png).read_bytes()[:4] == b"\x89PNG"

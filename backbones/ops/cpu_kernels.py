@@ -99,5 +99,5 @@ def ops():
     return torch.ops.longstream_ops
 
 
-if __name__ == "__main__":  # `python -m backbones.ops.cpu_kernels` builds the extension
+if __name__ == "__main__":  # `python -m longstream.backbones.ops.cpu_kernels` builds the extension
     print("compiled CPU kernels available:", load(verbose=True))

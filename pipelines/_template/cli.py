@@ -1,8 +1,8 @@
-"""``longstream template ...``: the uniform verbs, built by ``pipelines.common``."""
+"""``longstream template ...``: the uniform verbs, built by ``longstream.pipelines.common``."""
 
 from __future__ import annotations
 
-from pipelines.common import run_pipeline_cli
+from longstream.pipelines.common import run_pipeline_cli
 
 from . import DOMAIN, config, evaluate, train
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backbones.config import BackboneConfig
+from longstream.backbones.config import BackboneConfig
 
 
 @dataclass

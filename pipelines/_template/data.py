@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.common import UserError
+from longstream.pipelines.common import UserError
 
 from .config import DataConfig
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pipelines.common import UserError
+from longstream.pipelines.common import UserError
 
 DEMO_TITLE = "Template (sine frequency)"
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.common import UserError
+from longstream.pipelines.common import UserError
 
 from .data import example, load_csv, make_split, parse_series
 

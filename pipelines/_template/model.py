@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pipelines import common
+from longstream.pipelines import common
 
 from . import DOMAIN
 from .config import Config

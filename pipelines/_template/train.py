@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.common import (
+from longstream.pipelines.common import (
     EarlyStopping,
     MetricLogger,
     UserError,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backbones.config import BackboneConfig
+from longstream.backbones.config import BackboneConfig
 
 TASKS = ("mqar", "induction", "selective_copy", "passkey", "multikey", "vartrack")
 

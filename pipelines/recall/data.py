@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipelines.common import UserError
+from longstream.pipelines.common import UserError
 
 from .config import TASKS, DataConfig
 

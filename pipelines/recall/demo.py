@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pipelines.common import UserError
+from longstream.pipelines.common import UserError
 
 DEMO_TITLE = "Recall (long-context)"
 
@@ -16,7 +16,7 @@ DEMO_TITLE = "Recall (long-context)"
 def shipped_checkpoints() -> list[str]:
     """Names of the recall checkpoints the hub can find (shipped first)."""
     try:
-        from pipelines.hub import list_models
+        from longstream.pipelines.hub import list_models
 
         names = sorted({e.name for e in list_models("recall")})
     except Exception:  # noqa: BLE001 - the demo must still build without a hub

@@ -3,10 +3,10 @@
 Trains width-32 models on passkey at length 128 (batch 32, vocab 40, 2 digits) and prints
 loss / validation accuracy every 50 steps, so read-path designs can be compared quickly::
 
-    python -m pipelines.recall.diagnose hybrid 3e-3      # Mamba + RoPE attention inside the backbone
-    python -m pipelines.recall.diagnose fullwin 3e-3     # 1 Mamba layer + sink_window read over everything
-    python -m pipelines.recall.diagnose fullwin 3e-3 gate1   # same, read gate initialised to 1
-    python -m pipelines.recall.diagnose retrieval 1e-2   # segment-local Mamba + block retrieval (32-token segments)
+    python -m longstream.pipelines.recall.diagnose hybrid 3e-3      # Mamba + RoPE attention inside the backbone
+    python -m longstream.pipelines.recall.diagnose fullwin 3e-3     # 1 Mamba layer + sink_window read over everything
+    python -m longstream.pipelines.recall.diagnose fullwin 3e-3 gate1   # same, read gate initialised to 1
+    python -m longstream.pipelines.recall.diagnose retrieval 1e-2   # segment-local Mamba + block retrieval (32-token segments)
 
 Observed on this project's 2-core box (README, "What we learned"): ``hybrid`` reaches 1.0 by
 step 150. Before the read-path fixes (backbone final norm in front of the read, zero gate)

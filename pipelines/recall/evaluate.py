@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pipelines.common import UserError, progress
+from longstream.pipelines.common import UserError, progress
 
 from .config import Config, EvalConfig
 from .data import DEPTH_TASKS, EXACT_MATCH_TASKS, generate

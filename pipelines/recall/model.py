@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from backbones import create_backbone
-from backbones.base import RMSNorm
-from memory import StreamRunner, create_memory, get_memory_class
-from memory.stream import StreamState
-from pipelines import common
+from longstream.backbones import create_backbone
+from longstream.backbones.base import RMSNorm
+from longstream.memory import StreamRunner, create_memory, get_memory_class
+from longstream.memory.stream import StreamState
+from longstream.pipelines import common
 
 from . import DOMAIN
 from .config import Config

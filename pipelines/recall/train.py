@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.common import (
+from longstream.pipelines.common import (
     MetricLogger,
     UserError,
     all_reduce_mean,

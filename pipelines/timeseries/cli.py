@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.common import run_pipeline_cli
+from longstream.pipelines.common import run_pipeline_cli
 
 from .config import PRESETS
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from pipelines.common import UserError
+from longstream.pipelines.common import UserError
 
 from .config import DataConfig
 
@@ -55,7 +55,7 @@ def default_data_path() -> Path:
 
     Raises :class:`UserError` saying where to get the file and where to put it if missing.
     """
-    from pipelines.datasets import dataset_path
+    from longstream.pipelines.datasets import dataset_path
 
     return dataset_path("ETTh1")
 

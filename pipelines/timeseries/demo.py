@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import UserError
+from longstream.pipelines.common import UserError
 
 DEMO_TITLE = "Time series"
 _DEMOS = Path(__file__).resolve().parents[2] / "demos" / "timeseries"
@@ -35,7 +35,7 @@ def _columns(csv: str | Path) -> list[str]:
 
 
 def _shipped_for(columns: list[str], freq: str, horizon: int) -> str | None:
-    from pipelines.hub import default_hub
+    from longstream.pipelines.hub import default_hub
 
     from .evaluate import best_shipped
 
@@ -49,7 +49,7 @@ def _shipped_for(columns: list[str], freq: str, horizon: int) -> str | None:
 
 def quick_fit(csv: str | Path, target: str, horizon: int, *, epochs: int = 15) -> tuple[Any, Any, dict[str, Any]]:
     """Fit a small linear forecaster with intervals on ``csv`` -> (model, splits, scaler record)."""
-    from pipelines.common import seed_everything
+    from longstream.pipelines.common import seed_everything
 
     from .config import DataConfig, ModelConfig, TimeseriesConfig, TrainConfig
     from .data import load_series

@@ -41,7 +41,7 @@ SHIPPED_CANDIDATES = ("timeseries/etth1-ensemble-h{h}", "timeseries/etth1-cyclel
 
 def best_shipped(horizon: int) -> str | None:
     """The shipped ETTh1 model for ``horizon`` with the lowest recorded *validation* MSE (or None)."""
-    from pipelines.hub import default_hub
+    from longstream.pipelines.hub import default_hub
 
     hub = default_hub()
     entries = hub.entries()

@@ -7,7 +7,7 @@
 Kinds (``ModelConfig.kind``):
 
 - ``backbone``: RevIN (Kim et al., ICLR 2022) -> optional learned cycle removal
-  (CycleNet, Lin et al., NeurIPS 2024) -> tokens from ``encoders.timeseries`` ->
+  (CycleNet, Lin et al., NeurIPS 2024) -> tokens from ``longstream.encoders.timeseries`` ->
   a backbone stack from the registry (Mamba, Mamba-2, attention, S4D, hybrids) ->
   forecasting head. With ``tokens="variate"`` and a bidirectional Mamba this is
   S-Mamba (Wang et al., "Is Mamba Effective for Time Series Forecasting?", 2024);
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encoders.timeseries import CycleBasis, PatchTokens, RevIN, TimeTokens, VariateTokens
+from longstream.encoders.timeseries import CycleBasis, PatchTokens, RevIN, TimeTokens, VariateTokens
 
 from .config import ModelConfig, TimeseriesConfig
 
@@ -94,7 +94,7 @@ def forecast_loss(
 
 
 def _make_backbone(cfg: ModelConfig, dropout: float) -> nn.Module:
-    from backbones import BackboneConfig, create_backbone
+    from longstream.backbones import BackboneConfig, create_backbone
 
     overrides: dict[str, Any] = dict(
         d_model=cfg.d_model,
@@ -133,7 +133,7 @@ class Forecaster(nn.Module):
         if kind == "ensemble":
             if not cfg.members:
                 raise ValueError("an ensemble needs members (ModelConfig dicts)")
-            from pipelines.common import config_from_dict
+            from longstream.pipelines.common import config_from_dict
 
             self.members = nn.ModuleList(
                 Forecaster(config_from_dict(ModelConfig, m), n_vars, seq_len, pred_len, period) for m in cfg.members
@@ -308,7 +308,7 @@ def save_forecaster(
     card: str | None = None,
 ) -> Any:
     """``model.safetensors`` + ``config.json`` (config, scaler, metrics) + model card, atomically."""
-    from pipelines.common import save_pretrained
+    from longstream.pipelines.common import save_pretrained
 
     bb = None
     if cfg.model.kind == "backbone":
@@ -331,7 +331,7 @@ def save_forecaster(
 
 def load_forecaster(checkpoint: Any) -> tuple[Forecaster, TimeseriesConfig, dict[str, Any]]:
     """Resolve and load a timeseries checkpoint -> (model in eval mode, config, config.json)."""
-    from pipelines.common import UserError, config_from_dict, load_pretrained, load_weights
+    from longstream.pipelines.common import UserError, config_from_dict, load_pretrained, load_weights
 
     sd, meta, _ = load_pretrained(str(checkpoint), pipeline=PIPELINE)
     cfg = config_from_dict(TimeseriesConfig, meta.get("config") or {})
@@ -359,7 +359,7 @@ def make_ensemble(members: list[str], out_dir: Any, *, data: str | None = None, 
     import dataclasses
     from pathlib import Path
 
-    from pipelines.common import UserError, config_to_dict, sha256_file
+    from longstream.pipelines.common import UserError, config_to_dict, sha256_file
 
     from .data import load_series, make_splits
     from .evaluate import evaluate_split

@@ -1,6 +1,6 @@
 """Training loop of the time-series pipeline (explicit; helpers from ``pipelines/common.py``).
 
-Under ``torchrun --nproc_per_node N -m apps.cli timeseries train ...`` each of the N CPU
+Under ``torchrun --nproc_per_node N -m longstream.apps.cli timeseries train ...`` each of the N CPU
 processes (gloo) takes an equal share of every global batch and DDP averages the
 gradients; only rank 0 writes logs, resumable states and the checkpoint.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pipelines.common import (
+from longstream.pipelines.common import (
     EarlyStopping,
     MetricLogger,
     init_distributed,
