@@ -1,0 +1,93 @@
+"""The shared shell every pipeline composes: small modules, no trainer class.
+
+Modules (each named for what it holds):
+
+- :mod:`.errors` — :class:`UserError`, the one exception a user can cause (exit code 2).
+- :mod:`.paths` — :data:`REPO_ROOT`, :func:`check_out_dir`.
+- :mod:`.config` — dataclass configs to/from dicts, typed dotted overrides, :func:`build_backbone`.
+- :mod:`.reproducibility` — :func:`seed_everything`, :func:`set_threads`, :func:`pick_device`.
+- :mod:`.optim` — :func:`param_groups`, :func:`warmup_cosine`, :func:`make_scheduler`, :class:`EarlyStopping`.
+- :mod:`.progress` — :func:`progress` bars, :class:`MetricLogger`, :func:`quiet` / :func:`is_quiet`.
+- :mod:`.distributed` — ``torchrun`` helpers (:func:`init_distributed`, :func:`wrap_ddp`, ...).
+- :mod:`.train_state` — :func:`save_train_state` / :func:`load_train_state` (resume).
+- :mod:`.checkpoint` — :func:`save_pretrained` / :func:`load_pretrained` / :func:`load_weights`.
+- :mod:`.cli` — :func:`run_pipeline_cli` (the uniform verbs), :func:`run_cli_guarded`, :func:`print_json`.
+
+Everything public is re-exported here, so ``from longstream.pipelines.common import X``
+works for every name in ``__all__``. See ``pipelines/CONTRACT.md``.
+"""
+
+from .atomic import atomic_write_bytes
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    code_version,
+    load_pretrained,
+    load_weights,
+    read_checkpoint_config,
+    save_pretrained,
+    sha256_file,
+)
+from .cli import make_parser, print_json, run_cli_guarded, run_pipeline_cli
+from .config import apply_overrides, build_backbone, config_from_dict, config_to_dict, parse_dotted_args
+from .distributed import (
+    DistEnv,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    launched_by_torchrun,
+    shard_indices,
+    unwrap,
+    wrap_ddp,
+)
+from .errors import UserError
+from .optim import EarlyStopping, make_scheduler, param_groups, warmup_cosine
+from .paths import REPO_ROOT, check_out_dir
+from .progress import MetricLogger, is_quiet, progress, quiet
+from .reproducibility import pick_device, seed_everything, set_threads
+from .train_state import load_train_state, save_train_state
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "REPO_ROOT",
+    "DistEnv",
+    "EarlyStopping",
+    "MetricLogger",
+    "UserError",
+    "all_reduce_mean",
+    "apply_overrides",
+    "atomic_write_bytes",
+    "barrier",
+    "build_backbone",
+    "check_out_dir",
+    "cleanup_distributed",
+    "code_version",
+    "config_from_dict",
+    "config_to_dict",
+    "init_distributed",
+    "is_quiet",
+    "launched_by_torchrun",
+    "load_pretrained",
+    "load_train_state",
+    "load_weights",
+    "make_parser",
+    "make_scheduler",
+    "param_groups",
+    "parse_dotted_args",
+    "pick_device",
+    "print_json",
+    "progress",
+    "quiet",
+    "read_checkpoint_config",
+    "run_cli_guarded",
+    "run_pipeline_cli",
+    "save_pretrained",
+    "save_train_state",
+    "seed_everything",
+    "set_threads",
+    "sha256_file",
+    "shard_indices",
+    "unwrap",
+    "warmup_cosine",
+    "wrap_ddp",
+]

@@ -1,0 +1,107 @@
+"""Resumable training state: model, optimizer, scheduler, step and RNG in one atomic file."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .distributed import unwrap
+from .errors import UserError
+
+
+def _rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        s = np.random.get_state()
+        st["numpy"] = [s[0], torch.from_numpy(s[1].astype("int64")), int(s[2]), int(s[3]), float(s[4])]
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    if "python" in st:
+        py = st["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    if "torch" in st:
+        torch.set_rng_state(st["torch"])
+    if "numpy" in st:
+        import numpy as np
+
+        s = st["numpy"]
+        np.random.set_state((s[0], s[1].numpy().astype("uint32"), s[2], s[3], s[4]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_train_state(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write a resumable training state (model, optimizer, scheduler, step, RNG).
+
+    Saved with ``torch.save`` of tensors and plain containers only, so it loads with
+    ``weights_only=True`` (no arbitrary pickles). ``extra`` must hold plain values.
+    """
+    path = Path(path)
+    state = {
+        "step": int(step),
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": _rng_state(),
+        "extra": extra or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_train_state(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    restore_rng: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> tuple[int, dict[str, Any]]:
+    """Load a state written by :func:`save_train_state`; returns ``(step, extra)``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no training state at {path}; drop --resume to start a new run")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UserError(f"training state {path} is unreadable ({e}); delete it or drop --resume") from e
+    unwrap(model).load_state_dict(state["model"])
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if restore_rng and state.get("rng"):
+        _set_rng_state(state["rng"])
+    return int(state["step"]), dict(state.get("extra") or {})
