@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -42,8 +43,14 @@ def test_modules_resolve_under_the_namespace():
 
 def test_wheel_installs_only_the_namespace(tmp_path):
     """A built wheel holds ``longstream/<folder>/...`` and no bare top-level package."""
+    src = tmp_path / "src"  # build from a copy of the tracked files: an in-tree build leaves build/ behind
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    for rel in filter(None, tracked.decode().split("\0")):
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
         check=True, capture_output=True, timeout=600,
     )
     (whl,) = tmp_path.glob("longstream-*.whl")
