@@ -37,7 +37,7 @@ def test_modules_resolve_under_the_namespace():
     import longstream.backbones as bb
     import longstream.pipelines.registry as reg
 
-    assert Path(bb.__file__).parent == REPO / "backbones"
+    assert Path(bb.__file__).resolve().parent == REPO / "backbones"
     assert reg.__name__ == "longstream.pipelines.registry"
 
 
