@@ -5,6 +5,7 @@
     longstream list [--json]                         pipelines, backbones, memories, pretrained models
     longstream <domain> train|evaluate|predict ...   a pipeline's verbs (pipelines/<domain>/cli.py)
     longstream hub list [--json] | info NAME | download NAME [--force] | verify [NAME] | register DIR --url URL
+                    | import hf:<repo_id>[@revision]
     longstream data list [--json] | verify [NAME ...] [--quick] | path NAME
     longstream demo [--port N] [--host H] [--share no]
     longstream bench [NAME [ARGS...]]                run benchmarks/NAME.py (no NAME: list them)
@@ -112,7 +113,7 @@ def cmd_hub(argv: Sequence[str]) -> int:
     from longstream.pipelines.hub import default_hub
 
     p = make_parser("longstream hub", "pretrained checkpoints: list, inspect, download, verify")
-    sub = p.add_subparsers(dest="cmd", metavar="{list,info,download,verify,register}")
+    sub = p.add_subparsers(dest="cmd", metavar="{list,info,download,verify,register,import}")
     s = sub.add_parser("list", help="registered models")
     s.add_argument("--json", action="store_true")
     s.add_argument("--domain", default=None)
@@ -130,6 +131,10 @@ def cmd_hub(argv: Sequence[str]) -> int:
     s.add_argument("--url", required=True, help="base URL serving DIR's files")
     s.add_argument("--name", default=None, help="<domain>/<name> (default: from DIR)")
     s.add_argument("--registry", default=None, help="registry file (default checkpoints/registry.json)")
+    s = sub.add_parser("import", help="download + convert hf:<repo_id>[@revision] from the Hugging Face Hub")
+    s.add_argument("name", help="e.g. hf:state-spaces/mamba-130m or hf:LongSafari/hyenadna-tiny-1k-seqlen@main")
+    s.add_argument("--force", action="store_true", help="re-import even if already imported")
+    s.add_argument("--trust-pickle", action="store_true", help="allow Lightning weights.ckpt that pickle objects")
     args = p.parse_args(argv)
     hub = default_hub()
     if args.cmd is None:
@@ -182,6 +187,13 @@ def cmd_hub(argv: Sequence[str]) -> int:
             print(f"{len(res) - len(bad)}/{len(res)} verified" if res else "no models registered")
         if bad:
             raise UserError(f"{len(bad)} checkpoint(s) failed verification: {', '.join(bad)}")
+        return 0
+    if args.cmd == "import":
+        from longstream.pipelines.hf_import import import_hf
+
+        path = import_hf(args.name, cache=hub.cache, force=args.force, trust_pickle=args.trust_pickle,
+                         offline=True if hub.offline else None)
+        print(f"{args.name} -> {path}")
         return 0
     if args.cmd == "register":
         e = hub.register(args.dir, args.url, registry_file=args.registry, name=args.name)

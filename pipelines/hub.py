@@ -190,9 +190,24 @@ class Hub:
                     urls=prev.urls if prev else [], files=files if files else (prev.files if prev else {}),
                     shipped=d, preset=meta.get("preset"), backbone=meta.get("backbone"),
                 )
+        out.update(self._hf_entries())
         return dict(sorted(out.items()))
 
+    def _hf_entries(self) -> dict[str, HubEntry]:
+        """Imported Hugging Face checkpoints (``hf:<repo_id>[@rev]``; see hf_import.py)."""
+        from .hf_import import imported
+
+        return {r["name"]: HubEntry(name=r["name"], domain="hf", task=r["task"], metrics=r["metrics"],
+                                    files=r["files"], backbone=r["source"].get("layout")) for r in imported(self.cache)}
+
     def entry(self, name: str, domain: str | None = None) -> HubEntry:
+        if name.strip().startswith("hf:"):
+            from .hf_import import parse_hf_name
+
+            ent = self._hf_entries().get(parse_hf_name(name).name)
+            if ent is None:
+                raise UserError(f"{name} is not imported; run `longstream hub import {name}`")
+            return ent
         dom, nm = validate_name(name, domain)
         full = f"{dom}/{nm}"
         ents = self.entries()
@@ -202,6 +217,10 @@ class Hub:
         return ents[full]
 
     def cache_dir_for(self, name: str, domain: str | None = None) -> Path:
+        if name.strip().startswith("hf:"):
+            from .hf_import import import_dir
+
+            return import_dir(self.cache, name)
         dom, nm = validate_name(name, domain)
         root = self.cache / "checkpoints"
         p = root / dom / nm
@@ -213,6 +232,10 @@ class Hub:
     def resolve(self, name_or_dir: str, domain: str | None = None, *, download: bool = True) -> Path:
         """Directory holding the checkpoint ``name_or_dir`` (see module docstring for the order)."""
         s = str(name_or_dir)
+        if s.strip().startswith("hf:"):  # a Hugging Face import (hf_import.py); offline: cache only
+            from .hf_import import resolve_hf
+
+            return resolve_hf(s, cache=self.cache, download=download, offline=True if self.offline else None)
         p = Path(s).expanduser()
         if p.is_dir():
             if not (p / "config.json").exists():

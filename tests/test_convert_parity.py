@@ -18,6 +18,8 @@ import torch
 from longstream.backbones.convert import ConversionError, convert_checkpoint, load_hf, load_mamba_ssm
 from longstream.backbones.lm import LanguageModel
 
+import upstream_keys  # tests/upstream_keys.py: the pinned upstream layouts
+
 torch.set_num_threads(1)
 pytest.importorskip("transformers")
 
@@ -108,19 +110,20 @@ def test_transformers_parity(kind, oracle_dir):
     torch.testing.assert_close(torch.stack(steps, 1), ref["logits"][:, 30:], atol=1e-4, rtol=1e-4)
 
 
-def _mamba_ssm_dir(tmp: Path, layer: str, vocab: int, fmt: str) -> tuple[Path, LanguageModel]:
-    """Write a random model of ours as a synthetic mamba_ssm checkpoint; return (dir, model)."""
-    sym = "M" if layer == "Mamba1" else "M2"
-    kw = {"d_state": 4} if sym == "M" else {"d_state": 8, "headdim": 8, "ngroups": 2, "chunk_size": 4}
-    from longstream.backbones.config import BackboneConfig
+TINY = {
+    "Mamba1": {"d_model": 16, "n_layer": 2, "vocab_rows": 56, "d_inner": 32, "d_state": 4, "d_conv": 4, "dt_rank": 1},
+    "Mamba2": {"d_model": 16, "n_layer": 2, "vocab_rows": 56, "d_inner": 32, "d_state": 8, "d_conv": 4, "ngroups": 2,
+               "headdim": 8, "nheads": 4},
+}
 
-    torch.manual_seed(0)
-    ours = LanguageModel(vocab, BackboneConfig(d_model=16, n_layers=2, pattern=sym, mixer_kwargs={sym: kw}),
-                         pad_vocab_size_multiple=8)
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    sd = {("backbone.embedding.weight" if k == "embedding.weight" else k): v.clone() for k, v in ours.state_dict().items()}
+
+def _mamba_ssm_dir(tmp: Path, layer: str, vocab: int, fmt: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A synthetic mamba_ssm checkpoint whose keys and shapes come from the pinned upstream list."""
+    dims = TINY[layer]
+    sd = upstream_keys.state_dict("mamba_ssm_mamba1" if layer == "Mamba1" else "mamba_ssm_mamba2", dims)
+    sd["lm_head.weight"] = sd["backbone.embedding.weight"]  # tie_embeddings=True: mamba_ssm saves both names
+    kw = {"d_state": dims["d_state"]} if layer == "Mamba1" else {
+        "d_state": dims["d_state"], "headdim": dims["headdim"], "ngroups": dims["ngroups"], "chunk_size": 4}
     cfg = {"d_model": 16, "n_layer": 2, "vocab_size": vocab, "ssm_cfg": {"layer": layer, **kw}, "rms_norm": True,
            "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8, "tie_embeddings": True}
     d = tmp / f"mamba_ssm_{layer}"
@@ -131,20 +134,24 @@ def _mamba_ssm_dir(tmp: Path, layer: str, vocab: int, fmt: str) -> tuple[Path, L
     else:
         from safetensors.torch import save_file
 
-        sd.pop("lm_head.weight")  # tied: safetensors refuses shared tensors
-        save_file(sd, str(d / "model.safetensors"))
-    return d, ours
+        save_file({k: v for k, v in sd.items() if k != "lm_head.weight"}, str(d / "model.safetensors"))
+    return d, sd
 
 
 @pytest.mark.parametrize("layer,fmt", [("Mamba1", "bin"), ("Mamba2", "safetensors")])
 def test_mamba_ssm_layout_round_trip(layer, fmt, tmp_path):
-    d, ours = _mamba_ssm_dir(tmp_path, layer, vocab=50, fmt=fmt)
+    d, sd = _mamba_ssm_dir(tmp_path, layer, vocab=50, fmt=fmt)
     model = load_mamba_ssm(d).eval()
     assert model.padded_vocab_size == 56 and model.tie_embeddings
+    ours = model.state_dict()
+    for k, v in sd.items():  # every upstream tensor lands, unchanged, where the layout says
+        torch.testing.assert_close(ours["embedding.weight" if k == "backbone.embedding.weight" else k], v,
+                                   atol=0, rtol=0)
+    assert set(ours) == {"embedding.weight" if k == "backbone.embedding.weight" else k for k in sd}
     ids = torch.randint(0, 50, (2, 9))
     with torch.no_grad():
-        ref = ours.eval()(ids)[0]
-        torch.testing.assert_close(model(ids)[0], ref, atol=1e-6, rtol=1e-6)
+        ref = model(ids)[0]
+        assert ref.abs().max() > 0.1  # the random weights give non-trivial logits
         out = convert_checkpoint(d, tmp_path / "ours")
         assert (Path(out) / "model.safetensors").exists() and (Path(out) / "config.json").exists()
         again = LanguageModel.from_pretrained(out)

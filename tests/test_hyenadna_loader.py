@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import upstream_keys  # tests/upstream_keys.py: the pinned upstream layouts
+
 from longstream.backbones.hyenadna import CharacterTokenizer, HyenaDNAConfig, load_hyenadna
 
 D, NL, DI, V, LMAX, FO, EMB = 16, 2, 32, 16, 40, 8, 5
@@ -46,26 +48,50 @@ def _layer_tensors(g: torch.Generator) -> dict[str, torch.Tensor]:
     return sd
 
 
-def lightning_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+DIMS = {"d_model": D, "n_layer": NL, "d_inner": DI, "vocab_rows": V, "order": 2, "l_max": LMAX, "emb_dim": EMB,
+        "filter_order": FO, "short_filter_order": 3}
+
+
+def _from_fixture(layout: str, prefix: str, seed: int) -> dict[str, torch.Tensor]:
+    """The pinned upstream key list of ``layout`` (tests/fixtures/upstream_keys/), filled with
+    well-behaved values per tensor role; shapes are checked against the fixture."""
     g = torch.Generator().manual_seed(seed)
-    sd = {"model.backbone.embeddings.word_embeddings.weight": torch.randn(V, D, generator=g)}
-    for i in range(NL):
-        for k, v in _layer_tensors(g).items():
-            sd[f"model.backbone.layers.{i}.{k}"] = v
-    sd["model.backbone.ln_f.weight"] = 1 + 0.1 * torch.randn(D, generator=g)
-    sd["model.backbone.ln_f.bias"] = 0.1 * torch.randn(D, generator=g)
+    shapes = upstream_keys.shapes(layout, DIMS)
+    emb = torch.randn(V, D, generator=g)
+    layers = [_layer_tensors(g) for _ in range(NL)]
+    sd = {}
+    for key, shape in shapes.items():
+        rest = key[len(prefix):] if key.startswith(prefix) else key
+        if rest.startswith("layers."):
+            i, name = rest.split(".", 2)[1:]
+            v = layers[int(i)][name]  # a KeyError here = the fixture names a tensor HyenaDNA's code does not
+        elif rest == "embeddings.word_embeddings.weight" or key.endswith("lm_head.weight"):
+            v = emb
+        elif rest == "ln_f.weight":
+            v = 1 + 0.1 * torch.randn(D, generator=g)
+        else:
+            assert rest == "ln_f.bias", key
+            v = 0.1 * torch.randn(D, generator=g)
+        assert tuple(v.shape) == shape, (key, tuple(v.shape), shape)
+        sd[key] = v
     return sd
 
 
+def lightning_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The Lightning ``weights.ckpt`` layout (``model.backbone.*``; the tied ``model.lm_head.weight`` too)."""
+    return _from_fixture("hyenadna_lightning", "model.backbone.", seed)
+
+
 def hf_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """The ``-hf`` safetensors layout: ``hyena.`` prefix, one freq copy, embedding stored as lm_head only."""
-    sd = {}
-    for k, v in lightning_state_dict(seed).items():
-        k = "hyena." + k[len("model.") :]
-        if k.endswith(("implicit_filter.3.freq", "implicit_filter.5.freq")):
-            continue  # safetensors keeps one name of a shared tensor
-        sd[k] = v
-    sd["lm_head.weight"] = sd.pop("hyena.backbone.embeddings.word_embeddings.weight")
+    """The ``-hf`` safetensors layout: ``hyena.`` prefix; of each shared group only the first name stored
+    for the sine frequencies and only ``lm_head.weight`` for the embedding pair."""
+    sd = _from_fixture("hyenadna_hf", "hyena.backbone.", seed)
+    for group in upstream_keys.fixture("hyenadna_hf")["shared"]:
+        keep = group[-1] if group[-1] == "lm_head.weight" else group[0]
+        for i in range(NL):
+            for k in group:
+                if k != keep:
+                    sd.pop(k.format(i=i), None)
     return sd
 
 

@@ -1,0 +1,381 @@
+"""Public pretrained weights from the Hugging Face Hub: ``hf:<repo_id>[@revision]`` names.
+
+``longstream hub import hf:state-spaces/mamba-130m`` (or :func:`import_hf`) lists the repo
+with ``huggingface_hub`` (an optional dependency: ``pip install 'longstream[hub]'``),
+downloads only the files the detected layout needs (``hf_hub_download`` resumes a cut
+connection with an HTTP ``Range`` request), verifies every file against the checksum the
+Hub publishes for it (LFS ``sha256``, else the git blob id), converts it with the
+existing converters and writes a longstream checkpoint (``model.safetensors`` +
+``config.json`` with its sha256 + ``README.md``) atomically to
+``$LONGSTREAM_HOME/checkpoints/hf/<owner>--<name>[@<revision>]``. From then on the same
+name resolves everywhere a checkpoint name does (:meth:`Hub.resolve`, ``hub info``,
+``hub list``), offline too.
+
+Known layouts (:data:`LAYOUTS`):
+
+- ``mamba_ssm``: state-spaces/mamba-* and mamba2-* (``config.json`` with ``d_model``,
+  ``n_layer``, ``ssm_cfg`` + ``pytorch_model.bin`` or ``model.safetensors``) ->
+  :func:`longstream.backbones.convert.load_mamba_ssm`;
+- ``transformers``: ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (``model_type`` mamba /
+  mamba2 + ``model.safetensors``, possibly sharded) -> :func:`~longstream.backbones.convert.load_hf`;
+- ``hyenadna``: LongSafari/hyenadna-* (Lightning ``weights.ckpt`` + ``config.json``) and the
+  ``-hf`` repos (``model_type`` hyenadna + ``model.safetensors``) ->
+  :func:`longstream.backbones.hyenadna.load_hyenadna`.
+
+Offline (``LONGSTREAM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``): an imported name resolves from
+the cache; anything else is a :class:`UserError` raised before ``huggingface_hub`` is even
+imported, so no connection is ever opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longstream.backbones.lm import load_checkpoint, save_checkpoint, sha256_file
+
+from .common.errors import UserError
+
+__all__ = [
+    "HF_PREFIX",
+    "LAYOUTS",
+    "HFName",
+    "parse_hf_name",
+    "is_hf_name",
+    "hf_offline",
+    "import_dir",
+    "import_hf",
+    "resolve_hf",
+    "imported",
+    "load_imported",
+    "detect_hf_layout",
+]
+
+HF_PREFIX = "hf:"
+LAYOUTS: dict[str, str] = {
+    "mamba_ssm": "state-spaces/mamba-*, mamba2-*: config.json (d_model, n_layer, ssm_cfg) + pytorch_model.bin "
+                 "or model.safetensors",
+    "transformers": "transformers Mamba / Mamba-2: config.json (model_type mamba|mamba2) + model.safetensors",
+    "hyenadna": "HyenaDNA (LongSafari/hyenadna-*): weights.ckpt (+ config.json), or the -hf repos' "
+                "config.json (model_type hyenadna) + model.safetensors / pytorch_model.bin",
+}  # fmt: skip
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REV = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HF_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class HFName:
+    """A parsed ``hf:<owner>/<name>[@<revision>]``."""
+
+    repo_id: str
+    revision: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The canonical ``hf:`` name."""
+        return f"{HF_PREFIX}{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+
+    @property
+    def slug(self) -> str:
+        """The cache directory name: ``<owner>--<name>[@<revision>]``."""
+        return self.repo_id.replace("/", "--") + (f"@{self.revision}" if self.revision else "")
+
+
+def is_hf_name(name: object) -> bool:
+    """Whether ``name`` is an ``hf:`` checkpoint name."""
+    return isinstance(name, str) and name.strip().startswith(HF_PREFIX)
+
+
+def parse_hf_name(name: str) -> HFName:
+    """Split and validate ``hf:<owner>/<name>[@<revision>]`` (a branch, tag or commit)."""
+    s = name.strip()
+    body = s[len(HF_PREFIX):] if s.startswith(HF_PREFIX) else s
+    repo, _, rev = body.partition("@")
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(_REPO_PART.match(p) and ".." not in p for p in parts) or (
+        rev and (not _REV.match(rev) or ".." in rev)
+    ) or (not rev and "@" in body):
+        raise UserError(
+            f"bad Hugging Face name {name!r}: use hf:<owner>/<repo>[@<revision>], e.g. hf:state-spaces/mamba-130m "
+            "or hf:state-spaces/mamba-130m@main (revision: a branch, tag or commit; letters, digits, '.', '_', '-')"
+        )
+    return HFName(repo, rev or None)
+
+
+def hf_offline() -> bool:
+    """``LONGSTREAM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set (read now, not at import time)."""
+    return any(os.environ.get(v, "").strip().lower() in _HF_TRUE for v in ("LONGSTREAM_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def import_dir(cache: str | os.PathLike, name: str | HFName) -> Path:
+    """Where the converted checkpoint of ``name`` lives under the hub cache ``cache``."""
+    n = name if isinstance(name, HFName) else parse_hf_name(name)
+    return Path(cache) / "checkpoints" / "hf" / n.slug
+
+
+def _is_complete(d: Path) -> bool:
+    return (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- layouts
+def detect_hf_layout(files: list[str], config: dict[str, Any] | None, repo: str = "?") -> tuple[str, list[str]]:
+    """``(layout, weight files to download)`` from a repo's file names and its ``config.json``.
+
+    Raises a :class:`UserError` naming the repo, the files seen and the supported layouts.
+    """
+    fs, cfg = set(files), config or {}
+    mt = cfg.get("model_type")
+    layer = cfg.get("layer") if isinstance(cfg.get("layer"), dict) else {}
+    weights = [f for f in ("model.safetensors", "pytorch_model.bin") if f in fs]
+    if "weights.ckpt" in fs or mt == "hyenadna" or layer.get("_name_") == "hyena":
+        w = ["weights.ckpt"] if "weights.ckpt" in fs else weights[:1]
+        if w:
+            return "hyenadna", w
+    elif mt in ("mamba", "mamba2"):
+        if "model.safetensors" in fs:
+            return "transformers", ["model.safetensors"]
+        if "model.safetensors.index.json" in fs:
+            idx = "model.safetensors.index.json"
+            shards = sorted(f for f in fs if re.match(r"^model-\d+-of-\d+\.safetensors$", f))
+            if shards:
+                return "transformers", [idx, *shards]
+    elif "d_model" in cfg and "n_layer" in cfg and weights:
+        return "mamba_ssm", weights[:1]  # model.safetensors preferred over the pickle
+    supported = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+    raise UserError(
+        f"hf:{repo} is not in a layout longstream can convert (files: {sorted(fs) or 'none'}; config.json "
+        f"model_type: {mt!r}). Supported layouts: {supported}. Convert it yourself with "
+        "longstream.backbones.convert or open an issue naming the repo"
+    )
+
+
+# ----------------------------------------------------------------------------- download
+def _hf_module():
+    try:
+        import huggingface_hub
+    except ImportError as e:
+        raise UserError(
+            "importing hf: checkpoints needs the optional package huggingface_hub: "
+            "pip install 'longstream[hub]' (or pip install 'huggingface_hub>=0.20')"
+        ) from e
+    return huggingface_hub
+
+
+def _git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1()  # noqa: S324 - git's object id, not a security hash
+    h.update(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_file(path: Path, meta: dict[str, Any]) -> str | None:
+    """A problem with a downloaded file against the Hub's record, or None."""
+    size = meta.get("size")
+    if size is not None and path.stat().st_size != size:
+        return f"size {path.stat().st_size} != {size}"
+    if meta.get("sha256"):
+        got = sha256_file(path)
+        return None if got == meta["sha256"] else f"sha256 {got[:12]}... != published {meta['sha256'][:12]}..."
+    if meta.get("blob_id"):
+        got = _git_blob_sha1(path)
+        return None if got == meta["blob_id"] else f"git blob id {got[:12]}... != published {meta['blob_id'][:12]}..."
+    return None
+
+
+def _hub_error(hf: Any, n: HFName, endpoint: str, e: Exception) -> UserError:
+    errs = hf.errors if hasattr(hf, "errors") else hf.utils
+    kind = {
+        "RepositoryNotFoundError": "no such repository (or it is private/gated)",
+        "RevisionNotFoundError": f"no revision {n.revision!r} in it",
+        "EntryNotFoundError": "a file it lists is missing",
+    }
+    for cls, what in kind.items():
+        if isinstance(e, getattr(errs, cls, ())):
+            return UserError(f"{n.name}: {what} at {endpoint}; check the name (see https://huggingface.co/{n.repo_id})")
+    return UserError(
+        f"{n.name}: download from {endpoint} failed ({type(e).__name__}: {str(e)[:300]}); check the connection "
+        "and retry (downloads resume), or set HF_ENDPOINT to a mirror"
+    )
+
+
+class _Downloader:
+    """Lists a repo at one commit and downloads + verifies single files into ``cache/hf``."""
+
+    def __init__(self, n: HFName, cache: Path, timeout: float) -> None:
+        self.hf = _hf_module()
+        self.n = n
+        self.endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self.cache_dir = str(cache / "hf")
+        self.timeout = timeout
+        try:
+            info = self.hf.HfApi(endpoint=self.endpoint).model_info(
+                n.repo_id, revision=n.revision, files_metadata=True, timeout=timeout
+            )
+        except Exception as e:  # noqa: BLE001 - every hub/network failure becomes one clear message
+            raise _hub_error(self.hf, n, self.endpoint, e) from e
+        self.commit: str = info.sha or (n.revision or "main")
+        self.files: dict[str, dict[str, Any]] = {
+            s.rfilename: {
+                "size": s.lfs.size if s.lfs else s.size,
+                "sha256": s.lfs.sha256 if s.lfs else None,
+                "blob_id": None if s.lfs else s.blob_id,
+            }
+            for s in info.siblings or []
+        }
+
+    def get(self, fname: str) -> Path:
+        """Download ``fname`` (resumed after a cut) and verify it; one fresh re-fetch on a mismatch."""
+        problems = []
+        for attempt in range(2):
+            try:
+                p = Path(self.hf.hf_hub_download(
+                    self.n.repo_id, fname, revision=self.commit, cache_dir=self.cache_dir, endpoint=self.endpoint,
+                    force_download=attempt > 0, etag_timeout=self.timeout,
+                ))  # fmt: skip
+            except Exception as e:  # noqa: BLE001
+                raise _hub_error(self.hf, self.n, self.endpoint, e) from e
+            bad = _check_file(p, self.files.get(fname, {}))
+            if bad is None:
+                return p
+            problems.append(f"attempt {attempt + 1}: {bad}")
+            _unlink_blob(p)
+        raise UserError(
+            f"{self.n.name}/{fname} failed verification ({'; '.join(problems)}); the download is refused. "
+            "The server's copy or its published checksum is wrong; retry later or use another HF_ENDPOINT"
+        )
+
+
+def _unlink_blob(p: Path) -> None:
+    """Remove a cached snapshot file and the blob it links to."""
+    target = p.resolve()
+    p.unlink(missing_ok=True)
+    if target != p:
+        target.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- convert + save
+def _convert(layout: str, src: Path, trust_pickle: bool) -> tuple[dict[str, Any], Any]:
+    """``(config to record, model)`` for the files in ``src``."""
+    from longstream.backbones import convert
+    from longstream.backbones.hyenadna import load_hyenadna
+
+    try:
+        if layout == "mamba_ssm":
+            model = convert.load_mamba_ssm(src)
+        elif layout == "transformers":
+            model = convert.load_hf(src)
+        else:
+            model = load_hyenadna(src, trust_pickle=trust_pickle)
+            return {"model_type": "hyenadna", **dataclasses.asdict(model.config)}, model
+    except (ValueError, FileNotFoundError) as e:  # ConversionError is a ValueError
+        raise UserError(f"converting the {layout} checkpoint failed: {e}") from e
+    return dict(model.config), model
+
+
+def import_hf(
+    name: str,
+    *,
+    cache: str | os.PathLike,
+    force: bool = False,
+    trust_pickle: bool = False,
+    timeout: float = 30.0,
+    offline: bool | None = None,
+) -> Path:
+    """Download, verify and convert ``hf:<repo_id>[@rev]`` into the hub cache; return the checkpoint dir.
+
+    An already imported name is returned as is unless ``force``. ``trust_pickle`` allows
+    Lightning ``weights.ckpt`` files that pickle objects besides tensors. ``offline``
+    (default: :func:`hf_offline`) refuses anything not imported yet, before any connection.
+    """
+    n = parse_hf_name(name)
+    cache = Path(cache)
+    final = import_dir(cache, n)
+    if _is_complete(final) and not force:
+        return final
+    if hf_offline() if offline is None else offline:
+        raise UserError(
+            f"{n.name} is not imported yet and LONGSTREAM_OFFLINE / HF_HUB_OFFLINE forbids downloading it; "
+            f"unset them and run `longstream hub import {n.name}` once"
+        )
+    dl = _Downloader(n, cache, timeout)
+    cfg = None
+    if "config.json" in dl.files:
+        try:
+            cfg = json.loads(dl.get("config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{n.name}/config.json is not valid JSON ({e})") from e
+    layout, wanted = detect_hf_layout(list(dl.files), cfg, n.repo_id)
+    paths = {f: dl.get(f) for f in wanted}
+    src = next(iter(paths.values())).parent  # hf_hub_download puts one commit's files in one snapshot dir
+    config, model = _convert(layout, src, trust_pickle)
+    upstream = {f: dl.files.get(f, {}) for f in (["config.json"] if cfg is not None else []) + wanted}
+    config["source"] = {
+        "hub": "huggingface", "name": n.name, "repo_id": n.repo_id, "revision": n.revision, "commit": dl.commit,
+        "endpoint": dl.endpoint, "layout": layout,
+        "files": {f: {"sha256": sha256_file(paths.get(f) or src / f), "size": m.get("size")} for f, m in upstream.items()},
+    }  # fmt: skip
+    config["task"] = f"imported from {n.name} ({layout})"
+    sd = model.state_dict()
+    if getattr(model, "tie_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    card = (
+        f"# {n.name}\n\nConverted by `longstream hub import` from https://huggingface.co/{n.repo_id} "
+        f"(commit `{dl.commit}`, layout `{layout}`). The weights and their licence are the upstream authors'.\n"
+    )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(final, sd, config, extra_files={"README.md": card})
+
+
+def resolve_hf(name: str, *, cache: str | os.PathLike, download: bool = True, offline: bool | None = None) -> Path:
+    """The checkpoint dir of an ``hf:`` name: imported -> that dir; else import it (unless offline)."""
+    n = parse_hf_name(name)
+    d = import_dir(cache, n)
+    if _is_complete(d):
+        return d
+    if not download:
+        raise UserError(f"{n.name} is not imported; run `longstream hub import {n.name}`")
+    return import_hf(n.name, cache=cache, offline=offline)
+
+
+def imported(cache: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records (``name, task, path, files, source``) of every imported ``hf:`` checkpoint in ``cache``."""
+    root = Path(cache) / "checkpoints" / "hf"
+    out = []
+    for cfg in sorted(root.glob("*/config.json")) if root.is_dir() else []:
+        try:
+            meta = json.loads(cfg.read_text())
+        except json.JSONDecodeError:
+            continue
+        src = meta.get("source") or {}
+        if not src.get("name") or not (cfg.parent / "model.safetensors").exists():
+            continue
+        files = dict(meta.get("files") or {})
+        for f, sha in (meta.get("sha256") or {}).items():
+            files.setdefault(f, {"sha256": sha, "size": (cfg.parent / f).stat().st_size if (cfg.parent / f).exists() else None})
+        out.append({"name": src["name"], "task": meta.get("task", ""), "path": cfg.parent, "files": files,
+                    "source": src, "metrics": meta.get("metrics") or {}})
+    return out
+
+
+def load_imported(directory: str | os.PathLike, map_location: str = "cpu") -> Any:
+    """The model in an imported checkpoint dir (sha256 verified): a ``LanguageModel`` or a ``HyenaDNAModel``."""
+    from longstream.backbones.lm import LanguageModel
+
+    d = Path(directory)
+    meta = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
+    if meta.get("model_type") != "hyenadna":
+        return LanguageModel.from_pretrained(d, map_location=map_location)
+    from longstream.backbones.hyenadna import HyenaDNAConfig, load_hyenadna
+
+    config, tensors = load_checkpoint(d, map_location=map_location)
+    fields = {f.name for f in dataclasses.fields(HyenaDNAConfig)}
+    return load_hyenadna(tensors, HyenaDNAConfig(**{k: v for k, v in config.items() if k in fields}))
