@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
+import upstream_keys  # tests/upstream_keys.py: the pinned upstream layouts
 from longstream.backbones.convert import ConversionError, convert_checkpoint, load_hf, load_mamba_ssm
 from longstream.backbones.lm import LanguageModel
-
-import upstream_keys  # tests/upstream_keys.py: the pinned upstream layouts
 
 torch.set_num_threads(1)
 pytest.importorskip("transformers")
