@@ -282,11 +282,20 @@ def test_heavy_optional_packages_are_imported_lazily():
 
 
 # ---------------------------------------------------------------------------- registries cannot shrink
+def _assert_from_this_tree(file: str | None, what: str) -> None:
+    """A module must come from the tree under test, not from another checkout on sys.path
+    (an editable install of another worktree would hide a deleted file)."""
+    assert file is not None and Path(file).resolve().is_relative_to(REPO), (
+        f"{what} was imported from {file}, outside the tree under test {REPO}: it is missing here"
+    )
+
+
 def test_every_mixer_module_imports_and_every_registering_file_is_listed():
     from longstream.backbones.registry import MIXER_MODULES, list_mixers
 
     for mod in MIXER_MODULES:
-        importlib.import_module(f"longstream.backbones.{mod}")  # a missing/broken file fails here
+        m = importlib.import_module(f"longstream.backbones.{mod}")  # a missing/broken file fails here
+        _assert_from_this_tree(m.__file__, f"backbones/{mod}.py")
     registering = sorted(
         p.stem for p in (REPO / "backbones").glob("*.py")
         if "@register_mixer(" in p.read_text(encoding="utf-8") and p.stem != "registry"
@@ -309,6 +318,7 @@ def test_every_memory_entry_imports():
     assert set(MEMORIES) <= set(list_memories()), f"memories gone from the registry: {set(MEMORIES) - set(list_memories())}"
     for name in list_memories():
         cls = get_memory_class(name)  # a missing module or class fails here
+        _assert_from_this_tree(importlib.import_module(cls.__module__).__file__, _MEMORIES[name])
         mod = _MEMORIES[name].split(":")[0]
         assert cls.__module__ == mod, f"memory {name!r}: {_MEMORIES[name]} resolved to {cls.__module__}"
     files = sorted(p.stem for p in (REPO / "memory").glob("*.py") if p.stem not in ("__init__", "base", "registry", "stream"))
