@@ -213,7 +213,24 @@ def test_shard_indices_and_distenv():
     with pytest.raises(UserError, match="not divisible"):
         common.shard_indices(list(range(5)), env)
     assert common.all_reduce_mean(3.0, common.DistEnv()) == 3.0
-    assert not common.launched_by_torchrun() or common.init_distributed("cpu").world_size >= 1
+
+
+TORCHRUN_VARS = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+
+
+def test_launched_by_torchrun_reads_the_environment(monkeypatch):
+    for k, v in TORCHRUN_VARS.items():
+        monkeypatch.setenv(k, v)
+    assert common.launched_by_torchrun() is True
+    for k in TORCHRUN_VARS:  # any one missing: not a torchrun launch
+        monkeypatch.delenv(k)
+        assert common.launched_by_torchrun() is False, f"without {k} it is not a torchrun launch"
+        monkeypatch.setenv(k, TORCHRUN_VARS[k])
+    for k in TORCHRUN_VARS:
+        monkeypatch.delenv(k)
+    assert common.launched_by_torchrun() is False
+    env = common.init_distributed("cpu")  # a plain process: one rank, nothing initialised
+    assert (env.rank, env.world_size, env.is_main) == (0, 1, True)
 
 
 def test_cli_guard_exit_codes(capsys):

@@ -8,26 +8,15 @@ import pytest
 import torch
 
 from longstream.backbones import CheckpointError, LanguageModel, list_backbones
-from longstream.backbones.registry import backbone_config, list_mixers
-from longstream.backbones.stack import layer_symbols
 
 V = 37
-
-
-def _available(name: str) -> bool:
-    syms = set(list_mixers())
-    try:
-        return set(layer_symbols(backbone_config(name))) <= syms
-    except ValueError:
-        return False
 
 
 ALL_TEST_PRESETS = list_backbones("test_")
 
 
 def lm(name: str = "test_transformer", **kw) -> LanguageModel:
-    if not _available(name):
-        pytest.skip(f"{name}: a mixer it needs is not registered yet")
+    # a preset naming an unregistered mixer fails here (it is never skipped)
     torch.manual_seed(0)
     return LanguageModel(V, name, **kw).eval()
 

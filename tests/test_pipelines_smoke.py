@@ -1,14 +1,15 @@
 """Every registered pipeline honours pipelines/CONTRACT.md (generated from the registry).
 
-For each pipeline: all standard files import, every preset builds, the ``tiny`` preset
+For each pipeline: all standard files import, the ``tiny`` preset
 trains through the CLI into a temp dir, ``evaluate --json`` returns the documented
 metric keys, ``predict`` runs on the pipeline's example inputs, ``build_demo()`` builds,
-and every shipped checkpoint of the domain loads and verifies.
+and every shipped checkpoint of the domain loads and verifies. That every preset builds
+a model and runs a forward pass, and the rest of the contract (bad options exit 2, pinned
+losses, bit-identical resume, recorded metrics reproduce) is ``tests/test_contract.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -20,7 +21,7 @@ from longstream.pipelines.hub import default_hub
 from longstream.pipelines.registry import PIPELINES, get_pipeline, list_pipelines
 
 STANDARD_FILES = ("config", "data", "model", "train", "evaluate", "cli", "demo")
-DOMAINS = list_pipelines()
+DOMAINS = list(PIPELINES)  # every registered one: an unimportable pipeline fails, never vanishes
 HAVE_GRADIO = importlib.util.find_spec("gradio") is not None
 
 
@@ -44,19 +45,6 @@ def test_standard_files(domain):
     assert callable(get_pipeline(domain, "train").train)
     assert callable(get_pipeline(domain, "model").from_pretrained)
     assert callable(get_pipeline(domain, "demo").build_demo)
-
-
-@pytest.mark.parametrize("domain", DOMAINS)
-def test_every_preset_builds(domain):
-    cfg_mod = get_pipeline(domain, "config")
-    presets = cfg_mod.PRESETS
-    assert "tiny" in presets and len(presets) >= 2, f"{domain}: needs 'tiny' and a release preset"
-    for name, fn in presets.items():
-        cfg = fn()
-        assert dataclasses.is_dataclass(cfg), f"{domain}:{name} is not a dataclass config"
-        assert fn() is not cfg  # presets are functions returning fresh configs
-        if hasattr(cfg_mod, "CONFIG_CLASS"):
-            assert isinstance(cfg, cfg_mod.CONFIG_CLASS)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +109,7 @@ def test_build_demo(domain):
 
 def test_registry_lists_only_importable():
     assert "template" in DOMAINS
-    assert set(DOMAINS) <= set(PIPELINES)
+    assert list_pipelines() == DOMAINS, f"registered but not importable: {set(DOMAINS) - set(list_pipelines())}"
 
 
 @pytest.mark.parametrize("name", [e.name for e in default_hub().entries().values() if e.shipped])
@@ -129,7 +117,6 @@ def test_shipped_checkpoints_load_and_verify(name):
     hub = default_hub()
     assert hub.verify(name) == {name: []}
     domain = name.split("/")[0]
-    if domain not in DOMAINS:
-        pytest.skip(f"pipeline {domain} not available")
+    assert domain in DOMAINS, f"{name} is shipped but pipeline {domain!r} is not registered"
     model = get_pipeline(domain, "model").from_pretrained(name)
     assert model is not None
