@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 import upstream_keys  # tests/upstream_keys.py: the pinned upstream layouts
 from longstream.backbones.convert import ConversionError, convert_checkpoint, load_hf, load_mamba_ssm
 from longstream.backbones.lm import LanguageModel

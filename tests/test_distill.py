@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from longstream.backbones.distill import DistilledHyena, distill_hyena, distill_module, fit_modal, modal_filter
+from longstream.backbones.distill import (
+    DistilledHyena,
+    distill_hyena,
+    distill_module,
+    fit_modal,
+    modal_filter,
+)
 from longstream.backbones.hyena import Hyena
 from longstream.backbones.hyenadna import HyenaDNAConfig, HyenaDNAModel
 

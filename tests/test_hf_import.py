@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_hyenadna_loader import DIMS as HY_DIMS
+from test_hyenadna_loader import hf_state_dict, lightning_state_dict
+
 import upstream_keys
 from hf_server import HFServer, Repo
 from longstream.backbones.convert import load_hf, load_mamba_ssm
@@ -22,8 +25,6 @@ from longstream.backbones.lm import CheckpointError, LanguageModel
 from longstream.pipelines.common import UserError
 from longstream.pipelines.hf_import import import_dir, import_hf, load_imported
 from longstream.pipelines.hub import Hub
-from test_hyenadna_loader import DIMS as HY_DIMS
-from test_hyenadna_loader import hf_state_dict, lightning_state_dict
 
 pytest.importorskip("huggingface_hub")
 torch.set_num_threads(1)

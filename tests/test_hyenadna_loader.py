@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 import upstream_keys  # tests/upstream_keys.py: the pinned upstream layouts
 from longstream.backbones.hyenadna import CharacterTokenizer, HyenaDNAConfig, load_hyenadna
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 import upstream_keys
 
 TINY_M1 = {"d_model": 32, "n_layer": 2, "vocab_rows": 64, "d_inner": 64, "d_state": 8, "d_conv": 4, "dt_rank": 2}
