@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from longstream.backbones.io import atomic_write_bytes
 
-from .atomic import atomic_write_bytes
 from .config import apply_overrides, config_to_dict
 from .errors import UserError
 from .paths import check_out_dir
