@@ -244,3 +244,13 @@ def test_hub_lists_and_verifies_every_kind(tmp_path):
     assert len(probs) == 1 and "corrupt" in probs[0]
     with pytest.raises(common.UserError, match="not a longstream pipeline checkpoint.*'longstream_lm'"):
         common.load_pretrained(ck / "lm" / "tiny-lm")
+
+
+@pytest.mark.parametrize("first", ["longstream.pipelines.hub", "longstream.pipelines.common.checkpoint",
+                                   "longstream.backbones.stack", "longstream.memory.stream"])
+def test_checkpoint_modules_import_first_in_a_fresh_process(first):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", f"import {first}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -2,8 +2,8 @@
 
 Written and read by :mod:`longstream.backbones.io` (atomic directory swap, one manifest
 schema, sha256 verified on load); its ``CheckpointError`` becomes :class:`UserError` here.
-Names resolve through :mod:`longstream.pipelines.hub` (which imports only leaf modules of
-this package, so the import runs one way)."""
+Names resolve through :mod:`longstream.pipelines.hub`, which imports only leaf modules of
+this package (never this one), so the imports run one way: checkpoint -> hub -> errors/paths."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from longstream.backbones.io import CheckpointError, load_weights_dir, read_config, save_weights_dir
-from longstream.pipelines.hub import resolve
 from torch import nn
 
 from .config import config_to_dict
@@ -167,6 +166,10 @@ def load_pretrained(
     A pipeline's ``from_pretrained`` builds its model from ``config_json["config"]`` and
     calls ``model.load_state_dict(state_dict)``.
     """
+    # lazy: hub imports this package's leaf modules (errors, paths, progress), and importing
+    # hub first runs this package's __init__; the file-level graph stays one way (checkpoint -> hub)
+    from longstream.pipelines.hub import resolve
+
     d = resolve(str(name_or_dir), domain=pipeline)
     meta = read_checkpoint_config(d)
     if pipeline is not None and meta.get("pipeline") != pipeline:
