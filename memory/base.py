@@ -36,14 +36,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten, treespec_dumps, treespec_loads
+
 from longstream.backbones.io import (
     CheckpointError,
     CheckpointNotFoundError,
     load_tensor_file,
     save_tensor_file,
 )
-from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten, treespec_dumps, treespec_loads
 
 __all__ = [
     "MemoryState",

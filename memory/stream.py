@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from longstream.backbones.io import save_tensor_file
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
+
+from longstream.backbones.io import save_tensor_file
 
 from .base import (
     MemoryState,

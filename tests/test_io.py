@@ -7,6 +7,8 @@ import stat
 
 import pytest
 import torch
+from torch import nn
+
 from longstream.backbones import LanguageModel, create_backbone
 from longstream.backbones.io import (
     CheckpointError,
@@ -26,7 +28,6 @@ from longstream.backbones.io import (
 from longstream.memory import MemoryStateError, create_memory
 from longstream.pipelines import common
 from longstream.pipelines.hub import Hub
-from torch import nn
 
 
 def _flip(path, offset=-1):

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from longstream.backbones.io import CheckpointError, load_weights_dir, read_config, save_weights_dir
 from torch import nn
+
+from longstream.backbones.io import CheckpointError, load_weights_dir, read_config, save_weights_dir
 
 from .config import config_to_dict
 from .distributed import unwrap

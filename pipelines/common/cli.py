@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from longstream.backbones.io import atomic_write_bytes
 
 from .config import apply_overrides, config_to_dict

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from longstream.backbones.io import atomic_write
 from torch import nn
+
+from longstream.backbones.io import atomic_write
 
 from .distributed import unwrap
 from .errors import UserError

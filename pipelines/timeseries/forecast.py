@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
 from longstream.backbones.io import atomic_file
 
 from .data import Series, UserError, future_timestamps, load_series, phase_index
