@@ -64,7 +64,8 @@ def _inventory() -> dict:
     except Exception:
         memories = []
     models = [
-        {"name": e.name, "domain": e.domain, "task": e.task, "metrics": e.metrics, "shipped": e.shipped is not None}
+        {"name": e.name, "domain": e.domain, "kind": e.kind, "task": e.task, "metrics": e.metrics,
+         "shipped": e.shipped is not None}
         for e in default_hub().entries().values()
     ]
     return {"pipelines": pipes, "backbones": backbones, "memories": memories, "models": models}
@@ -144,7 +145,7 @@ def cmd_hub(argv: Sequence[str]) -> int:
         ents = [e for e in hub.entries().values() if args.domain in (None, e.domain)]
         if args.json:
             print_json([
-                {"name": e.name, "domain": e.domain, "task": e.task, "metrics": e.metrics,
+                {"name": e.name, "domain": e.domain, "kind": e.kind, "task": e.task, "metrics": e.metrics,
                  "preset": e.preset, "shipped": e.shipped is not None, "urls": e.urls}
                 for e in ents
             ])
@@ -154,7 +155,7 @@ def cmd_hub(argv: Sequence[str]) -> int:
             for e in ents:
                 where = "shipped" if e.shipped else ("cached" if (hub.cache_dir_for(e.name) / "config.json").exists()
                                                      else "remote")
-                print(f"{e.name:<32} {where:<8} {e.task}  {_fmt_metrics(e.metrics)}")
+                print(f"{e.name:<32} {e.kind:<9} {where:<8} {e.task}  {_fmt_metrics(e.metrics)}")
         return 0
     if args.cmd == "info":
         e = hub.entry(args.name)

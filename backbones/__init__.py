@@ -32,18 +32,18 @@ from .base import Backbone, RMSNorm, State, detach_state, state_nbytes, state_to
 from .bidirectional import Bidirectional, reverse_within_length
 from .block import Block
 from .config import BackboneConfig
-from .lm import CheckpointError, LanguageModel, load_checkpoint, save_checkpoint
+from .io import CheckpointError, CheckpointNotFoundError, load_weights_dir, save_weights_dir
+from .lm import LanguageModel, load_checkpoint, save_checkpoint
 from .mlp import GatedMLP
 from .registry import (
     backbone_config,
-    create_backbone,
     get_mixer,
     list_backbones,
     list_mixers,
     register_backbone,
     register_mixer,
 )
-from .stack import SequenceBackbone, layer_symbols, parse_pattern
+from .stack import SequenceBackbone, create_backbone, layer_symbols, parse_pattern
 
 __all__ = [
     "Attention",
@@ -53,6 +53,7 @@ __all__ = [
     "BidirectionalAttention",
     "Block",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "GatedMLP",
     "LanguageModel",
     "RMSNorm",
@@ -66,11 +67,13 @@ __all__ = [
     "list_backbones",
     "list_mixers",
     "load_checkpoint",
+    "load_weights_dir",
     "parse_pattern",
     "register_backbone",
     "register_mixer",
     "reverse_within_length",
     "save_checkpoint",
+    "save_weights_dir",
     "state_nbytes",
     "state_to",
 ]

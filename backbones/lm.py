@@ -6,20 +6,15 @@ with the embedding and head weights tied (Press & Wolf, "Using the Output Embedd
 to Improve Language Models", 2017) and the vocabulary padded to a multiple of
 ``pad_vocab_size_multiple``. ``generate`` prefills the prompt with one ``forward``
 (chunked prefill is the caller's choice) and then decodes with O(1)-per-token
-``step``. Checkpoints are ``model.safetensors`` + ``config.json`` (sha256 of the
-weights recorded in the config), written to a temporary directory and renamed, and
-verified when loaded.
+``step``. Checkpoints are written and read by :mod:`longstream.backbones.io`
+(``model.safetensors`` + ``config.json`` with its sha256 manifest; the tied head is
+stored once and recorded in ``tied_weights``).
 
 Axis legend: b batch, l length, d model width, v vocabulary (padded).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,44 +23,11 @@ from torch import Tensor, nn
 
 from .base import State
 from .config import BackboneConfig
+from .io import CONFIG_NAME, CheckpointError, load_weights_dir, save_weights_dir, sha256_file
 from .registry import backbone_config
 from .stack import SequenceBackbone
 
 __all__ = ["CheckpointError", "LanguageModel", "load_checkpoint", "save_checkpoint", "sha256_file"]
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory exists but is corrupt or not of the expected kind."""
-
-
-# ---------------------------------------------------------------------- checkpoint files
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def replace_dir(tmp: str | Path, directory: str | Path) -> None:
-    """Put the finished directory ``tmp`` at ``directory`` by rename, replacing any old one.
-
-    The old directory is renamed aside first and removed last, so ``directory`` is at every
-    moment either the complete old version or the complete new one.
-    """
-    tmp, directory = Path(tmp), Path(directory)
-    if not directory.exists():
-        os.replace(tmp, directory)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-    os.rmdir(old)
-    os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -73,74 +35,20 @@ def save_checkpoint(
     tensors: dict[str, Tensor],
     config: dict[str, Any],
     extra_files: dict[str, str] | None = None,
+    *,
+    card: str | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (+ ``extra_files``) to ``directory``.
-
-    Everything is written to a temporary sibling directory which then replaces
-    ``directory`` by rename, so a crash never leaves a half-written checkpoint. The
-    sha256 of the weights is stored in ``config["sha256"]``.
-    """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        seen: set[int] = set()
-        flat: dict[str, Tensor] = {}
-        for k, t in tensors.items():
-            t = t.detach().to("cpu").contiguous()
-            if t.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
-                t = t.clone()
-            seen.add(t.untyped_storage().data_ptr())
-            flat[k] = t
-        save_file(flat, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = dict(config)
-        config["sha256"] = {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}
-        config.setdefault("format_version", 1)
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        replace_dir(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    """Write a checkpoint directory through :func:`longstream.backbones.io.save_weights_dir`."""
+    return save_weights_dir(directory, tensors, config, card=card, extra_files=extra_files)
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict[str, Tensor]]:
-    """Read ``(config, tensors)`` from a checkpoint directory, verifying the sha256.
+    """Read ``(config, tensors)`` through :func:`longstream.backbones.io.load_weights_dir` (verified).
 
-    Raises ``FileNotFoundError`` naming the missing file and :class:`CheckpointError`
-    for a corrupt config or weights file.
+    Raises ``FileNotFoundError`` (:class:`~longstream.backbones.io.CheckpointNotFoundError`)
+    naming a missing file and :class:`CheckpointError` for a corrupt one.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {directory} does not exist; save one with save_pretrained()")
-    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"checkpoint file {p} is missing; re-save or re-download the checkpoint")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); re-save or re-download the checkpoint") from None
-    expected = (config.get("sha256") or {}).get(WEIGHTS_NAME)
-    if expected is not None:
-        got = sha256_file(w_path)
-        if got != expected:
-            raise CheckpointError(
-                f"{w_path} is corrupt: sha256 {got[:16]}... does not match {expected[:16]}... recorded in "
-                f"{cfg_path}; re-save or re-download the checkpoint"
-            )
-    try:
-        tensors = load_file(str(w_path), device=str(map_location))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{w_path} could not be read as safetensors ({e}); re-download it") from None
-    return config, tensors
+    return load_weights_dir(directory, map_location=map_location)
 
 
 # ---------------------------------------------------------------------- model
@@ -283,11 +191,7 @@ class LanguageModel(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | Path, model_card: str | None = None) -> Path:
         """Write ``model.safetensors`` + ``config.json`` (+ ``README.md``) atomically."""
-        sd = self.state_dict()
-        if self.tie_embeddings:
-            sd.pop("lm_head.weight", None)
-        extra = {"README.md": model_card} if model_card else None
-        return save_checkpoint(directory, sd, self.config, extra_files=extra)
+        return save_weights_dir(directory, self.state_dict(), self.config, card=model_card)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:

@@ -3,8 +3,9 @@
 A *mixer* is a :class:`~longstream.backbones.base.Backbone` built as ``cls(d_model, **kwargs)``.
 It is registered under a short symbol used in layer patterns (``"M"`` Mamba,
 ``"M2"`` Mamba-2, ``"A"`` attention, ...). A *preset* is a function returning a
-:class:`~longstream.backbones.config.BackboneConfig`; ``create_backbone(name, **overrides)``
-builds the stack it describes.
+:class:`~longstream.backbones.config.BackboneConfig`;
+:func:`longstream.backbones.stack.create_backbone` builds the stack it describes (it lives
+there so that imports run one way: ``stack`` -> ``registry``, never back).
 """
 
 from __future__ import annotations
@@ -79,16 +80,6 @@ def backbone_config(name: str, **overrides: Any) -> BackboneConfig:
             merged.setdefault(sym, {}).update(kw)
         cfg = dataclasses.replace(cfg, mixer_kwargs=merged)
     return cfg
-
-
-def create_backbone(name: str | BackboneConfig, **overrides: Any):
-    """Build a backbone stack from a preset name (or a config) with overrides."""
-    from .stack import SequenceBackbone
-
-    cfg = name if isinstance(name, BackboneConfig) else backbone_config(name, **overrides)
-    if isinstance(name, BackboneConfig) and overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
-    return SequenceBackbone(cfg)
 
 
 _LOADED = False

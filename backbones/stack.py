@@ -16,6 +16,7 @@ Axis legend: b batch, l length, d model width.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ from .base import Backbone, RMSNorm, State
 from .bidirectional import Bidirectional
 from .block import Block, residual_dtype
 from .config import BackboneConfig
+from .io import CheckpointError, load_weights_dir, save_weights_dir
 from .mlp import GatedMLP
-from .registry import get_mixer, list_mixers
+from .registry import backbone_config, get_mixer, list_mixers
 
-__all__ = ["SequenceBackbone", "layer_symbols", "parse_pattern"]
+__all__ = ["SequenceBackbone", "create_backbone", "layer_symbols", "parse_pattern"]
 
 
 def parse_pattern(pattern: str, symbols: list[str] | None = None) -> list[str]:
@@ -174,20 +176,29 @@ class SequenceBackbone(Backbone):
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` (sha256 recorded) atomically."""
-        from .lm import save_checkpoint
-
+        """Write ``model.safetensors`` + ``config.json`` (sha256 manifest) atomically."""
         config = {"model_type": "longstream_backbone", "backbone": self.cfg.to_dict()}
-        return save_checkpoint(directory, self.state_dict(), config)
+        return save_weights_dir(directory, self.state_dict(), config)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> SequenceBackbone:
         """Load a backbone written by :meth:`save_pretrained` (sha256 verified)."""
-        from .lm import load_checkpoint
-
-        config, tensors = load_checkpoint(directory, map_location=map_location)
-        if "backbone" not in config:
-            raise ValueError(f"{Path(directory) / 'config.json'} has no 'backbone' entry: not a longstream backbone")
+        config, tensors = load_weights_dir(directory, map_location=map_location)
+        if config.get("model_type") != "longstream_backbone" or "backbone" not in config:
+            raise CheckpointError(
+                f"{Path(directory) / 'config.json'} has model_type {config.get('model_type')!r}, expected "
+                "'longstream_backbone' (use LanguageModel.from_pretrained for a language model)"
+            )
         model = cls(BackboneConfig.from_dict(config["backbone"]))
-        model.load_state_dict(tensors)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {directory} do not fit the backbone in its config.json: {e}") from None
         return model
+
+
+def create_backbone(name: str | BackboneConfig, **overrides: Any) -> SequenceBackbone:
+    """Build a backbone stack from a preset name (or a config) with field ``overrides``."""
+    if isinstance(name, BackboneConfig):
+        return SequenceBackbone(dataclasses.replace(name, **overrides) if overrides else name)
+    return SequenceBackbone(backbone_config(name, **overrides))

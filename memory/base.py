@@ -39,6 +39,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten, treespec_dumps, treespec_loads
 
+from longstream.backbones.io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    load_tensor_file,
+    save_tensor_file,
+)
+
 __all__ = [
     "MemoryState",
     "StreamMemory",
@@ -338,32 +345,34 @@ class StreamMemory(nn.Module):
         return self.state_cls(**kw)
 
     def save_state(self, state: MemoryState, path: str | os.PathLike) -> None:
-        """Write ``state`` to a safetensors file (atomically: temp file + rename)."""
-        from safetensors.torch import save_file
+        """Write ``state`` to one safetensors file, atomically and with an integrity digest.
 
+        Written by :func:`longstream.backbones.io.save_tensor_file`: a single file (its JSON
+        description in the safetensors header, see that module for why) that
+        :meth:`load_state` verifies before use.
+        """
         tensors, meta = self.state_dict_of(state)
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        save_file({k: v.cpu() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
+        save_tensor_file(path, tensors, meta)
 
     def load_state(self, path: str | os.PathLike, *, device: torch.device | str | None = None) -> MemoryState:
-        """Read a state written by :meth:`save_state`; refuses one from another config."""
-        from safetensors import safe_open
-
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"memory state file {path!r} does not exist")
-        try:
-            with safe_open(path, framework="pt", device=str(device or "cpu")) as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # noqa: BLE001 - a corrupt file of any kind
-            raise MemoryStateError(f"cannot read memory state {path!r}: {e}") from e
-        return self.state_from_dict(tensors, meta, source=f"memory state {path!r}")
+        """Read a state written by :meth:`save_state` (digest verified); refuses one from another config."""
+        tensors, meta = read_state_file(path, device=device, what="memory state")
+        return self.state_from_dict(tensors, meta, source=f"memory state {os.fspath(path)!r}")
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config().items())
+
+
+def read_state_file(
+    path: str | os.PathLike, *, device: torch.device | str | None = None, what: str = "state"
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a state file, verified; a bad file is a :class:`MemoryStateError`."""
+    try:
+        return load_tensor_file(path, device=device or "cpu", what=what)
+    except CheckpointNotFoundError:
+        raise
+    except CheckpointError as e:
+        raise MemoryStateError(str(e)) from None
 
 
 def flatten_tree(tree: Any) -> tuple[str, dict[str, Any], dict[int, Tensor]]:

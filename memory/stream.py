@@ -30,7 +30,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .base import MemoryState, MemoryStateError, StreamMemory, backbone_identity, flatten_tree, unflatten_tree
+from longstream.backbones.io import save_tensor_file
+
+from .base import (
+    MemoryState,
+    MemoryStateError,
+    StreamMemory,
+    backbone_identity,
+    flatten_tree,
+    read_state_file,
+    unflatten_tree,
+)
 
 __all__ = ["StreamRunner", "StreamState"]
 
@@ -213,37 +223,23 @@ class StreamRunner:
         }
 
     def save_state(self, state: StreamState, path: str | os.PathLike) -> None:
-        """Write ``state`` to ``path`` (safetensors, atomic)."""
-        from safetensors.torch import save_file
-
+        """Write ``state`` to ``path`` (one safetensors file, atomic, digest-verified on load)."""
         tensors: dict[str, Tensor] = {}
         meta: dict[str, Any] = {"identity": self._identity(), "position": state.position, "segments": state.segments}
         spec, consts, tt = flatten_tree(state.backbone)
         meta["backbone_spec"], meta["backbone_consts"] = spec, consts
-        tensors.update({f"backbone.{i}": t.cpu() for i, t in tt.items()})
+        tensors.update({f"backbone.{i}": t for i, t in tt.items()})
         mmeta = None
         if self.memory is not None and state.memory is not None:
             mt, mmeta = self.memory.state_dict_of(state.memory)
-            tensors.update({f"memory/{k}": v.cpu() for k, v in mt.items()})
+            tensors.update({f"memory/{k}": v for k, v in mt.items()})
         meta["memory_meta"] = mmeta
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata={"longstream_stream": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
+        save_tensor_file(path, tensors, {"longstream_stream": json.dumps(meta, sort_keys=True)})
 
     def load_state(self, path: str | os.PathLike, *, device: torch.device | str | None = None) -> StreamState:
         """Read a state written by :meth:`save_state`; refuses one saved by another setup."""
-        from safetensors import safe_open
-
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"stream state file {path!r} does not exist")
-        try:
-            with safe_open(path, framework="pt", device=str(device or "cpu")) as f:
-                md = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # noqa: BLE001
-            raise MemoryStateError(f"cannot read stream state {path!r}: {e}") from e
+        tensors, md = read_state_file(path, device=device, what="stream state")
         if "longstream_stream" not in md:
             raise MemoryStateError(f"{path!r} is not a longstream stream state")
         meta = json.loads(md["longstream_stream"])

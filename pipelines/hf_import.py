@@ -332,7 +332,7 @@ def import_hf(
         f"(commit `{dl.commit}`, layout `{layout}`). The weights and their licence are the upstream authors'.\n"
     )
     final.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(final, sd, config, extra_files={"README.md": card})
+    return save_checkpoint(final, sd, config, card=card)
 
 
 def resolve_hf(name: str, *, cache: str | os.PathLike, download: bool = True, offline: bool | None = None) -> Path:

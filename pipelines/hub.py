@@ -20,7 +20,15 @@ Downloads: each file goes to ``<cache>/downloads/<domain>/<name>/<file>.part``, 
 with an HTTP ``Range`` request after a cut connection, checked for size and sha256
 (a mismatch deletes the part file and fetches once more, then fails with a clear
 message), and the finished files are moved into place by renaming a temp dir, so the
-cache never holds a half-written model. ``LONGSTREAM_OFFLINE=1`` never opens a socket.
+cache never holds a half-written model (:func:`longstream.backbones.io.atomic_dir`).
+``LONGSTREAM_OFFLINE=1`` never opens a socket.
+
+Kinds: every entry has a ``kind`` read from its ``config.json`` (:func:`checkpoint_kind`):
+``pipeline`` (written by ``pipelines.common.save_pretrained``), ``lm``
+(``LanguageModel.save_pretrained``) or ``backbone`` (``SequenceBackbone.save_pretrained``).
+All share one manifest schema (:mod:`longstream.backbones.io`), so ``verify`` checks them
+alike. Checkpoints found only in the cache (``<cache>/checkpoints/<domain>/<name>``) are
+listed too.
 Names are validated (``[a-z0-9][a-z0-9._-]*`` per part, no ``..``) and every resolved
 cache path is checked to stay inside the cache.
 """
@@ -32,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,11 +47,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import REPO_ROOT, UserError, progress, sha256_file
+from longstream.backbones.io import atomic_dir, atomic_write_text, check_file, sha256_file
+
+# leaf modules only: common/checkpoint imports this module, so never `from .common import ...`
+from .common.errors import UserError
+from .common.paths import REPO_ROOT
+from .common.progress import progress
 
 __all__ = [
     "HubEntry",
     "Hub",
+    "checkpoint_kind",
     "default_hub",
     "resolve",
     "list_models",
@@ -52,6 +65,9 @@ __all__ = [
     "is_offline",
     "validate_name",
 ]
+
+#: ``config.json`` ``model_type`` -> hub kind (a pipeline checkpoint has a ``pipeline`` key instead)
+MODEL_TYPE_KINDS = {"longstream_lm": "lm", "longstream_backbone": "backbone"}
 
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _CKPT_FILES = ("model.safetensors", "config.json", "README.md")
@@ -90,6 +106,13 @@ def validate_name(name: str, domain: str | None = None) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def checkpoint_kind(meta: dict[str, Any]) -> str:
+    """``pipeline`` / ``lm`` / ``backbone`` for a checkpoint's ``config.json``, else ``unknown``."""
+    if "pipeline" in meta:
+        return "pipeline"
+    return MODEL_TYPE_KINDS.get(str(meta.get("model_type")), "unknown")
+
+
 def _inside(child: Path, parent: Path) -> bool:
     try:
         child.resolve().relative_to(parent.resolve())
@@ -111,16 +134,20 @@ class HubEntry:
     shipped: Path | None = None  # the repository dir, if shipped
     preset: str | None = None
     backbone: Any = None
+    kind: str = "pipeline"  # pipeline | lm | backbone (see checkpoint_kind)
+    cached: Path | None = None  # the cache dir, for a checkpoint found only in the cache
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "domain": self.domain,
+            "kind": self.kind,
             "task": self.task,
             "metrics": self.metrics,
             "preset": self.preset,
             "backbone": self.backbone,
             "shipped": str(self.shipped) if self.shipped else None,
+            "cached": str(self.cached) if self.cached else None,
             "urls": self.urls,
             "files": self.files,
         }
@@ -172,33 +199,50 @@ class Hub:
                 out[name] = HubEntry(
                     name=name, domain=dom, task=rec.get("task", ""), metrics=rec.get("metrics") or {},
                     urls=list(rec.get("urls") or []), files=dict(rec.get("files") or {}),
-                    preset=rec.get("preset"), backbone=rec.get("backbone"),
+                    preset=rec.get("preset"), backbone=rec.get("backbone"), kind=rec.get("kind", "pipeline"),
                 )
-        if self.checkpoints_dir.is_dir():
-            for cfg in sorted(self.checkpoints_dir.glob("*/*/config.json")):
+        for name, d, meta in self._local_dirs(self.checkpoints_dir):
+            prev = out.get(name)
+            files = dict(meta.get("files") or {})
+            out[name] = HubEntry(
+                name=name, domain=d.parent.name, task=meta.get("task", ""), metrics=meta.get("metrics") or {},
+                urls=prev.urls if prev else [], files=files if files else (prev.files if prev else {}),
+                shipped=d, preset=meta.get("preset"), backbone=meta.get("backbone"), kind=checkpoint_kind(meta),
+            )
+        for name, d, meta in self._local_dirs(self.cache / "checkpoints"):
+            if name in out or name.startswith("hf/"):  # hf/ holds Hugging Face imports: listed as hf:<repo>
+                continue  # a download of a registered model: the registry entry describes it
+            out[name] = HubEntry(
+                name=name, domain=d.parent.name, task=meta.get("task", ""), metrics=meta.get("metrics") or {},
+                files=dict(meta.get("files") or {}), preset=meta.get("preset"), backbone=meta.get("backbone"),
+                kind=checkpoint_kind(meta), cached=d,
+            )
+        out.update(self._hf_entries())
+        return dict(sorted(out.items()))
+
+    @staticmethod
+    def _local_dirs(root: Path) -> list[tuple[str, Path, dict[str, Any]]]:
+        """``(name, dir, config)`` of every ``root/<domain>/<name>/config.json`` that parses."""
+        found = []
+        if root.is_dir():
+            for cfg in sorted(root.glob("*/*/config.json")):
                 d = cfg.parent
                 try:
                     meta = json.loads(cfg.read_text())
                     dom, nm = validate_name(f"{d.parent.name}/{d.name}")
-                except (json.JSONDecodeError, UserError):
+                except (json.JSONDecodeError, UnicodeDecodeError, UserError):
                     continue
-                name = f"{dom}/{nm}"
-                prev = out.get(name)
-                files = dict(meta.get("files") or {})
-                out[name] = HubEntry(
-                    name=name, domain=dom, task=meta.get("task", ""), metrics=meta.get("metrics") or {},
-                    urls=prev.urls if prev else [], files=files if files else (prev.files if prev else {}),
-                    shipped=d, preset=meta.get("preset"), backbone=meta.get("backbone"),
-                )
-        out.update(self._hf_entries())
-        return dict(sorted(out.items()))
+                if isinstance(meta, dict):
+                    found.append((f"{dom}/{nm}", d, meta))
+        return found
 
     def _hf_entries(self) -> dict[str, HubEntry]:
         """Imported Hugging Face checkpoints (``hf:<repo_id>[@rev]``; see hf_import.py)."""
         from .hf_import import imported
 
         return {r["name"]: HubEntry(name=r["name"], domain="hf", task=r["task"], metrics=r["metrics"],
-                                    files=r["files"], backbone=r["source"].get("layout")) for r in imported(self.cache)}
+                                    files=r["files"], backbone=r["source"].get("layout"), kind="hf-import",
+                                    cached=Path(r["path"])) for r in imported(self.cache)}
 
     def entry(self, name: str, domain: str | None = None) -> HubEntry:
         if name.strip().startswith("hf:"):
@@ -283,21 +327,9 @@ class Hub:
                 if not _PART.match(fname):
                     raise UserError(f"hub registry entry {ent.name} names a bad file {fname!r}")
                 self._fetch_verified(ent, fname, rec, parts)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-            try:
+            with atomic_dir(final) as tmp:  # verified parts -> temp dir -> swapped in, world-readable
                 for fname in ent.files:
                     os.replace(parts / f"{fname}.part", tmp / fname)
-                    (tmp / fname).chmod(0o644)
-                tmp.chmod(0o755)
-                if final.exists():
-                    old = final.parent / f".{final.name}.old-{os.getpid()}"
-                    os.replace(final, old)
-                    shutil.rmtree(old, ignore_errors=True)
-                os.replace(tmp, final)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(parts, ignore_errors=True)
         return final
 
@@ -378,17 +410,12 @@ class Hub:
         if ent is not None and ent.shipped is None:
             files.update(ent.files)
         if "model.safetensors" not in files:
-            problems.append(f"{d}: no sha256 recorded for model.safetensors")
+            old = " (old-style 'sha256' manifest: see longstream.backbones.io.migrate_manifest)" if "sha256" in meta else ""
+            problems.append(f"{d}: no sha256 recorded for model.safetensors{old}")
         for fname, rec in files.items():
-            p = d / fname
-            if not p.exists():
-                problems.append(f"{p}: missing")
-                continue
-            if rec.get("size") is not None and p.stat().st_size != rec["size"]:
-                problems.append(f"{p}: size {p.stat().st_size} != {rec['size']} (truncated?)")
-                continue
-            if rec.get("sha256") and sha256_file(p) != rec["sha256"]:
-                problems.append(f"{p}: sha256 mismatch (corrupt)")
+            problem = check_file(d / fname, rec)
+            if problem:
+                problems.append(problem)
         return problems
 
     def verify(self, name: str | None = None) -> dict[str, list[str]]:
@@ -398,8 +425,8 @@ class Hub:
         out: dict[str, list[str]] = {}
         for n in names:
             ent = ents[n]
-            if ent.shipped is not None:
-                out[n] = self._verify_dir(ent.shipped, ent)
+            if ent.shipped is not None or ent.cached is not None:
+                out[n] = self._verify_dir(ent.shipped or ent.cached, ent)
             else:
                 c = self.cache_dir_for(n)
                 out[n] = self._verify_dir(c, ent) if c.exists() else ["not downloaded"]
@@ -416,16 +443,14 @@ class Hub:
                  for f in _CKPT_FILES if (d / f).exists()}
         reg = Path(registry_file) if registry_file else self.registry_files[0]
         data = json.loads(reg.read_text()) if reg.exists() else {"models": {}}
+        kind = checkpoint_kind(meta)
         data.setdefault("models", {})[nm] = {
             "task": meta.get("task", ""), "metrics": meta.get("metrics") or {}, "preset": meta.get("preset"),
-            "urls": [url], "files": files,
+            "kind": kind, "urls": [url], "files": files,
         }
-        reg.parent.mkdir(parents=True, exist_ok=True)
-        tmpf = reg.with_name(f".{reg.name}.tmp")
-        tmpf.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmpf, reg)
+        atomic_write_text(reg, json.dumps(data, indent=2, sort_keys=True) + "\n")
         return HubEntry(name=nm, domain=dom, task=meta.get("task", ""), metrics=meta.get("metrics") or {},
-                        urls=[url], files=files)
+                        urls=[url], files=files, kind=kind)
 
 
 class _download_lock:  # noqa: N801 - used as a context manager

@@ -228,8 +228,9 @@ def test_parser_resolves_relative_and_lazy_imports():
     """On the real tree: relative imports resolve, function-level imports are recorded."""
     reg = MODS["longstream.backbones.registry"]
     assert any(t == "longstream.backbones.config" and top for t, _, _, top in reg.imports)  # `from .config`
-    assert any(t == "longstream.backbones.stack" and not top for t, _, _, top in reg.imports), (
-        "create_backbone's function-level `from .stack import SequenceBackbone` was not seen"
+    ckpt = MODS["longstream.pipelines.common.checkpoint"]
+    assert any(t == "longstream.pipelines.hub" and not top for t, _, _, top in ckpt.imports), (
+        "load_pretrained's function-level `from longstream.pipelines.hub import resolve` was not seen"
     )
     assert len(MODS) > 50 and sum(map(len, EDGES.values())) > 100
 

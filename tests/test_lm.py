@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from longstream.backbones import CheckpointError, LanguageModel, list_backbones
+from longstream.backbones.io import sha256_file
 
 V = 37
 
@@ -88,7 +89,10 @@ def test_save_load_roundtrip(tmp_path):
     files = sorted(p.name for p in path.iterdir())
     assert files == ["README.md", "config.json", "model.safetensors"]
     cfg = json.loads((path / "config.json").read_text())
-    assert len(cfg["sha256"]["model.safetensors"]) == 64 and cfg["vocab_size"] == V
+    rec = cfg["files"]["model.safetensors"]
+    assert rec["size"] == (path / "model.safetensors").stat().st_size and cfg["vocab_size"] == V
+    assert rec["sha256"] == sha256_file(path / "model.safetensors")
+    assert cfg["tied_weights"] == {"lm_head.weight": "embedding.weight"}  # the tied head is stored once
     m2 = LanguageModel.from_pretrained(path)
     assert m2.lm_head.weight is m2.embedding.weight
     ids = torch.randint(0, V, (2, 6))

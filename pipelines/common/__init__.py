@@ -12,12 +12,15 @@ Modules (each named for what it holds):
 - :mod:`.train_state` — :func:`save_train_state` / :func:`load_train_state` (resume).
 - :mod:`.checkpoint` — :func:`save_pretrained` / :func:`load_pretrained` / :func:`load_weights`.
 - :mod:`.cli` — :func:`run_pipeline_cli` (the uniform verbs), :func:`run_cli_guarded`, :func:`print_json`.
+- :func:`sha256_file` and :func:`atomic_write_bytes` are re-exported from
+  :mod:`longstream.backbones.io`, the one owner of files on disk.
 
 Everything public is re-exported here, so ``from longstream.pipelines.common import X``
 works for every name in ``__all__``. See ``pipelines/CONTRACT.md``.
 """
 
-from .atomic import atomic_write_bytes
+from longstream.backbones.io import atomic_write_bytes, sha256_file
+
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     code_version,
@@ -25,7 +28,6 @@ from .checkpoint import (
     load_weights,
     read_checkpoint_config,
     save_pretrained,
-    sha256_file,
 )
 from .cli import make_parser, print_json, run_cli_guarded, run_pipeline_cli
 from .config import apply_overrides, build_backbone, config_from_dict, config_to_dict, parse_dotted_args

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_bytes
+from longstream.backbones.io import atomic_write_bytes
+
 from .config import apply_overrides, config_to_dict
 from .errors import UserError
 from .paths import check_out_dir

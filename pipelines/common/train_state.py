@@ -1,15 +1,20 @@
-"""Resumable training state: model, optimizer, scheduler, step and RNG in one atomic file."""
+"""Resumable training state: model, optimizer, scheduler, step and RNG in one atomic file.
+
+The file is written through :func:`longstream.backbones.io.atomic_write` and holds only
+tensors and plain containers, so it is read back with ``torch.load(weights_only=True)``
+(the optimizer/RNG state has no safetensors form; no arbitrary pickle is ever loaded)."""
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from longstream.backbones.io import atomic_write
 
 from .distributed import unwrap
 from .errors import UserError
@@ -67,16 +72,8 @@ def save_train_state(
         "rng": _rng_state(),
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb", perms=0o600) as f:  # private: a run's state, not a published file
+        torch.save(state, f)
     return path
 
 

@@ -9,7 +9,6 @@ frequency. Outputs are written atomically (temp file + rename).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
+from longstream.backbones.io import atomic_file
 
 from .data import Series, UserError, future_timestamps, load_series, phase_index
 from .model import Forecaster
@@ -58,23 +59,11 @@ def forecast_series(model: Forecaster, series: Series, scaler: dict[str, Any]) -
     return frame
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
-
-
 def write_forecast(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the forecast frame as CSV, atomically."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=True, float_format="%.6g")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -113,16 +102,9 @@ def plot_forecast(
     fig.autofmt_xdate()
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        fd, tmp = _atomic_target(path)
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=100, format="png")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            with atomic_file(path) as tmp:
+                fig.savefig(tmp, dpi=100, format="png")
         finally:
             plt.close(fig)
     return fig
