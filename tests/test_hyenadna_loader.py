@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longstream.backbones.hyenadna import CharacterTokenizer, HyenaDNAConfig, load_hyenadna
+from longstream.backbones.hyenadna import HyenaDNAConfig, load_hyenadna
+from longstream.encoders.tokenizers import CharacterTokenizer
 
 D, NL, DI, V, LMAX, FO, EMB = 16, 2, 32, 16, 40, 8, 5
 
