@@ -47,6 +47,21 @@ from .progress import MetricLogger, is_quiet, progress, quiet
 from .reproducibility import pick_device, seed_everything, set_threads
 from .train_state import load_train_state, save_train_state
 
+# --- kit: shared parts for new pipelines (heads, batching, streaming, metrics, demo helpers) ---
+from .heads import (
+    POOLS,
+    AttentionPool,
+    MaskedPool,
+    RegressionHead,
+    SequenceClassifier,
+    TokenClassifier,
+    ctc_greedy_decode,
+    masked_max,
+    masked_mean,
+    pool_cls,
+    pool_last,
+)
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "REPO_ROOT",
@@ -90,4 +105,16 @@ __all__ = [
     "unwrap",
     "warmup_cosine",
     "wrap_ddp",
+    # --- kit ---
+    "POOLS",
+    "AttentionPool",
+    "MaskedPool",
+    "RegressionHead",
+    "SequenceClassifier",
+    "TokenClassifier",
+    "ctc_greedy_decode",
+    "masked_max",
+    "masked_mean",
+    "pool_cls",
+    "pool_last",
 ]
