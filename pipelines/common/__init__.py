@@ -47,7 +47,9 @@ from .progress import MetricLogger, is_quiet, progress, quiet
 from .reproducibility import pick_device, seed_everything, set_threads
 from .train_state import load_train_state, save_train_state
 
+# isort: split
 # --- kit: shared parts for new pipelines (heads, batching, streaming, metrics, demo helpers) ---
+from .batching import LengthBucketSampler, lengths_to_mask, mask_to_lengths, pad_sequences, padding_fraction
 from .heads import (
     POOLS,
     AttentionPool,
@@ -106,6 +108,11 @@ __all__ = [
     "warmup_cosine",
     "wrap_ddp",
     # --- kit ---
+    "LengthBucketSampler",
+    "lengths_to_mask",
+    "mask_to_lengths",
+    "pad_sequences",
+    "padding_fraction",
     "POOLS",
     "AttentionPool",
     "MaskedPool",
