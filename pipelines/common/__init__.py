@@ -63,6 +63,7 @@ from .heads import (
     pool_cls,
     pool_last,
 )
+from .streaming import StreamResult, StreamSegment, iter_stream, stream_evaluate
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -124,4 +125,8 @@ __all__ = [
     "masked_mean",
     "pool_cls",
     "pool_last",
+    "StreamResult",
+    "StreamSegment",
+    "iter_stream",
+    "stream_evaluate",
 ]
