@@ -63,6 +63,15 @@ from .heads import (
     pool_cls,
     pool_last,
 )
+from .metrics import (
+    accuracy,
+    accuracy_by_length,
+    classification_report,
+    confusion_matrix,
+    macro_f1,
+    mcc,
+    top_k_accuracy,
+)
 from .streaming import StreamResult, StreamSegment, iter_stream, stream_evaluate
 
 __all__ = [
@@ -129,4 +138,11 @@ __all__ = [
     "StreamSegment",
     "iter_stream",
     "stream_evaluate",
+    "accuracy",
+    "accuracy_by_length",
+    "classification_report",
+    "confusion_matrix",
+    "macro_f1",
+    "mcc",
+    "top_k_accuracy",
 ]
