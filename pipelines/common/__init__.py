@@ -50,6 +50,7 @@ from .train_state import load_train_state, save_train_state
 # isort: split
 # --- kit: shared parts for new pipelines (heads, batching, streaming, metrics, demo helpers) ---
 from .batching import LengthBucketSampler, lengths_to_mask, mask_to_lengths, pad_sequences, padding_fraction
+from .demo_helpers import ModelCache, gradio_errors
 from .heads import (
     POOLS,
     AttentionPool,
@@ -145,4 +146,6 @@ __all__ = [
     "macro_f1",
     "mcc",
     "top_k_accuracy",
+    "ModelCache",
+    "gradio_errors",
 ]
