@@ -48,8 +48,7 @@ def test_other_errors_are_generic_and_logged(caplog):
 def test_generator_handlers_are_wrapped():
     @gradio_errors
     def stream(n):
-        for i in range(n):
-            yield i
+        yield from range(n)
         raise UserError(f"stopped after {n} segments: input too long")
 
     gen = stream(2)
