@@ -12,6 +12,12 @@ Modules (each named for what it holds):
 - :mod:`.train_state` — :func:`save_train_state` / :func:`load_train_state` (resume).
 - :mod:`.checkpoint` — :func:`save_pretrained` / :func:`load_pretrained` / :func:`load_weights`.
 - :mod:`.cli` — :func:`run_pipeline_cli` (the uniform verbs), :func:`run_cli_guarded`, :func:`print_json`.
+- :mod:`.heads` — masked pooling (:class:`MaskedPool`, :class:`AttentionPool`) and heads
+  (:class:`SequenceClassifier`, :class:`TokenClassifier`, :class:`RegressionHead`).
+- :mod:`.batching` — :func:`pad_sequences`, :func:`lengths_to_mask`, :class:`LengthBucketSampler`.
+- :mod:`.streaming` — :func:`stream_evaluate`: one very long input through ``memory.StreamRunner``.
+- :mod:`.metrics` — accuracy, top-k, macro-F1, MCC, confusion matrix, accuracy by length.
+- :mod:`.demo_helpers` — :func:`gradio_errors`, :class:`ModelCache` for ``demo.py``.
 
 Everything public is re-exported here, so ``from longstream.pipelines.common import X``
 works for every name in ``__all__``. See ``pipelines/CONTRACT.md``.
