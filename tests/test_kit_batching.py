@@ -55,6 +55,8 @@ def test_every_item_once_and_deterministic_per_seed_and_epoch():
     s.set_epoch(1)
     assert list(s) != first
     assert list(LengthBucketSampler(lengths, 32, seed=4)) != first
+    s.set_epoch(0, start_batch=5)  # resume after 5 batches of epoch 0: the same remaining batches
+    assert list(s) == first[5:]
     dl = LengthBucketSampler(lengths, 32, seed=3, drop_last=True)
     assert len(list(dl)) == len(dl) == 31 and all(len(b) == 32 for b in dl)
 

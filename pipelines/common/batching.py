@@ -104,8 +104,8 @@ class LengthBucketSampler:
             randomly (1 = no bucketing at all).
         env: the :class:`~.distributed.DistEnv` of this process (None = single process).
 
-    Iterating yields this rank's list of indices for each batch; ``len()`` is the number of
-    batches per epoch (the same on every rank).
+    Iterating yields this rank's list of indices for each batch (from ``start_batch``, see
+    :meth:`set_epoch`); ``len()`` is the number of batches per epoch (the same on every rank).
     """
 
     def __init__(
@@ -132,11 +132,16 @@ class LengthBucketSampler:
         self.lengths = torch.as_tensor(lengths, dtype=torch.long)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.drop_last, self.pool_batches = drop_last, pool_batches
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order of ``epoch`` (call before iterating, as with ``DistributedSampler``)."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the order of ``epoch`` (call before iterating, as with ``DistributedSampler``).
+
+        ``start_batch`` skips the first batches of that epoch: a run resumed after ``k``
+        batches of epoch ``e`` calls ``set_epoch(e, k)`` and sees exactly the batches the
+        uninterrupted run would have seen next.
+        """
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def global_batches(self) -> list[list[int]]:
         """Every batch of this epoch as global index lists (identical on every rank)."""
@@ -164,7 +169,7 @@ class LengthBucketSampler:
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        for b in self.global_batches():
+        for b in self.global_batches()[self.start_batch :]:
             yield shard_indices(b, self.env)
 
     def __len__(self) -> int:
