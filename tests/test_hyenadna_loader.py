@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import upstream_keys  # tests/upstream_keys.py: the pinned upstream layouts
-from longstream.backbones.hyenadna import CharacterTokenizer, HyenaDNAConfig, load_hyenadna
+from longstream.backbones.hyenadna import HyenaDNAConfig, load_hyenadna
+from longstream.encoders.tokenizers import CharacterTokenizer
 
 D, NL, DI, V, LMAX, FO, EMB = 16, 2, 32, 16, 40, 8, 5
 

@@ -24,7 +24,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    pool: str = "mean"  # "mean" or "last" (last token of a causal backbone)
+    pool: str = "mean"  # one of common.POOLS: mean, max, last (causal backbones), cls, attention
     dropout: float = 0.0
 
 

@@ -5,19 +5,20 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from longstream.pipelines.common import UserError
+from longstream.pipelines.common import ModelCache, UserError, gradio_errors
 
 DEMO_TITLE = "Template (sine frequency)"
 
 
-@functools.lru_cache(maxsize=2)
-def _model(checkpoint: str):
+def _load(checkpoint: str):
     from .model import from_pretrained
 
     return from_pretrained(checkpoint)
+
+
+MODELS = ModelCache(_load, maxsize=2)  # loaded once per checkpoint name, not on every click
 
 
 def classify(series_text: str, label: int, noise: float, history: list[dict[str, Any]] | None,
@@ -30,7 +31,7 @@ def classify(series_text: str, label: int, noise: float, history: list[dict[str,
     from .model import predict_proba
 
     history = list(history or [])
-    model = _model(checkpoint or DEFAULT_CHECKPOINT)
+    model = MODELS.get(checkpoint or DEFAULT_CHECKPOINT)
     cfg = model.cfg
     if series_text and series_text.strip():
         x = parse_series(series_text, "pasted series")
@@ -53,11 +54,9 @@ def build_demo(checkpoint: str | None = None):
     """The template tab as a ``gr.Blocks`` (not launched)."""
     import gradio as gr
 
+    @gradio_errors  # a UserError (e.g. a bad pasted series) shows as a visible message
     def run(series_text, label, noise, history):
-        try:
-            return classify(series_text, label, noise, history, checkpoint)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return classify(series_text, label, noise, history, checkpoint)
 
     with gr.Blocks(title=DEMO_TITLE) as demo:
         gr.Markdown(

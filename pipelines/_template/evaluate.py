@@ -1,7 +1,9 @@
 """Template evaluation and prediction.
 
-Metrics (stable keys): ``accuracy`` (fraction correct), ``loss`` (mean cross-entropy),
-``n`` (number of series).
+Metrics (stable keys): ``accuracy`` (fraction correct), ``macro_f1`` (unweighted mean F1
+over classes), ``mcc`` (multi-class Matthews correlation), ``loss`` (mean
+cross-entropy), ``n`` (number of series). Computed with the shared
+``longstream.pipelines.common`` metrics, like every pipeline's.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from longstream.pipelines.common import UserError
+from longstream.pipelines.common import UserError, accuracy, macro_f1, mcc, pad_sequences
 
 from .data import example, load_csv, make_split, parse_series
 
-METRIC_KEYS = ["accuracy", "loss", "n"]
+METRIC_KEYS = ["accuracy", "macro_f1", "mcc", "loss", "n"]
 EXAMPLE_INPUTS = ["gen:0", "gen:3"]
 DEFAULT_CHECKPOINT = "template/sine-attn"
 
@@ -25,17 +27,19 @@ DEFAULT_CHECKPOINT = "template/sine-attn"
 @torch.no_grad()
 def evaluate_arrays(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
                     device: torch.device | str = "cpu") -> dict[str, float]:
+    """Metrics of ``model`` on series ``x`` (N, L) with labels ``y`` (N,) (see :data:`METRIC_KEYS`)."""
     was = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
+    preds, loss_sum = [], 0.0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         logits = model(xb)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(-1) == yb).sum().item()
+        preds.append(logits.argmax(-1).cpu())
     model.train(was)
-    n = len(x)
-    return {"accuracy": correct / n, "loss": loss_sum / n, "n": n}
+    pred = torch.cat(preds)
+    return {"accuracy": accuracy(y, pred), "macro_f1": macro_f1(y, pred), "mcc": mcc(y, pred),
+            "loss": loss_sum / len(x), "n": len(x)}
 
 
 def evaluate(checkpoint: str, data: str | None = None) -> dict[str, Any]:
@@ -72,17 +76,22 @@ def read_input(spec: str, cfg) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[dict[str, Any]]:
-    """Classify each input series; returns ``[{"input", "label", "probs"}]`` (also written to ``out``)."""
+    """Classify each input series; returns ``[{"input", "label", "probs"}]`` (also written to ``out``).
+
+    Series of different lengths run as one right-padded batch with a mask (the shared head
+    pools only the valid steps).
+    """
     from .model import from_pretrained, predict_proba
 
     model = from_pretrained(checkpoint)
-    results = []
-    for spec in inputs:
-        x = read_input(spec, model.cfg)
+    series = [read_input(spec, model.cfg) for spec in inputs]
+    for spec, x in zip(inputs, series):
         if len(x) < 2:
             raise UserError(f"input {spec!r} has {len(x)} value(s); give at least 2")
-        probs = predict_proba(model, x)[0]
-        results.append({"input": spec, "label": int(probs.argmax()), "probs": [round(float(p), 4) for p in probs]})
+    x, mask = pad_sequences(series, what="input series")
+    probs = predict_proba(model, x, mask)
+    results = [{"input": spec, "label": int(p.argmax()), "probs": [round(float(v), 4) for v in p]}
+               for spec, p in zip(inputs, probs)]
     if out:
         Path(out).write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -12,6 +12,12 @@ Modules (each named for what it holds):
 - :mod:`.train_state` — :func:`save_train_state` / :func:`load_train_state` (resume).
 - :mod:`.checkpoint` — :func:`save_pretrained` / :func:`load_pretrained` / :func:`load_weights`.
 - :mod:`.cli` — :func:`run_pipeline_cli` (the uniform verbs), :func:`run_cli_guarded`, :func:`print_json`.
+- :mod:`.heads` — masked pooling (:class:`MaskedPool`, :class:`AttentionPool`) and heads
+  (:class:`SequenceClassifier`, :class:`TokenClassifier`, :class:`RegressionHead`).
+- :mod:`.batching` — :func:`pad_sequences`, :func:`lengths_to_mask`, :class:`LengthBucketSampler`.
+- :mod:`.streaming` — :func:`stream_evaluate`: one very long input through ``memory.StreamRunner``.
+- :mod:`.metrics` — accuracy, top-k, macro-F1, MCC, confusion matrix, accuracy by length.
+- :mod:`.demo_helpers` — :func:`gradio_errors`, :class:`ModelCache` for ``demo.py``.
 - :func:`sha256_file` and :func:`atomic_write_bytes` are re-exported from
   :mod:`longstream.backbones.io`, the one owner of files on disk.
 
@@ -48,6 +54,34 @@ from .paths import REPO_ROOT, check_out_dir
 from .progress import MetricLogger, is_quiet, progress, quiet
 from .reproducibility import pick_device, seed_everything, set_threads
 from .train_state import load_train_state, save_train_state
+
+# isort: split
+# --- kit: shared parts for new pipelines (heads, batching, streaming, metrics, demo helpers) ---
+from .batching import LengthBucketSampler, lengths_to_mask, mask_to_lengths, pad_sequences, padding_fraction
+from .demo_helpers import ModelCache, gradio_errors
+from .heads import (
+    POOLS,
+    AttentionPool,
+    MaskedPool,
+    RegressionHead,
+    SequenceClassifier,
+    TokenClassifier,
+    ctc_greedy_decode,
+    masked_max,
+    masked_mean,
+    pool_cls,
+    pool_last,
+)
+from .metrics import (
+    accuracy,
+    accuracy_by_length,
+    classification_report,
+    confusion_matrix,
+    macro_f1,
+    mcc,
+    top_k_accuracy,
+)
+from .streaming import StreamResult, StreamSegment, iter_stream, stream_evaluate
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -92,4 +126,34 @@ __all__ = [
     "unwrap",
     "warmup_cosine",
     "wrap_ddp",
+    # --- kit ---
+    "LengthBucketSampler",
+    "lengths_to_mask",
+    "mask_to_lengths",
+    "pad_sequences",
+    "padding_fraction",
+    "POOLS",
+    "AttentionPool",
+    "MaskedPool",
+    "RegressionHead",
+    "SequenceClassifier",
+    "TokenClassifier",
+    "ctc_greedy_decode",
+    "masked_max",
+    "masked_mean",
+    "pool_cls",
+    "pool_last",
+    "StreamResult",
+    "StreamSegment",
+    "iter_stream",
+    "stream_evaluate",
+    "accuracy",
+    "accuracy_by_length",
+    "classification_report",
+    "confusion_matrix",
+    "macro_f1",
+    "mcc",
+    "top_k_accuracy",
+    "ModelCache",
+    "gradio_errors",
 ]
