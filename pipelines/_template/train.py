@@ -54,8 +54,8 @@ def train(
     ``train_state.pt`` and returning ``{"status": "paused", ...}``.
     """
     tc = cfg.train
-    if tc.batch_size < 1:
-        raise UserError("--train.batch_size must be >= 1")
+    if tc.batch_size < 1 or tc.steps < 1:
+        raise UserError("--train.batch_size and --train.steps must be >= 1")
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
                   max_steps_this_run=max_steps_this_run) as run:
         env = run.env

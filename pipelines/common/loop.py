@@ -57,7 +57,8 @@ __all__ = ["METRICS_FILE", "STATE_FILE", "TrainRun", "data_fingerprint", "optimi
 class TrainRun:
     """One training run in ``out_dir``: distributed set-up, resume / fresh start, train-state saves.
 
-    ``total_steps`` is the run's full length; ``max_steps_this_run > 0`` ends this
+    ``total_steps`` is the run's full length (0: nothing to train, e.g. a seasonal-naive
+    forecaster; the frame still applies); ``max_steps_this_run > 0`` ends this
     process after that many steps (from where it resumed), leaving a resumable state.
     ``save_every > 0`` also saves every that many steps. After ``__enter__``: ``env``
     (:class:`DistEnv`), ``log`` (:class:`MetricLogger` on ``metrics.jsonl``, rank 0
@@ -74,8 +75,8 @@ class TrainRun:
         save_every: int = 0,
         max_steps_this_run: int = 0,
     ) -> None:
-        if total_steps < 1:
-            raise UserError(f"a training run needs at least one step, got {total_steps}; raise --train.steps")
+        if total_steps < 0:
+            raise UserError(f"a training run cannot have {total_steps} steps; raise --train.steps")
         self.out_dir = Path(out_dir)
         self.resume = bool(resume)
         self.device = device

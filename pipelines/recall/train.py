@@ -165,8 +165,8 @@ def train(cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str
     ``train_state.pt`` and returns ``{"status": "paused", ...}``.
     """
     tc = cfg.train
-    if tc.batch_size < 1:
-        raise UserError("--train.batch_size must be >= 1")
+    if tc.batch_size < 1 or tc.steps < 1:
+        raise UserError("--train.batch_size and --train.steps must be >= 1")
     check_config(cfg.data)
     for e in tc.curriculum:
         check_config(train_data(cfg, e[0] - 1))
