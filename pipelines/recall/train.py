@@ -21,21 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from longstream.pipelines.common import (
-    MetricLogger,
-    TrainRun,
-    UserError,
-    all_reduce_mean,
-    data_fingerprint,
-    make_scheduler,
-    optimizer_step,
-    param_groups,
-    progress,
-    seed_everything,
-    set_threads,
-    shard_indices,
-    wrap_ddp,
-)
+from longstream.pipelines import common
+from longstream.pipelines.common import MetricLogger, TrainRun, UserError
 
 from .config import Config
 from .data import check_config, split
@@ -86,7 +73,7 @@ def train_data(cfg: Config, step: int):
 
 
 def _fingerprint(cfg: Config) -> str:
-    return data_fingerprint(*split(cfg.data, "train", 4, 0))
+    return common.data_fingerprint(*split(cfg.data, "train", 4, 0))
 
 
 def _run(cfg: Config, model, env, steps: int, *, run: TrainRun | None, log: MetricLogger,
@@ -97,9 +84,9 @@ def _run(cfg: Config, model, env, steps: int, *, run: TrainRun | None, log: Metr
     stops this process early (``max_steps_this_run``).
     """
     tc = cfg.train
-    net = wrap_ddp(model, env)
-    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
-    sched = make_scheduler(opt, steps, min(tc.warmup_steps, max(steps // 10, 1)), tc.min_lr_ratio)
+    net = common.wrap_ddp(model, env)
+    opt = torch.optim.AdamW(common.param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
+    sched = common.make_scheduler(opt, steps, min(tc.warmup_steps, max(steps // 10, 1)), tc.min_lr_ratio)
     if run is not None:
         run.restore(model=model, optimizer=opt, scheduler=sched)
     x_val, y_val = split(cfg.data, "val", cfg.data.n_val)
@@ -107,9 +94,9 @@ def _run(cfg: Config, model, env, steps: int, *, run: TrainRun | None, log: Metr
     done = run.start if run is not None else 0
     carried = None  # stream state handed from batch to batch (train.state_passing)
     net.train()
-    for step in progress(run.steps() if run is not None else range(steps), desc=tag):
+    for step in common.progress(run.steps() if run is not None else range(steps), desc=tag):
         xb, yb = split(train_data(cfg, step), "train", tc.batch_size, step + 1 + 10_000 * (tag != "train"))
-        idx = shard_indices(torch.arange(tc.batch_size), env)
+        idx = common.shard_indices(torch.arange(tc.batch_size), env)
         xr, yr = xb[idx], yb[idx]
         if tc.state_passing:  # start from the (detached) final state of the previous batch
             logits, carried = net(xr, yr, carried, return_state=True)
@@ -117,10 +104,10 @@ def _run(cfg: Config, model, env, steps: int, *, run: TrainRun | None, log: Metr
         else:
             logits = net(xr, yr)  # (k, v): logits only where a target is scored
         loss = loss_fn(logits, yr[yr != -100])
-        optimizer_step(loss, opt, model=model, scheduler=sched, grad_clip=tc.grad_clip)
+        common.optimizer_step(loss, opt, model=model, scheduler=sched, grad_clip=tc.grad_clip)
         done = step + 1
         if done % 10 == 0 or done == steps:
-            log.log(done, phase=tag, loss=all_reduce_mean(loss.item(), env), lr=sched.get_last_lr()[0])
+            log.log(done, phase=tag, loss=common.all_reduce_mean(loss.item(), env), lr=sched.get_last_lr()[0])
         if tc.eval_every and (done % tc.eval_every == 0 or done == steps):
             val = validate(model, x_val, y_val)
             log.log(done, phase=tag, **val)
@@ -146,7 +133,7 @@ def _sweep(cfg: Config, env, log: MetricLogger) -> tuple[float, dict[str, float]
     returns (best rate, {rate: validation accuracy})."""
     tc, sweep, best = cfg.train, {}, None
     for lr in tc.lr_sweep:
-        seed_everything(tc.seed)
+        common.seed_everything(tc.seed)
         c = dataclasses.replace(cfg, train=dataclasses.replace(tc, lr=lr))
         v = _run(c, build_model(c).to(env.device), env, tc.sweep_steps, run=None, log=log, tag=f"sweep lr={lr:g}")
         sweep[f"{lr:g}"] = round(v["val_accuracy"], 4)
@@ -172,7 +159,7 @@ def train(cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str
         check_config(train_data(cfg, e[0] - 1))
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
                   max_steps_this_run=max_steps_this_run) as run:
-        set_threads(tc.threads or None)
+        common.set_threads(tc.threads or None)
         sweep: dict[str, Any] = {}
         if resume and tc.lr_sweep:  # the sweep ran before the pause: continue with its choice
             lr = float(torch.load(run.state_path, weights_only=True)["extra"].get("lr", tc.lr))
@@ -180,7 +167,7 @@ def train(cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str
         elif tc.lr_sweep:
             lr, sweep = _sweep(cfg, run.env, run.log)
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, lr=lr))
-        seed_everything(cfg.train.seed)
+        common.seed_everything(cfg.train.seed)
         model = build_model(cfg).to(run.env.device)
         val = _run(cfg, model, run.env, cfg.train.steps, run=run, log=run.log)
         if val.get("status") == "paused":
