@@ -121,9 +121,8 @@ class TrainRun:
         (``{}`` on a fresh run). Sets :attr:`start` to the saved step."""
         if not self.resume:
             return {}
-        self.start, extra = load_train_state(
-            self.state_path, model=model, optimizer=optimizer, scheduler=scheduler, map_location=self.env.device
-        )
+        # loaded on the CPU (the RNG states must stay CPU tensors); load_state_dict moves weights
+        self.start, extra = load_train_state(self.state_path, model=model, optimizer=optimizer, scheduler=scheduler)
         return extra
 
     @property
