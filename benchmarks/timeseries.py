@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.train_best:
                 cfg = tcfg.release(h)
                 cfg.data.path = data
-                m = train(cfg, Path(tmp) / f"best-h{h}", quiet=True)
+                m = train(cfg, out_dir=Path(tmp) / f"best-h{h}", quiet=True)
                 name = f"retrained release preset h{h}"
             else:
                 name = pick_best(h)
@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             seed_everything(2021)
             cfg = tcfg.dlinear(h)
             cfg.data.path = data
-            m = train(cfg, Path(tmp) / f"dlinear-h{h}", quiet=True)
+            m = train(cfg, out_dir=Path(tmp) / f"dlinear-h{h}", quiet=True)
             rows["DLinear (this run)"][h] = {"mse": m["mse"], "mae": m["mae"], "n_windows": m["n_windows"],
                                              "val_mse": m["val_mse"], "epochs": m["epochs"]}
             timings[f"dlinear_h{h}_s"] = round(time.time() - t0, 1)
 
             cfg = tcfg.seasonal_naive(h)
             cfg.data.path = data
-            m = train(cfg, Path(tmp) / f"naive-h{h}", quiet=True)
+            m = train(cfg, out_dir=Path(tmp) / f"naive-h{h}", quiet=True)
             rows["seasonal naive"][h] = {"mse": m["mse"], "mae": m["mae"], "n_windows": m["n_windows"]}
             print(f"H={h}: ours {rows['ours'][h]['mse']:.4f} / DLinear {rows['DLinear (this run)'][h]['mse']:.4f} "
                   f"/ naive {rows['seasonal naive'][h]['mse']:.4f}", flush=True)

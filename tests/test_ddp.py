@@ -19,7 +19,9 @@ OVERRIDES = ["--train.steps", "6", "--train.batch_size", "16", "--train.threads"
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_process_ddp_matches_single_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "LONGSTREAM_QUIET": "1"}
+    # the workers import the same longstream as this process (a PYTHONPATH given to pytest comes first)
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "LONGSTREAM_QUIET": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "longstream.apps.cli", "template", "train", "--preset", "tiny", "--out", str(tmp_path / "ddp"), *OVERRIDES,

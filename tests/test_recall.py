@@ -267,3 +267,34 @@ def test_sink_window_baseline_fails_once_the_needle_leaves_its_window():
     x_out, y_out = generate(m.cfg.data, 8, seq_len=2048, depth=0.1, seed=5)  # ~1800 tokens back
     assert accuracy_on(m, x_in, y_in)[0] >= 0.9
     assert accuracy_on(m, x_out, y_out)[0] <= 0.2
+
+
+def test_paused_run_resumes_from_disk_bit_identical(tmp_path):
+    """max_steps_this_run leaves train_state.pt; a fresh call with resume=True ends with the
+    uninterrupted run's weights bit for bit and the same logged losses."""
+    from safetensors.torch import load_file
+
+    from longstream.pipelines.common import UserError
+    from longstream.pipelines.recall.train import train
+
+    def cfg():
+        c = rc.tiny()
+        c.train.steps, c.train.save_every, c.train.eval_every = 12, 5, 4
+        return c
+
+    full = train(cfg(), out_dir=tmp_path / "full", evaluate_at_end=False)
+    paused = train(cfg(), out_dir=tmp_path / "cut", evaluate_at_end=False, max_steps_this_run=7)
+    assert paused["status"] == "paused" and paused["step"] == 7
+    assert (tmp_path / "cut" / "train_state.pt").exists()
+    resumed = train(cfg(), out_dir=tmp_path / "cut", resume=True, evaluate_at_end=False)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["val_loss"] == full["val_loss"] and resumed["steps"] == full["steps"] == 12
+
+    def losses(d):
+        recs = [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in recs if "loss" in r]
+
+    assert losses("cut") == losses("full") and [s for s, _ in losses("full")] == [10, 12]
+    with pytest.raises(UserError, match="already finished"):
+        train(cfg(), out_dir=tmp_path / "cut", resume=True, evaluate_at_end=False)

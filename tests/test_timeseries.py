@@ -25,7 +25,7 @@ from longstream.pipelines.timeseries.data import (
     make_splits,
     phase_index,
 )
-from longstream.pipelines.timeseries.model import Forecaster, series_decomp
+from longstream.pipelines.timeseries.model import make_forecaster, series_decomp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_token_shapes_and_cycle() -> None:
 
 def test_dlinear_shapes_init_and_decomposition() -> None:
     cfg = tcfg.dlinear().model
-    m = Forecaster(cfg, n_vars=7, seq_len=96, pred_len=192)
+    m = make_forecaster(cfg, n_vars=7, seq_len=96, pred_len=192)
     x = torch.randn(3, 96, 7)
     point, quant = m(x)
     assert point.shape == (3, 192, 7) and quant is None
@@ -133,13 +133,13 @@ def test_dlinear_shapes_init_and_decomposition() -> None:
     torch.testing.assert_close(m(const)[0], torch.full((1, 192, 7), 2.5), atol=1e-5, rtol=0)
     seas, trend = series_decomp(x, 25)
     torch.testing.assert_close(seas + trend, x)
-    ind = Forecaster(apply_overrides(tcfg.dlinear(), {"model.individual": "true"}).model, 7, 96, 24)
+    ind = make_forecaster(apply_overrides(tcfg.dlinear(), {"model.individual": "true"}).model, 7, 96, 24)
     assert ind.w_seasonal.shape == (7, 24, 96)
 
 
 def test_seasonal_naive_repeats_last_cycle() -> None:
     cfg = tcfg.seasonal_naive().model
-    m = Forecaster(cfg, n_vars=2, seq_len=48, pred_len=60, period=24)
+    m = make_forecaster(cfg, n_vars=2, seq_len=48, pred_len=60, period=24)
     x = torch.arange(48).float().view(1, 48, 1).expand(1, 48, 2)
     y, _ = m(x)
     expect = (24 + torch.arange(60) % 24).float()
@@ -152,7 +152,7 @@ def test_quantile_head_and_backbone_model_shapes() -> None:
     for tokens in ("variate", "patch", "time"):
         cfg.model.tokens = tokens
         cfg.model.patch_len, cfg.model.stride = 8, 4
-        m = Forecaster(cfg.model, n_vars=3, seq_len=32, pred_len=8, period=24)
+        m = make_forecaster(cfg.model, n_vars=3, seq_len=32, pred_len=8, period=24, backbone=cfg.backbone)
         x = torch.randn(2, 32, 3)
         point, quant = m(x, torch.tensor([0, 5]))
         assert point.shape == (2, 8, 3) and quant.shape == (2, 8, 3, 3)
@@ -314,24 +314,73 @@ def test_all_shipped_checkpoints_reproduce() -> None:
         assert got["mse"] == pytest.approx(rec["mse"], abs=2e-5), d.name
 
 
-def test_fit_resumes_from_train_state(tmp_path: Path) -> None:
-    from longstream.pipelines.timeseries.model import build_model
-    from longstream.pipelines.timeseries.train import fit, prepare
+def test_resume_from_disk_is_bit_identical(tmp_path: Path) -> None:
+    """A run paused mid-epoch (train_state.pt on disk), resumed in a fresh call, ends with
+    the same weights, bit for bit, as an uninterrupted run; both log per-step losses."""
+    from safetensors.torch import load_file
+
+    from longstream.pipelines.timeseries.train import prepare, steps_per_epoch, train
 
     p = _csv(tmp_path, "h.csv", _hourly(600, ("a", "b", "c")))
-    cfg = tcfg.tiny()
-    cfg.data.path = str(p)
-    cfg.train.epochs = 1
-    series, splits, period = prepare(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, len(series.columns), period)
-    fit(model, splits, cfg, out_dir=tmp_path / "run", quiet=True)
-    assert (tmp_path / "run" / "train_state.pt").exists()
-    cfg.train.epochs = 2
-    best = fit(model, splits, cfg, out_dir=tmp_path / "run", resume=True, quiet=True)
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
-    assert best["epochs"] in (1, 2)
+
+    def cfg() -> tcfg.TimeseriesConfig:
+        c = tcfg.tiny()
+        c.data.path, c.data.max_train_windows = str(p), 0
+        c.model.dropout, c.backbone.dropout = 0.1, 0.1  # dropout draws from the RNG the state restores
+        c.train.epochs, c.train.batch_size, c.train.patience, c.train.save_every = 2, 64, 5, 2
+        c.train.lradj = "type1"
+        return c
+
+    spe = steps_per_epoch(prepare(cfg())[1], cfg())
+    assert spe >= 3  # the pause below lands inside the second epoch (after a shuffle and a validation)
+    full = train(cfg(), out_dir=tmp_path / "full", quiet=True)
+    paused = train(cfg(), out_dir=tmp_path / "cut", quiet=True, max_steps_this_run=spe + 1)
+    assert paused["status"] == "paused" and paused["step"] == spe + 1
+    assert (tmp_path / "cut" / "train_state.pt").exists() and not (tmp_path / "cut" / "config.json").exists()
+    resumed = train(cfg(), out_dir=tmp_path / "cut", resume=True, quiet=True)
+    assert not (tmp_path / "cut" / "train_state.pt").exists()
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["mse"] == full["mse"] and resumed["epochs"] == full["epochs"]
+    recs = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs if "epoch" in r] == [1, 2]
+    losses = [(r["step"], r["loss"]) for r in recs if "loss" in r]
+    full_recs = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert losses and losses == [(r["step"], r["loss"]) for r in full_recs if "loss" in r]
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(cfg(), out_dir=tmp_path / "cut", resume=True, quiet=True)
+
+
+def test_backbone_section_and_contract_hooks() -> None:
+    """The backbone comes from the config's ``backbone`` section; build_model(cfg)(**example_batch(cfg)) runs."""
+    from longstream.pipelines.timeseries.model import BackboneForecaster, build_model, example_batch
+
+    cfg = tcfg.smamba()
+    cfg.backbone.d_model, cfg.backbone.n_layers = 8, 1
+    m = build_model(cfg)
+    assert isinstance(m, BackboneForecaster) and m.backbone.cfg.d_model == 8
+    point, quant = m(**example_batch(cfg, batch_size=3))
+    assert point.shape == (3, 96, 7) and quant is None and torch.isfinite(point).all()
+    cfg.backbone.pattern = "Q"
+    with pytest.raises(UserError, match="backbone"):
+        build_model(cfg)
+
+
+def test_old_config_layout_migrates() -> None:
+    """Configs written before the backbone section (backbone fields in ``model``) still load."""
+    from longstream.pipelines.common import config_from_dict
+    from longstream.pipelines.timeseries.config import migrate_config
+
+    old = {"preset": "x", "model": {"kind": "backbone", "d_model": 24, "n_layers": 3, "pattern": "M2",
+                                    "bidirectional": False, "d_intermediate": 8, "dropout": 0.2,
+                                    "mixer_kwargs": {"M2": {"headdim": 8}}}}
+    cfg = config_from_dict(tcfg.TimeseriesConfig, migrate_config(old))
+    bb = cfg.backbone
+    assert (bb.d_model, bb.n_layers, bb.pattern, bb.bidirectional, bb.d_intermediate, bb.dropout) == (
+        24, 3, "M2", False, 8, 0.2)
+    assert bb.mixer_kwargs == {"M2": {"headdim": 8}} and cfg.model.dropout == 0.2
+    assert migrate_config(migrate_config(old)) == migrate_config(old)
 
 
 def test_demo_forecast_uses_shipped_checkpoint_for_ett_layout() -> None:
@@ -352,9 +401,10 @@ def test_demo_forecast_uses_shipped_checkpoint_for_ett_layout() -> None:
 )
 def test_registry_backbones_plug_in(pattern: str, mixer_kwargs: dict) -> None:
     """Mamba, Mamba-2, S4D and a Mamba/attention hybrid from the registry, as variate-token backbones."""
-    cfg = tcfg.tiny().model
-    cfg.pattern, cfg.mixer_kwargs, cfg.d_model, cfg.n_layers = pattern, mixer_kwargs, 32, 2
-    m = Forecaster(cfg, n_vars=3, seq_len=32, pred_len=8, period=24)
+    cfg = tcfg.tiny()
+    bb = cfg.backbone
+    bb.pattern, bb.mixer_kwargs, bb.d_model, bb.n_layers = pattern, mixer_kwargs, 32, 2
+    m = make_forecaster(cfg.model, n_vars=3, seq_len=32, pred_len=8, period=24, backbone=bb)
     point, _ = m(torch.randn(2, 32, 3), torch.tensor([0, 1]))
     assert point.shape == (2, 8, 3) and torch.isfinite(point).all()
 

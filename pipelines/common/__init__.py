@@ -6,10 +6,13 @@ Modules (each named for what it holds):
 - :mod:`.paths` — :data:`REPO_ROOT`, :func:`check_out_dir`.
 - :mod:`.config` — dataclass configs to/from dicts, typed dotted overrides, :func:`build_backbone`.
 - :mod:`.reproducibility` — :func:`seed_everything`, :func:`set_threads`, :func:`pick_device`.
-- :mod:`.optim` — :func:`param_groups`, :func:`warmup_cosine`, :func:`make_scheduler`, :class:`EarlyStopping`.
+- :mod:`.optim` — :func:`param_groups`, :func:`warmup_cosine`, :func:`make_scheduler`, TSLib's
+  :func:`tslib_lr` / :func:`make_epoch_scheduler`, :class:`EarlyStopping`.
 - :mod:`.progress` — :func:`progress` bars, :class:`MetricLogger`, :func:`quiet` / :func:`is_quiet`.
 - :mod:`.distributed` — ``torchrun`` helpers (:func:`init_distributed`, :func:`wrap_ddp`, ...).
 - :mod:`.train_state` — :func:`save_train_state` / :func:`load_train_state` (resume).
+- :mod:`.loop` — :class:`TrainRun` (the resume / fresh-run / save / cleanup frame of a run),
+  :func:`optimizer_step`, :func:`data_fingerprint`.
 - :mod:`.checkpoint` — :func:`save_pretrained` / :func:`load_pretrained` / :func:`load_weights`.
 - :mod:`.cli` — :func:`run_pipeline_cli` (the uniform verbs), :func:`run_cli_guarded`, :func:`print_json`.
 - :mod:`.heads` — masked pooling (:class:`MaskedPool`, :class:`AttentionPool`) and heads
@@ -49,7 +52,8 @@ from .distributed import (
     wrap_ddp,
 )
 from .errors import UserError
-from .optim import EarlyStopping, make_scheduler, param_groups, warmup_cosine
+from .loop import TrainRun, data_fingerprint, optimizer_step
+from .optim import EarlyStopping, make_epoch_scheduler, make_scheduler, param_groups, tslib_lr, warmup_cosine
 from .paths import REPO_ROOT, check_out_dir
 from .progress import MetricLogger, is_quiet, progress, quiet
 from .reproducibility import pick_device, seed_everything, set_threads
@@ -89,6 +93,7 @@ __all__ = [
     "DistEnv",
     "EarlyStopping",
     "MetricLogger",
+    "TrainRun",
     "UserError",
     "all_reduce_mean",
     "apply_overrides",
@@ -100,14 +105,17 @@ __all__ = [
     "code_version",
     "config_from_dict",
     "config_to_dict",
+    "data_fingerprint",
     "init_distributed",
     "is_quiet",
     "launched_by_torchrun",
     "load_pretrained",
     "load_train_state",
     "load_weights",
+    "make_epoch_scheduler",
     "make_parser",
     "make_scheduler",
+    "optimizer_step",
     "param_groups",
     "parse_dotted_args",
     "pick_device",
@@ -123,6 +131,7 @@ __all__ = [
     "set_threads",
     "sha256_file",
     "shard_indices",
+    "tslib_lr",
     "unwrap",
     "warmup_cosine",
     "wrap_ddp",

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from longstream.backbones import create_backbone
 from longstream.backbones.base import RMSNorm
 from longstream.memory import StreamRunner, create_memory, get_memory_class
 from longstream.memory.stream import StreamState
@@ -45,7 +44,7 @@ class RecallModel(nn.Module):
             # before the head anyway: a final norm in between shrinks the read's share of the
             # stream and kept it from learning (pipelines/recall/diagnose.py, README)
             bcfg = dataclasses.replace(bcfg, final_norm=False)
-        bb = create_backbone(bcfg)
+        bb = common.build_backbone(bcfg)  # bad --backbone.* -> UserError (exit 2)
         self.backbone: nn.Module | None = bb
         self.memory = None
         if mc.memory:
@@ -153,7 +152,15 @@ def describe(cfg: Config) -> str:
 
 
 def build_model(cfg: Config) -> RecallModel:
+    """The model of ``cfg`` (backbone from ``cfg.backbone`` through ``common.build_backbone``)."""
     return RecallModel(cfg)
+
+
+def example_batch(cfg: Config, batch_size: int = 2) -> dict[str, Tensor]:
+    """Keyword arguments of a forward pass on a tiny input: ``tokens`` (B, <= 16)."""
+    g = torch.Generator().manual_seed(0)
+    n = max(1, min(cfg.data.seq_len, 16))
+    return {"tokens": torch.randint(0, cfg.data.vocab_size, (batch_size, n), generator=g)}
 
 
 def from_pretrained(name_or_dir: str | Path) -> RecallModel:

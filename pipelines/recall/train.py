@@ -7,43 +7,27 @@ Recurrent models are sensitive to the learning rate (Zoology sweeps it), so
 ``train.lr_sweep`` tries each rate for ``train.sweep_steps`` steps from the same
 initialisation and continues with the best (highest validation accuracy, then lowest
 loss). Training stops early once validation accuracy reaches ``train.target_accuracy``;
-at the end the full evaluation grid runs and its metrics go into the checkpoint.
+at the end the full evaluation grid runs and its metrics go into the checkpoint. The run's
+frame (resume, fresh start, train-state saves, distributed cleanup) is
+:class:`~longstream.pipelines.common.TrainRun`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from longstream.pipelines.common import (
-    MetricLogger,
-    UserError,
-    all_reduce_mean,
-    barrier,
-    cleanup_distributed,
-    init_distributed,
-    load_train_state,
-    make_scheduler,
-    param_groups,
-    progress,
-    save_train_state,
-    seed_everything,
-    set_threads,
-    shard_indices,
-    wrap_ddp,
-)
+from longstream.pipelines import common
+from longstream.pipelines.common import MetricLogger, TrainRun, UserError
 
 from .config import Config
 from .data import check_config, split
 from .evaluate import evaluate_model, score
 from .model import build_model
-
-STATE_FILE = "train_state.pt"
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -89,29 +73,30 @@ def train_data(cfg: Config, step: int):
 
 
 def _fingerprint(cfg: Config) -> str:
-    x, y = split(cfg.data, "train", 4, 0)
-    return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+    return common.data_fingerprint(*split(cfg.data, "train", 4, 0))
 
 
-def _run(cfg: Config, model, env, steps: int, *, out_dir: Path | None, resume: bool, log: MetricLogger | None,
+def _run(cfg: Config, model, env, steps: int, *, run: TrainRun | None, log: MetricLogger,
          tag: str = "train") -> dict[str, Any]:
-    """Train ``model`` for ``steps``; returns the last validation metrics."""
+    """Train ``model`` for ``steps`` (resumable through ``run``; ``None`` for a sweep trial).
+
+    Returns the last validation metrics, or ``{"status": "paused", ...}`` when ``run``
+    stops this process early (``max_steps_this_run``).
+    """
     tc = cfg.train
-    net = wrap_ddp(model, env)
-    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
-    sched = make_scheduler(opt, steps, min(tc.warmup_steps, max(steps // 10, 1)), tc.min_lr_ratio)
-    state_path = out_dir / STATE_FILE if out_dir is not None else None
-    start = 0
-    if resume and state_path is not None:
-        start, _ = load_train_state(state_path, model=model, optimizer=opt, scheduler=sched)
+    net = common.wrap_ddp(model, env)
+    opt = torch.optim.AdamW(common.param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
+    sched = common.make_scheduler(opt, steps, min(tc.warmup_steps, max(steps // 10, 1)), tc.min_lr_ratio)
+    if run is not None:
+        run.restore(model=model, optimizer=opt, scheduler=sched)
     x_val, y_val = split(cfg.data, "val", cfg.data.n_val)
     val: dict[str, Any] = {}
-    done = start
+    done = run.start if run is not None else 0
     carried = None  # stream state handed from batch to batch (train.state_passing)
     net.train()
-    for step in progress(range(start, steps), total=steps - start, desc=tag):
+    for step in common.progress(run.steps() if run is not None else range(steps), desc=tag):
         xb, yb = split(train_data(cfg, step), "train", tc.batch_size, step + 1 + 10_000 * (tag != "train"))
-        idx = shard_indices(torch.arange(tc.batch_size), env)
+        idx = common.shard_indices(torch.arange(tc.batch_size), env)
         xr, yr = xb[idx], yb[idx]
         if tc.state_passing:  # start from the (detached) final state of the previous batch
             logits, carried = net(xr, yr, carried, return_state=True)
@@ -119,86 +104,82 @@ def _run(cfg: Config, model, env, steps: int, *, out_dir: Path | None, resume: b
         else:
             logits = net(xr, yr)  # (k, v): logits only where a target is scored
         loss = loss_fn(logits, yr[yr != -100])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        sched.step()
+        common.optimizer_step(loss, opt, model=model, scheduler=sched, grad_clip=tc.grad_clip)
         done = step + 1
-        if log is not None and (done % 10 == 0 or done == steps):
-            log.log(done, phase=tag, loss=all_reduce_mean(loss.item(), env), lr=sched.get_last_lr()[0])
-        last = done == steps
-        if tc.eval_every and (done % tc.eval_every == 0 or last):
+        if done % 10 == 0 or done == steps:
+            log.log(done, phase=tag, loss=common.all_reduce_mean(loss.item(), env), lr=sched.get_last_lr()[0])
+        if tc.eval_every and (done % tc.eval_every == 0 or done == steps):
             val = validate(model, x_val, y_val)
-            if log is not None:
-                log.log(done, phase=tag, **val)
+            log.log(done, phase=tag, **val)
             net.train()
             # never stop before min_full_len_steps steps at the full training length
             full_from = max((u for u, _ in tc.curriculum), default=0)
             if val["val_accuracy"] >= tc.target_accuracy and done - full_from >= tc.min_full_len_steps:
-                break
-        if state_path is not None and env.is_main and tc.save_every and done % tc.save_every == 0 and not last:
-            save_train_state(state_path, model=model, optimizer=opt, scheduler=sched, step=done)
+                break  # reached the target: a complete run
+        if run is not None:
+            run.checkpoint(done, model=model, optimizer=opt, scheduler=sched, extra={"lr": tc.lr})
+    else:
+        paused = run.pause(done, model=model, optimizer=opt, scheduler=sched, extra={"lr": tc.lr}) if run else None
+        if paused:
+            return paused
     if not val:
         val = validate(model, x_val, y_val)
     val["steps"] = done
     return val
 
 
+def _sweep(cfg: Config, env, log: MetricLogger) -> tuple[float, dict[str, float]]:
+    """Try each rate of ``train.lr_sweep`` for ``sweep_steps`` from the same initialisation;
+    returns (best rate, {rate: validation accuracy})."""
+    tc, sweep, best = cfg.train, {}, None
+    for lr in tc.lr_sweep:
+        common.seed_everything(tc.seed)
+        c = dataclasses.replace(cfg, train=dataclasses.replace(tc, lr=lr))
+        v = _run(c, build_model(c).to(env.device), env, tc.sweep_steps, run=None, log=log, tag=f"sweep lr={lr:g}")
+        sweep[f"{lr:g}"] = round(v["val_accuracy"], 4)
+        key = (v["val_accuracy"], -v["val_loss"])
+        if best is None or key > best[0]:
+            best = (key, lr)
+    log.log(0, phase="sweep", chosen_lr=best[1], sweep=sweep)
+    return best[1], sweep
+
+
 def train(cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str | None = None,
-          evaluate_at_end: bool = True) -> dict[str, Any]:
-    """Train (optionally after an LR sweep), save the checkpoint into ``out_dir``, return its metrics."""
-    out_dir = Path(out_dir)
+          max_steps_this_run: int = 0, evaluate_at_end: bool = True) -> dict[str, Any]:
+    """Train (optionally after an LR sweep), save the checkpoint into ``out_dir``, return its metrics.
+
+    ``max_steps_this_run > 0`` stops after that many steps with a resumable
+    ``train_state.pt`` and returns ``{"status": "paused", ...}``.
+    """
     tc = cfg.train
     if tc.batch_size < 1 or tc.steps < 1:
         raise UserError("--train.batch_size and --train.steps must be >= 1")
     check_config(cfg.data)
     for e in tc.curriculum:
         check_config(train_data(cfg, e[0] - 1))
-    env = init_distributed(tc.device)
-    try:
-        set_threads(tc.threads or None)
-        state_path = out_dir / STATE_FILE
-        if resume and not state_path.exists():
-            done = (out_dir / "config.json").exists()
-            raise UserError(f"nothing to resume in {out_dir}: "
-                            + ("the run already finished" if done else f"no {STATE_FILE}") + "; drop --resume")
-        if not resume and env.is_main:
-            state_path.unlink(missing_ok=True)
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        barrier(env)
-        log = MetricLogger(out_dir / "metrics.jsonl", rank=env.rank)
+    with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
+                  max_steps_this_run=max_steps_this_run) as run:
+        common.set_threads(tc.threads or None)
         sweep: dict[str, Any] = {}
-        if tc.lr_sweep and not resume:
-            best = None
-            for lr in tc.lr_sweep:
-                seed_everything(tc.seed)
-                c = dataclasses.replace(cfg, train=dataclasses.replace(tc, lr=lr))
-                m = build_model(c).to(env.device)
-                v = _run(c, m, env, tc.sweep_steps, out_dir=None, resume=False, log=log, tag=f"sweep lr={lr:g}")
-                sweep[f"{lr:g}"] = round(v["val_accuracy"], 4)
-                key = (v["val_accuracy"], -v["val_loss"])
-                if best is None or key > best[0]:
-                    best = (key, lr)
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, lr=best[1]))
-            log.log(0, phase="sweep", chosen_lr=best[1], sweep=sweep)
-        seed_everything(cfg.train.seed)
-        model = build_model(cfg).to(env.device)
-        val = _run(cfg, model, env, cfg.train.steps, out_dir=out_dir, resume=resume, log=log)
-        metrics: dict[str, Any] = {}
-        if evaluate_at_end:
-            metrics = evaluate_model(model, cfg.eval)
+        if resume and tc.lr_sweep:  # the sweep ran before the pause: continue with its choice
+            lr = float(torch.load(run.state_path, weights_only=True)["extra"].get("lr", tc.lr))
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, lr=lr))
+        elif tc.lr_sweep:
+            lr, sweep = _sweep(cfg, run.env, run.log)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, lr=lr))
+        common.seed_everything(cfg.train.seed)
+        model = build_model(cfg).to(run.env.device)
+        val = _run(cfg, model, run.env, cfg.train.steps, run=run, log=run.log)
+        if val.get("status") == "paused":
+            return val
+        metrics: dict[str, Any] = evaluate_model(model, cfg.eval) if evaluate_at_end else {}
         metrics.update({"val_accuracy": round(val["val_accuracy"], 4), "val_loss": round(val["val_loss"], 4),
                         "steps": val["steps"], "lr": cfg.train.lr})
         if sweep:
             metrics["lr_sweep"] = sweep
-        if env.is_main:
+        if run.is_main:
             model.save_pretrained(out_dir, preset=preset, metrics=metrics,
                                   data={"name": f"generated:{cfg.data.task}", "sha256": _fingerprint(cfg),
                                         "seed": cfg.data.seed})
-            state_path.unlink(missing_ok=True)
-        barrier(env)
+        run.finish()
         return metrics
-    finally:
-        cleanup_distributed()

@@ -61,7 +61,7 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> Any:
-    from .model import make_ensemble
+    from .ensemble import make_ensemble
 
     return make_ensemble(list(args.members), args.out, data=args.data)
 

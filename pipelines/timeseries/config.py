@@ -21,9 +21,10 @@ Presets:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from longstream.backbones.config import BackboneConfig
 
 HORIZONS: tuple[int, ...] = (96, 192, 336, 720)
 
@@ -55,9 +56,11 @@ class DataConfig:
 class ModelConfig:
     """The forecaster.
 
-    ``kind``: ``backbone`` (encoder tokens + registry backbone + head), ``dlinear``,
-    ``linear`` (RLinear-style one linear map), ``seasonal_naive``, or ``ensemble`` (the
-    mean forecast of ``members``, built from trained checkpoints by the ``ensemble`` verb).
+    ``kind``: ``backbone`` (encoder tokens + the registry backbone of the config's
+    ``backbone`` section + head), ``dlinear``, ``linear`` (RLinear-style one linear map),
+    ``seasonal_naive``, or ``ensemble`` (the mean forecast of ``members``, built from
+    trained checkpoints by the ``ensemble`` verb; each member is
+    ``{"model": ModelConfig dict, "backbone": BackboneConfig dict}``).
     ``tokens`` (for ``backbone``): ``variate`` (S-Mamba / iTransformer), ``patch``
     (PatchTST, channel independent) or ``time`` (channel independent, one token per step).
     ``cycle``: period of the learned cycle (CycleNet); ``-1`` = from the data
@@ -68,14 +71,7 @@ class ModelConfig:
 
     kind: str = "backbone"
     tokens: str = "variate"
-    backbone: str = ""  # a registry preset name, or "" = build from the fields below
-    d_model: int = 128
-    n_layers: int = 2
-    pattern: str = "M"
-    bidirectional: bool = True
-    d_intermediate: int = 0
-    mixer_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    dropout: float = 0.1
+    dropout: float = 0.1  # encoder and head dropout (the backbone's is backbone.dropout)
     linear_skip: bool = True  # add a per-variable linear map over time to the backbone's forecast
     revin: bool = True
     revin_affine: bool = False
@@ -85,7 +81,12 @@ class ModelConfig:
     moving_avg: int = 25
     individual: bool = False
     quantiles: list[float] = field(default_factory=list)
-    members: list[dict[str, Any]] = field(default_factory=list)  # kind "ensemble": member ModelConfigs
+    members: list[dict[str, Any]] = field(default_factory=list)  # kind "ensemble": {"model", "backbone"} dicts
+
+
+def default_backbone() -> BackboneConfig:
+    """The variate-token backbone: 2 bidirectional Mamba layers, width 128 (S-Mamba layout)."""
+    return BackboneConfig(d_model=128, n_layers=2, pattern="M", bidirectional=True, dropout=0.1)
 
 
 @dataclass
@@ -103,6 +104,8 @@ class TrainConfig:
     seed: int = 2021
     threads: int = 0  # 0 = leave torch's default
     eval_batch_size: int = 256
+    save_every: int = 0  # optimizer steps between resumable train states (0 = at each epoch's end only)
+    device: str = "cpu"
 
 
 @dataclass
@@ -110,24 +113,50 @@ class TimeseriesConfig:
     preset: str = "release"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    backbone: BackboneConfig = field(default_factory=default_backbone)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TimeseriesConfig:
-        def build(klass: type, sub: dict[str, Any] | None) -> Any:
-            sub = dict(sub or {})
-            names = {f.name for f in dataclasses.fields(klass)}
-            return klass(**{k: v for k, v in sub.items() if k in names})
+#: ModelConfig fields of configs written before the ``backbone`` section existed.
+_OLD_BACKBONE_FIELDS = ("backbone", "d_model", "n_layers", "pattern", "bidirectional", "d_intermediate",
+                        "mixer_kwargs")
 
-        return cls(
-            preset=d.get("preset", "custom"),
-            data=build(DataConfig, d.get("data")),
-            model=build(ModelConfig, d.get("model")),
-            train=build(TrainConfig, d.get("train")),
-        )
+
+def _split_old_model(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An old-layout ModelConfig dict -> (ModelConfig dict, BackboneConfig dict)."""
+    from longstream.backbones.registry import backbone_config
+
+    model = dict(model)
+    old = {k: model.pop(k) for k in _OLD_BACKBONE_FIELDS if k in model}
+    over = {k: old[k] for k in ("d_model", "n_layers", "pattern", "bidirectional", "d_intermediate") if k in old}
+    over["dropout"] = model.get("dropout", 0.1)  # the model's dropout used to reach the backbone too
+    if old.get("mixer_kwargs"):
+        over["mixer_kwargs"] = old["mixer_kwargs"]
+    preset = old.get("backbone") or ""
+    bb = backbone_config(preset, **over) if preset not in ("", "custom") else BackboneConfig(**over)
+    if model.get("members"):
+        model["members"] = [migrate_member(m) for m in model["members"]]
+    return model, bb.to_dict()
+
+
+def migrate_member(member: dict[str, Any]) -> dict[str, Any]:
+    """An ensemble member in either layout -> ``{"model": ..., "backbone": ...}``."""
+    if "model" in member and "backbone" in member and isinstance(member["backbone"], dict):
+        return member
+    m, bb = _split_old_model(member)
+    return {"model": m, "backbone": bb}
+
+
+def migrate_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict in the layout before the ``backbone`` section (backbone fields in
+    ``model``) -> the current layout; current dicts come back unchanged (a copy)."""
+    d = dict(d)
+    model = dict(d.get("model") or {})
+    if "backbone" in d and not any(k in model for k in _OLD_BACKBONE_FIELDS):
+        return d
+    d["model"], bb = _split_old_model(model)
+    d.setdefault("backbone", bb)
+    return d
 
 
 # --------------------------------------------------------------------------- presets
@@ -143,7 +172,8 @@ def tiny() -> TimeseriesConfig:
     return TimeseriesConfig(
         preset="tiny",
         data=DataConfig(seq_len=32, pred_len=8, max_train_windows=256),
-        model=ModelConfig(d_model=16, n_layers=1, dropout=0.0),
+        model=ModelConfig(dropout=0.0),
+        backbone=BackboneConfig(d_model=16, n_layers=1, pattern="M", bidirectional=True),
         train=TrainConfig(epochs=1, batch_size=32, patience=1, lradj="constant"),
     )
 
@@ -193,8 +223,9 @@ def smamba(horizon: int = 96) -> TimeseriesConfig:
     return _with_horizon(
         TimeseriesConfig(
             preset="smamba" if horizon == 96 else f"smamba_h{horizon}",
-            model=ModelConfig(kind="backbone", tokens="variate", d_model=64, n_layers=2, d_intermediate=64,
-                              bidirectional=True, dropout=0.1, cycle=-1, linear_skip=True),
+            model=ModelConfig(kind="backbone", tokens="variate", dropout=0.1, cycle=-1, linear_skip=True),
+            backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M", d_intermediate=64, bidirectional=True,
+                                    dropout=0.1),
             train=TrainConfig(epochs=8, batch_size=64, lr=1e-4, linear_lr_mult=50.0, lradj="type3", patience=3),
         ),
         horizon,
@@ -254,7 +285,8 @@ def patch(horizon: int = 96) -> TimeseriesConfig:
     return _with_horizon(
         TimeseriesConfig(
             preset="patch",
-            model=ModelConfig(kind="backbone", tokens="patch", d_model=64, n_layers=2, patch_len=16, stride=8),
+            model=ModelConfig(kind="backbone", tokens="patch", patch_len=16, stride=8),
+            backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M", bidirectional=True, dropout=0.1),
             train=TrainConfig(epochs=10, batch_size=64, lr=1e-3),
         ),
         horizon,

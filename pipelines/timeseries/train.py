@@ -1,21 +1,23 @@
-"""Training loop of the time-series pipeline (explicit; helpers from ``pipelines/common.py``).
+"""Training loop of the time-series pipeline (explicit; the frame is ``common.TrainRun``).
 
-Under ``torchrun --nproc_per_node N -m longstream.apps.cli timeseries train ...`` each of the N CPU
-processes (gloo) takes an equal share of every global batch and DDP averages the
+Under ``torchrun --nproc_per_node N -m longstream.apps.cli timeseries train ...`` each of
+the N processes takes an equal share of every global batch and DDP averages the
 gradients; only rank 0 writes logs, resumable states and the checkpoint.
 
-Adam, per-epoch validation on the validation split, early stopping on validation MSE,
-the best epoch's weights kept (model selection never looks at the test split). After
-every epoch ``train_state.pt`` (model, optimizer, epoch, RNG, best weights) is written
-atomically, so ``--resume`` continues an interrupted run. At the end the best model is
-scored on the validation and test splits and saved as a checkpoint in ``out_dir``.
+Adam on :func:`~longstream.pipelines.common.param_groups` (the linear skip and the
+learned cycle may take a larger rate), one of TSLib's LR schedules
+(:func:`~longstream.pipelines.common.tslib_lr`), per-epoch validation, early stopping on
+validation MSE, the best epoch's weights kept (model selection never looks at the test
+split). ``train_state.pt`` (model, optimizer, scheduler, RNG, epoch, position in the
+epoch, best weights) is written at each epoch's end and every ``train.save_every``
+steps, so ``--resume`` continues an interrupted run bit for bit. At the end the best
+model is scored on the validation and test splits and saved as a checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,13 @@ import torch
 from longstream.pipelines.common import (
     EarlyStopping,
     MetricLogger,
-    init_distributed,
-    load_train_state,
+    TrainRun,
+    all_reduce_mean,
+    build_backbone,
+    make_epoch_scheduler,
+    optimizer_step,
+    param_groups,
     progress,
-    save_train_state,
     seed_everything,
     set_threads,
     sha256_file,
@@ -41,7 +46,7 @@ from .data import Series, Splits, UserError, gather_windows, load_series, make_s
 from .evaluate import evaluate_split
 from .model import Forecaster, build_model, forecast_loss, resolve_period, save_forecaster
 
-__all__ = ["prepare", "fit", "train", "scaler_record"]
+__all__ = ["prepare", "fit", "train", "scaler_record", "steps_per_epoch"]
 
 
 def prepare(cfg: TimeseriesConfig, path: str | Path | None = None) -> tuple[Series, Splits, int]:
@@ -71,195 +76,148 @@ def scaler_record(splits: Splits, period: int) -> dict[str, Any]:
     }
 
 
-def _lr_factor(kind: str, epoch: int, step: int, total_steps: int) -> float:
-    if kind == "type1":  # TSLib: halve every epoch after the first
-        return 0.5 ** epoch
-    if kind == "type3":  # TSLib: constant for 3 epochs, then x0.9 per epoch
-        return 1.0 if epoch < 3 else 0.9 ** (epoch - 2)
-    if kind == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
-    return 1.0
+def _train_subset(splits: Splits, cfg: TimeseriesConfig) -> torch.Tensor | None:
+    n = splits.train.n_windows
+    m = cfg.data.max_train_windows
+    if m and m < n:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.train.seed))[:m]
+    return None
 
 
-def fit(
-    model: Forecaster,
-    splits: Splits,
-    cfg: TimeseriesConfig,
-    *,
-    out_dir: Path | None = None,
-    resume: bool = False,
-    quiet: bool = False,
-) -> dict[str, float]:
-    """Train ``model`` in place; returns the best validation metrics (``val_mse``, ``val_mae``, ``epochs``)."""
+def steps_per_epoch(splits: Splits, cfg: TimeseriesConfig) -> int:
+    """Optimizer steps in one epoch over the (possibly subsampled) training windows."""
+    sub = _train_subset(splits, cfg)
+    return math.ceil((len(sub) if sub is not None else splits.train.n_windows) / cfg.train.batch_size)
+
+
+def fit(model: Forecaster, splits: Splits, cfg: TimeseriesConfig, *, run: TrainRun | None = None,
+        quiet: bool = False) -> dict[str, Any]:
+    """Train ``model`` in place; returns the best validation metrics (``val_mse``, ``val_mae``, ``epochs``).
+
+    With ``run`` the fit resumes from and saves train states (and may pause: then the
+    result is ``{"status": "paused", ...}``); without one it is a plain in-memory fit.
+    """
     tc = cfg.train
     tidx = splits.series.target_idx
-    env = init_distributed("cpu")  # under torchrun: gloo, each rank takes its share of every batch
-    if not env.is_main:
-        out_dir = None  # only rank 0 writes
-    net = wrap_ddp(model, env)
+    env = run.env if run is not None else None
+    log = run.log if run is not None else MetricLogger(None)
     if not model.trainable or tc.epochs <= 0:
         m = evaluate_split(model, splits.val, target_idx=tidx, batch_size=tc.eval_batch_size)
         return {"val_mse": m["mse"], "val_mae": m["mae"], "epochs": 0}
-    # the linear skip and the learned cycle may take a larger learning rate than the backbone
-    fast = [p for n, p in model.named_parameters() if n.startswith(("skip.", "cycle."))]
-    slow = [p for n, p in model.named_parameters() if not n.startswith(("skip.", "cycle."))]
-    groups = [{"params": slow, "lr_mult": 1.0}]
-    if fast:
-        groups.append({"params": fast, "lr_mult": tc.linear_lr_mult})
-    opt = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    net = wrap_ddp(model, env) if env is not None else model
+    mult = {"skip.": tc.linear_lr_mult, "cycle.": tc.linear_lr_mult}
+    opt = torch.optim.Adam(param_groups(model, tc.weight_decay, lr=tc.lr, lr_mult=mult), lr=tc.lr)
+    spe = steps_per_epoch(splits, cfg)
+    sched = make_epoch_scheduler(opt, tc.lradj, spe, tc.epochs)
     gen = torch.Generator().manual_seed(tc.seed)
-    n = splits.train.n_windows
-    sub = None
-    if cfg.data.max_train_windows and cfg.data.max_train_windows < n:
-        sub = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed))[: cfg.data.max_train_windows]
-        n = len(sub)
-    steps_per_epoch = math.ceil(n / tc.batch_size)
-    total = steps_per_epoch * tc.epochs
+    sub = _train_subset(splits, cfg)
     stopper = EarlyStopping(patience=tc.patience)
     best_state = copy.deepcopy(model.state_dict())
-    best: dict[str, float] = {}
-    start_epoch, step = 0, 0
-    state_path = out_dir / "train_state.pt" if out_dir is not None else None
-    log = MetricLogger(out_dir / "metrics.jsonl" if out_dir is not None else None, rank=env.rank)
-    if resume and state_path is not None:
-        best_model = copy.deepcopy(model)
-        if (out_dir / "best_state.pt").exists():
-            load_train_state(out_dir / "best_state.pt", model=best_model, restore_rng=False)
-            best_state = copy.deepcopy(best_model.state_dict())
-        step, extra = load_train_state(state_path, model=model, optimizer=opt)
-        start_epoch = int(extra.get("epoch", 0))
-        stopper.load_state_dict(extra.get("stopper") or {})
-        best = dict(extra.get("best") or {})
-        if extra.get("generator") is not None:
-            gen.set_state(extra["generator"])
-        if extra.get("stopped"):
-            start_epoch = tc.epochs
+    best: dict[str, Any] = {}
+    extra = run.restore(model=model, optimizer=opt, scheduler=sched) if run is not None else {}
+    step = run.start if run is not None else 0
+    start_epoch, first_batch = int(extra.get("epoch", 0)), int(extra.get("batch", 0))
+    run_loss, seen = float(extra.get("run_loss", 0.0)), int(extra.get("seen", 0))
+    if extra:
+        stopper.load_state_dict(extra["stopper"])
+        best, best_state = dict(extra["best"]), dict(extra["best_state"])
+        gen.set_state(extra["generator"])
+
+    def state(epoch: int, batch: int, epoch_gen: torch.Tensor) -> dict[str, Any]:
+        return {"model": model, "optimizer": opt, "scheduler": sched,
+                "extra": {"epoch": epoch, "batch": batch, "generator": epoch_gen, "run_loss": run_loss,
+                          "seen": seen, "stopper": stopper.state_dict(), "best": best, "best_state": best_state}}
+
     for epoch in range(start_epoch, tc.epochs):
         model.train()
         t0 = time.time()
-        run_loss, seen = 0.0, 0
+        epoch_gen = gen.get_state()  # the shuffle of this epoch is redrawn from it on resume
         order = window_order(splits.train, shuffle=True, generator=gen, indices=sub)
-        for i in progress(range(0, len(order), tc.batch_size), desc=f"epoch {epoch + 1}/{tc.epochs}"):
+        batches = range(first_batch * tc.batch_size, len(order), tc.batch_size)
+        for bi, i in enumerate(progress(batches, desc=f"epoch {epoch + 1}/{tc.epochs}"), start=first_batch):
+            if run is not None and step >= run.stop_at:  # max_steps_this_run reached mid-run
+                return run.pause(step, **state(epoch, bi, epoch_gen)) or {}
             b = order[i : i + tc.batch_size]
-            if env.distributed:  # equal shares per rank (a ragged last batch is trimmed)
+            if env is not None and env.distributed:  # equal shares per rank (a ragged last batch is trimmed)
                 b = b[: len(b) - len(b) % env.world_size]
                 if len(b) == 0:
                     continue
                 b = torch.as_tensor(shard_indices(b, env), dtype=torch.long)
             x, y, ph = gather_windows(splits.train, b)
-            for g in opt.param_groups:
-                g["lr"] = tc.lr * g.get("lr_mult", 1.0) * _lr_factor(tc.lradj, epoch, step, total)
             point, quant = net(x, ph)
             loss = forecast_loss(point, quant, y, model.quantiles, kind=tc.loss, target_idx=tidx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(loss, opt, model=model, scheduler=sched)
             step += 1
             run_loss += loss.item() * x.shape[0]
             seen += x.shape[0]
+            if step % 10 == 0:
+                log.log(step, loss=all_reduce_mean(loss.item(), env) if env else loss.item(),
+                        lr=sched.get_last_lr()[0])
+            if run is not None and bi + 1 < spe:
+                run.checkpoint(step, **state(epoch, bi + 1, epoch_gen))
+        first_batch = 0
         val = evaluate_split(model, splits.val, target_idx=tidx, batch_size=tc.eval_batch_size)
         stop = stopper.step(val["mse"])
         if stopper.bad == 0:
             best_state = copy.deepcopy(model.state_dict())
             best = {"val_mse": val["mse"], "val_mae": val["mae"], "epochs": epoch + 1}
-            if out_dir is not None:
-                save_train_state(out_dir / "best_state.pt", model=model)
         rec = log.log(step, epoch=epoch + 1, train_loss=run_loss / max(1, seen), val_mse=val["mse"],
                       val_mae=val["mae"], seconds=round(time.time() - t0, 2))
-        if not quiet and env.is_main:
-            print(
-                f"epoch {epoch + 1}: train {rec['train_loss']:.4f} val_mse {val['mse']:.4f} "
-                f"val_mae {val['mae']:.4f} ({rec['seconds']}s)",
-                flush=True,
-            )
-        if state_path is not None:
-            save_train_state(state_path, model=model, optimizer=opt, step=step,
-                             extra={"epoch": epoch + 1, "stopper": stopper.state_dict(), "best": best,
-                                    "stopped": bool(stop), "generator": gen.get_state()})
+        run_loss, seen = 0.0, 0
+        if not quiet and (run is None or run.is_main):
+            print(f"epoch {epoch + 1}: train {rec['train_loss']:.4f} val_mse {val['mse']:.4f} "
+                  f"val_mae {val['mae']:.4f} ({rec['seconds']}s)", flush=True)
         if stop:
             break
+        if run is not None and epoch + 1 < tc.epochs:
+            run.save(step, **state(epoch + 1, 0, gen.get_state()))
     model.load_state_dict(best_state)
     return best
 
 
-def train(
-    cfg: TimeseriesConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    preset: str | None = None,
-    *,
-    name: str | None = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """CLI ``train``: fit on ``cfg.data``, score val + test, save a checkpoint in ``out_dir``."""
+def train(cfg: TimeseriesConfig, *, out_dir: str | Path, resume: bool = False, preset: str | None = None,
+          max_steps_this_run: int = 0, name: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """CLI ``train``: fit on ``cfg.data``, score val + test, save a checkpoint in ``out_dir``.
+
+    ``max_steps_this_run > 0`` stops after that many optimizer steps with a resumable
+    ``train_state.pt`` and returns ``{"status": "paused", ...}``.
+    """
     out_dir = Path(out_dir)
     if preset:
         cfg.preset = preset
-    set_threads(cfg.train.threads or None)
-    seed_everything(cfg.train.seed)
+    tc = cfg.train
+    if tc.batch_size < 1:
+        raise UserError("--train.batch_size must be >= 1")
+    set_threads(tc.threads or None)
+    build_backbone(cfg.backbone)  # a bad --backbone.* is an error even for kinds that do not use it
+    seed_everything(tc.seed)
     series, splits, period = prepare(cfg)
     model = build_model(cfg, len(series.columns), period)
-    t0 = time.time()
-    best = fit(model, splits, cfg, out_dir=out_dir, resume=resume, quiet=quiet)
-    train_s = time.time() - t0
-    tidx = series.target_idx
-    test = evaluate_split(model, splits.test, target_idx=tidx, batch_size=cfg.train.eval_batch_size)
-    metrics: dict[str, Any] = {
-        "mse": test["mse"],
-        "mae": test["mae"],
-        **{k: v for k, v in test.items() if k not in ("mse", "mae")},
-        **best,
-        "train_seconds": round(train_s, 1),
-        "n_params": sum(p.numel() for p in model.parameters()),
-    }
-    data_info = {"name": Path(series.source).name, "rows": len(series), "split": splits.scheme}
-    try:
-        data_info["sha256"] = sha256_file(series.source)
-    except OSError:
-        pass
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes the checkpoint
+    total = steps_per_epoch(splits, cfg) * max(tc.epochs, 0) if model.trainable else 0
+    with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=total, save_every=tc.save_every,
+                  max_steps_this_run=max_steps_this_run) as run:
+        model.to(run.env.device)
+        t0 = time.time()
+        best = fit(model, splits, cfg, run=run, quiet=quiet)
+        if best.get("status") == "paused":
+            return best
+        train_s = time.time() - t0
+        test = evaluate_split(model, splits.test, target_idx=series.target_idx, batch_size=tc.eval_batch_size)
+        metrics: dict[str, Any] = {
+            "mse": test["mse"],
+            "mae": test["mae"],
+            **{k: v for k, v in test.items() if k not in ("mse", "mae")},
+            **best,
+            "train_seconds": round(train_s, 1),
+            "n_params": sum(p.numel() for p in model.parameters()),
+        }
+        data_info = {"name": Path(series.source).name, "rows": len(series), "split": splits.scheme}
+        try:
+            data_info["sha256"] = sha256_file(series.source)
+        except OSError:
+            pass
+        if run.is_main:
+            save_forecaster(model, cfg, out_dir, scaler=scaler_record(splits, period), metrics=metrics,
+                            data=data_info, name=name)
+        run.finish()
         return metrics
-    save_forecaster(
-        model, cfg, out_dir, scaler=scaler_record(splits, period), metrics=metrics, data=data_info,
-        name=name, card=model_card(cfg, metrics, data_info, name or f"timeseries/{out_dir.name}"),
-    )
-    for tmp in ("train_state.pt", "best_state.pt"):
-        p = out_dir / tmp
-        if p.exists():
-            p.unlink()
-    return metrics
-
-
-def model_card(cfg: TimeseriesConfig, metrics: dict[str, Any], data: dict[str, Any], name: str) -> str:
-    """A short model card (README.md of the checkpoint)."""
-    m = cfg.model
-    if m.kind == "backbone":
-        what = (f"{m.tokens}-token backbone `{m.backbone}` (pattern {m.pattern}, d_model {m.d_model}, "
-                f"{m.n_layers} layers, bidirectional={m.bidirectional}), RevIN={m.revin}, cycle={m.cycle}")
-    else:
-        what = f"`{m.kind}` (RevIN={m.revin}, cycle={m.cycle})"
-    rows = "\n".join(
-        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
-    )
-    credit = ""
-    if data.get("name", "").lower().startswith("ett"):
-        credit = ("\nData: ETT (Electricity Transformer Temperature), Zhou et al., \"Informer\", AAAI 2021, "
-                  "github.com/zhouhaoyi/ETDataset, CC BY-ND 4.0. Not redistributed here.\n")
-    return f"""# {name}
-
-longstream time-series forecaster: input {cfg.data.seq_len} steps, horizon {cfg.data.pred_len}.
-
-Model: {what}. Preset `{cfg.preset}`.
-Trained on `{data.get('name')}` ({data.get('rows')} rows, split `{data.get('split')}`: TSLib protocol,
-scaler fit on the train split; selection on validation MSE; metrics on the test split,
-normalised scale, every window counted).
-{credit}
-| metric | value |
-|---|---|
-{rows}
-
-```bash
-longstream timeseries evaluate --checkpoint {name} --data path/to/{data.get('name')} --json
-longstream timeseries predict --checkpoint {name} path/to/{data.get('name')} --out forecast.csv
-```
-"""
