@@ -64,7 +64,7 @@ def test_bad_backbone_pattern_exits_2_with_one_error_line(domain, entry, tmp_pat
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_backbone_d_model_override_is_accepted(domain, capsys):
-    rc = get_pipeline(domain, "cli").main(["train", "--backbone.d_model", "8", "--print-config"])
+    rc = get_pipeline(domain, "cli").main(["train", "--preset", "tiny", "--backbone.d_model", "8", "--print-config"])
     cap = capsys.readouterr()
     assert rc == 0, f"{domain}: --backbone.d_model 8 --print-config exited {rc}: {cap.err.strip()}"
     printed = json.loads(cap.out.strip().splitlines()[-1])
@@ -103,7 +103,12 @@ def test_every_preset_builds_and_runs_forward(domain, preset):
     api = _model_api(domain)
     torch.manual_seed(0)
     model = api.build_model(cfg).eval()
-    assert any(isinstance(m, Backbone) for m in model.modules()), f"{domain}:{preset}: no backbone in the model"
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)]
+    if preset == "tiny":  # the preset the overrides are tested on must use its backbone section
+        assert backbones, f"{domain}:tiny: no backbone in the model"
+    for bb in backbones:  # a backbone, where a preset has one, is the one its section describes
+        if hasattr(bb, "d_model") and hasattr(bb, "cfg"):
+            assert bb.d_model == cfg.backbone.d_model, f"{domain}:{preset}: backbone width != cfg.backbone.d_model"
     batch = api.example_batch(cfg, batch_size=3)
     assert isinstance(batch, dict) and batch, f"{domain}: example_batch must return forward()'s keyword arguments"
     for k, v in batch.items():

@@ -31,6 +31,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = 200
+    log_every: int = 10  # log the training loss every N optimizer steps (metrics.jsonl)
     batch_size: int = 32  # global batch, split across DDP ranks
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -61,7 +62,7 @@ def tiny() -> Config:
     return Config(
         data=DataConfig(seq_len=32, n_train=256, n_val=64, n_test=64),
         backbone=BackboneConfig(d_model=16, n_layers=1, pattern="A", mixer_kwargs={"A": {"n_heads": 2}}),
-        train=TrainConfig(steps=8, batch_size=16, warmup_steps=2, eval_every=4, save_every=4),
+        train=TrainConfig(steps=8, batch_size=16, warmup_steps=2, eval_every=4, save_every=4, log_every=1),
     )
 
 

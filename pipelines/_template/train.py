@@ -84,7 +84,7 @@ def train(
             loss = F.cross_entropy(net(xb), yb)
             optimizer_step(loss, opt, model=model, scheduler=sched, grad_clip=tc.grad_clip)
             done = step + 1
-            if done % 10 == 0 or done == tc.steps:
+            if done % tc.log_every == 0 or done == tc.steps:
                 run.log.log(done, loss=all_reduce_mean(loss.item(), env), lr=sched.get_last_lr()[0])
             stop = False
             if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):

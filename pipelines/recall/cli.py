@@ -6,7 +6,6 @@ from longstream.pipelines.common import run_pipeline_cli
 
 from . import DOMAIN, config, evaluate, train
 
-
 DESCRIPTION = ("Recall suite: MQAR, induction heads, selective copying, passkey, multi-key needle and "
                "variable tracking on generated data, with and without streaming memory.")
 

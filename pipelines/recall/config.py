@@ -45,6 +45,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
+    log_every: int = 10  # log the training loss every N optimizer steps (metrics.jsonl)
     batch_size: int = 32
     lr: float = 3e-3
     lr_sweep: list[float] = field(default_factory=list)  # try each for sweep_steps, keep the best
@@ -110,7 +111,7 @@ def tiny() -> Config:
     return Config(
         data=DataConfig(task="mqar", seq_len=32, vocab_size=32, num_kv_pairs=4, n_val=32),
         backbone=BackboneConfig(d_model=16, n_layers=1, pattern="A", mixer_kwargs={"A": {"n_heads": 2}}),
-        train=TrainConfig(steps=6, batch_size=8, warmup_steps=2, eval_every=3, save_every=3),
+        train=TrainConfig(steps=6, batch_size=8, warmup_steps=2, eval_every=3, save_every=3, log_every=1),
         eval=EvalConfig(multipliers=[1, 2], depths=[0.5], n_per_cell=8, batch_size=8),
     )
 

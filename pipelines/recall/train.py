@@ -106,7 +106,7 @@ def _run(cfg: Config, model, env, steps: int, *, run: TrainRun | None, log: Metr
         loss = loss_fn(logits, yr[yr != -100])
         common.optimizer_step(loss, opt, model=model, scheduler=sched, grad_clip=tc.grad_clip)
         done = step + 1
-        if done % 10 == 0 or done == steps:
+        if done % tc.log_every == 0 or done == steps:
             log.log(done, phase=tag, loss=common.all_reduce_mean(loss.item(), env), lr=sched.get_last_lr()[0])
         if tc.eval_every and (done % tc.eval_every == 0 or done == steps):
             val = validate(model, x_val, y_val)

@@ -94,6 +94,7 @@ class TrainConfig:
     """Optimisation (an explicit loop in ``train.py``); selection on the validation split."""
 
     epochs: int = 10
+    log_every: int = 10  # log the training loss every N optimizer steps (metrics.jsonl)
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -174,7 +175,7 @@ def tiny() -> TimeseriesConfig:
         data=DataConfig(seq_len=32, pred_len=8, max_train_windows=256),
         model=ModelConfig(dropout=0.0),
         backbone=BackboneConfig(d_model=16, n_layers=1, pattern="M", bidirectional=True),
-        train=TrainConfig(epochs=1, batch_size=32, patience=1, lradj="constant"),
+        train=TrainConfig(epochs=1, batch_size=32, patience=1, lradj="constant", log_every=1),
     )
 
 

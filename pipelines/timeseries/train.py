@@ -150,7 +150,7 @@ def fit(model: Forecaster, splits: Splits, cfg: TimeseriesConfig, *, run: TrainR
             step += 1
             run_loss += loss.item() * x.shape[0]
             seen += x.shape[0]
-            if step % 10 == 0:
+            if step % tc.log_every == 0:
                 log.log(step, loss=all_reduce_mean(loss.item(), env) if env else loss.item(),
                         lr=sched.get_last_lr()[0])
             if run is not None and bi + 1 < spe:
