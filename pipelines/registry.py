@@ -20,17 +20,15 @@ PIPELINES: dict[str, str] = {
 
 
 def list_pipelines() -> list[str]:
-    """Domains whose package is importable (a registered but unwritten one is skipped)."""
-    out = []
+    """Every registered domain, each imported once: a registered package that fails to import
+    is an error (never a silently shorter list)."""
     for name, path in PIPELINES.items():
         try:
             importlib.import_module(path)
-        except ModuleNotFoundError as e:
-            if e.name is not None and path.startswith(e.name):
-                continue
-            raise
-        out.append(name)
-    return out
+        except ImportError as e:
+            raise ImportError(f"pipeline {name!r} is registered in pipelines/registry.py but {path} does not "
+                              f"import ({e}); fix the package or remove its registry line") from e
+    return list(PIPELINES)
 
 
 def get_pipeline(name: str, part: str | None = None) -> ModuleType:
