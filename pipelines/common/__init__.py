@@ -3,6 +3,8 @@
 Modules (each named for what it holds):
 
 - :mod:`.errors` — :class:`UserError`, the one exception a user can cause (exit code 2).
+- :mod:`.finite` — numeric inputs checked in the model's dtype (:func:`to_model_dtype`), model
+  outputs checked (:func:`check_finite_output`), strict JSON (:func:`dumps_strict`).
 - :mod:`.paths` — :data:`REPO_ROOT`, :func:`check_out_dir`.
 - :mod:`.config` — dataclass configs to/from dicts, typed dotted overrides, :func:`build_backbone`.
 - :mod:`.reproducibility` — :func:`seed_everything`, :func:`set_threads`, :func:`pick_device`.
@@ -38,7 +40,7 @@ from .checkpoint import (
     read_checkpoint_config,
     save_pretrained,
 )
-from .cli import make_parser, print_json, run_cli_guarded, run_pipeline_cli
+from .cli import make_parser, print_json, run_cli_guarded, run_pipeline_cli, to_json
 from .config import apply_overrides, build_backbone, config_from_dict, config_to_dict, parse_dotted_args
 from .distributed import (
     DistEnv,
@@ -52,6 +54,18 @@ from .distributed import (
     wrap_ddp,
 )
 from .errors import UserError
+from .finite import (
+    FLOAT32_MAX,
+    ORDINARY_INPUT_MAX,
+    NonFiniteOutputError,
+    NonFiniteValueError,
+    cell_locator,
+    check_finite_output,
+    check_finite_result,
+    dumps_strict,
+    find_non_finite,
+    to_model_dtype,
+)
 from .loop import TrainRun, data_fingerprint, optimizer_step
 from .optim import EarlyStopping, make_epoch_scheduler, make_scheduler, param_groups, tslib_lr, warmup_cosine
 from .paths import REPO_ROOT, check_out_dir
@@ -135,6 +149,18 @@ __all__ = [
     "unwrap",
     "warmup_cosine",
     "wrap_ddp",
+    # --- finite ---
+    "FLOAT32_MAX",
+    "ORDINARY_INPUT_MAX",
+    "NonFiniteOutputError",
+    "NonFiniteValueError",
+    "cell_locator",
+    "check_finite_output",
+    "check_finite_result",
+    "dumps_strict",
+    "find_non_finite",
+    "to_json",
+    "to_model_dtype",
     # --- kit ---
     "LengthBucketSampler",
     "lengths_to_mask",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import traceback
@@ -20,13 +19,24 @@ from longstream.backbones.io import atomic_write_bytes
 
 from .config import apply_overrides, config_to_dict
 from .errors import UserError
+from .finite import check_finite_result, dumps_strict
 from .paths import check_out_dir
 from .progress import quiet
 
 
 def print_json(obj: Any) -> None:
-    """Print ``obj`` as one JSON line on stdout (the machine-readable last line)."""
-    print(json.dumps(obj, default=_json_default), flush=True)
+    """Print ``obj`` as one strict JSON line on stdout (the machine-readable last line).
+
+    Strict: ``allow_nan=False``, so ``NaN`` / ``Infinity`` never leave the program; a
+    non-finite value here is a bug and raises :class:`~.finite.NonFiniteValueError`
+    (naming its key path) before anything is printed.
+    """
+    print(to_json(obj), flush=True)
+
+
+def to_json(obj: Any, **kwargs: Any) -> str:
+    """``obj`` as strict JSON text (tensors, paths, numpy values and dataclasses converted)."""
+    return dumps_strict(obj, default=_json_default, **kwargs)
 
 
 def _json_default(o: Any) -> Any:
@@ -197,7 +207,8 @@ def run_pipeline_cli(
                 print_json(metrics or {})
             return 0
         if args.verb == "evaluate":
-            metrics = evaluate(checkpoint=args.checkpoint, data=args.data)
+            metrics = check_finite_result(evaluate(checkpoint=args.checkpoint, data=args.data),
+                                          what=f"{prog} evaluate metrics")
             if args.json:
                 print_json(metrics)
             else:
@@ -207,7 +218,7 @@ def run_pipeline_cli(
         if args.verb == "predict":
             result = predict(checkpoint=args.checkpoint, inputs=list(args.inputs), out=args.out)
             if args.out and result is not None and not Path(args.out).exists():
-                atomic_write_bytes(Path(args.out), (json.dumps(result, default=_json_default) + "\n").encode())
+                atomic_write_bytes(Path(args.out), (to_json(result) + "\n").encode())
             print_json(result)
             return 0
         handler = (extra_verbs or {})[args.verb][1]
