@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from longstream.pipelines.common import UserError
+from longstream.pipelines.common import UserError, to_model_dtype
 
 from .config import DataConfig
 
@@ -64,9 +64,8 @@ def parse_series(text: str, where: str) -> torch.Tensor:
         vals = [float(t) for t in toks]
     except ValueError as e:
         raise UserError(f"{where}: not a list of numbers ({e})") from None
-    if not all(math.isfinite(v) for v in vals):
-        raise UserError(f"{where}: contains NaN or infinity")
-    return torch.tensor(vals, dtype=torch.float32)
+    # checked in the model's dtype: 1e308 is a finite float64 but inf in float32
+    return to_model_dtype(vals, source=where, fix="replace or rescale the value")
 
 
 def load_csv(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:

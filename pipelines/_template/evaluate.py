@@ -8,14 +8,22 @@ cross-entropy), ``n`` (number of series). Computed with the shared
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from longstream.pipelines.common import UserError, accuracy, macro_f1, mcc, pad_sequences
+from longstream.pipelines.common import (
+    UserError,
+    accuracy,
+    check_finite_output,
+    check_finite_result,
+    dumps_strict,
+    macro_f1,
+    mcc,
+    pad_sequences,
+)
 
 from .data import example, load_csv, make_split, parse_series
 
@@ -26,20 +34,25 @@ DEFAULT_CHECKPOINT = "template/sine-attn"
 
 @torch.no_grad()
 def evaluate_arrays(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
-                    device: torch.device | str = "cpu") -> dict[str, float]:
-    """Metrics of ``model`` on series ``x`` (N, L) with labels ``y`` (N,) (see :data:`METRIC_KEYS`)."""
+                    device: torch.device | str = "cpu", source: str = "the data") -> dict[str, float]:
+    """Metrics of ``model`` on series ``x`` (N, L) with labels ``y`` (N,) (see :data:`METRIC_KEYS`).
+
+    ``source`` names the data in the error raised when the model's output is not finite.
+    """
     was = model.training
     model.eval()
     preds, loss_sum = [], 0.0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         logits = model(xb)
+        check_finite_output(logits, source=[f"{source}: series {i + k + 1}" for k in range(len(xb))],
+                            model_input=xb, what="class scores")
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
         preds.append(logits.argmax(-1).cpu())
     model.train(was)
     pred = torch.cat(preds)
-    return {"accuracy": accuracy(y, pred), "macro_f1": macro_f1(y, pred), "mcc": mcc(y, pred),
-            "loss": loss_sum / len(x), "n": len(x)}
+    return check_finite_result({"accuracy": accuracy(y, pred), "macro_f1": macro_f1(y, pred), "mcc": mcc(y, pred),
+                                "loss": loss_sum / len(x), "n": len(x)}, what="template metrics")
 
 
 def evaluate(checkpoint: str, data: str | None = None) -> dict[str, Any]:
@@ -53,7 +66,7 @@ def evaluate(checkpoint: str, data: str | None = None) -> dict[str, Any]:
             raise UserError(f"{data}: labels must be in 0..{model.cfg.data.n_classes - 1}")
     else:
         x, y = make_split(model.cfg.data, "test")
-    return evaluate_arrays(model, x, y)
+    return evaluate_arrays(model, x, y, source=data or "the generated test split")
 
 
 def read_input(spec: str, cfg) -> torch.Tensor:
@@ -70,7 +83,7 @@ def read_input(spec: str, cfg) -> torch.Tensor:
             raise UserError(f"{p} is larger than 10 MB; the template expects one short series")
         return parse_series(p.read_text(), str(p))
     if "," in spec or spec.replace(".", "", 1).replace("-", "", 1).isdigit():
-        return parse_series(spec, "input")
+        return parse_series(spec, f"input {spec!r}")
     raise UserError(f"input {spec!r} is not gen:<class>, an existing file, or comma-separated numbers")
 
 
@@ -90,8 +103,9 @@ def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[
             raise UserError(f"input {spec!r} has {len(x)} value(s); give at least 2")
     x, mask = pad_sequences(series, what="input series")
     probs = predict_proba(model, x, mask)
+    check_finite_output(probs, source=[f"input {s!r}" for s in inputs], model_input=x, what="class probabilities")
     results = [{"input": spec, "label": int(p.argmax()), "probs": [round(float(v), 4) for v in p]}
                for spec, p in zip(inputs, probs)]
     if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        Path(out).write_text(dumps_strict(results, indent=2) + "\n")
     return results

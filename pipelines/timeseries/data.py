@@ -20,7 +20,7 @@ Every problem a user can cause raises one :class:`UserError` naming the file and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from longstream.pipelines.common import UserError
+from longstream.pipelines.common import UserError, to_model_dtype
 
 from .config import DataConfig
 
@@ -42,6 +42,7 @@ __all__ = [
     "ett_borders",
     "split_borders",
     "make_splits",
+    "scale_checked",
     "iterate_windows",
     "phase_index",
     "default_period",
@@ -74,6 +75,7 @@ class Series:
     targets: list[str]
     source: str = ""
     target_idx: list[int] = field(default_factory=list)
+    layout: str = "wide"  # "long": rows of the file are (unique_id, ds, y), not one row per timestamp
 
     def __post_init__(self) -> None:
         if not self.target_idx:
@@ -81,6 +83,23 @@ class Series:
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def locator(self, row_offset: int = 0) -> Callable[[tuple[int, ...]], str]:
+        """Index ``(t, c)`` of an array whose row 0 is this series' row ``row_offset`` -> text for errors."""
+        return _locator(self.columns, self.timestamps, self.layout, row_offset)
+
+
+def _locator(columns: list[str], timestamps: pd.DatetimeIndex | None, layout: str,
+             row_offset: int = 0) -> Callable[[tuple[int, ...]], str]:
+    def locate(idx: tuple[int, ...]) -> str:
+        t = int(idx[0]) + row_offset
+        c = columns[idx[-1]] if len(idx) > 1 else columns[0]
+        ts = str(timestamps[t]) if timestamps is not None and 0 <= t < len(timestamps) else ""
+        if layout == "long":
+            return f"series {c!r} at time step {t + 1}" + (f" ({ts})" if ts else "")
+        return f"column {c!r}, data row {t + 1} (line {t + 2}" + (f", {ts})" if ts else ")")
+
+    return locate
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -119,7 +138,7 @@ def _find_date_col(df: pd.DataFrame, path: Path, date_col: str) -> str:
     )
 
 
-def _to_numeric(df: pd.DataFrame, cols: list[str], path: Path) -> np.ndarray:
+def _to_numeric(df: pd.DataFrame, cols: list[str], path: Path, layout: str = "wide") -> np.ndarray:
     out = np.empty((len(df), len(cols)), dtype=np.float64)
     for j, c in enumerate(cols):
         s = df[c]
@@ -138,9 +157,9 @@ def _to_numeric(df: pd.DataFrame, cols: list[str], path: Path) -> np.ndarray:
                 "fill the gap (e.g. interpolate) before forecasting"
             )
         out[:, j] = num.to_numpy(dtype=np.float64)
-    if not np.isfinite(out).all():
-        i, j = np.argwhere(~np.isfinite(out))[0]
-        raise UserError(f"{path}: column {cols[j]!r} has a non-finite value at data row {i + 1}; replace it")
+    # finite in float64 is not enough: the model computes in float32 (1e308 -> inf)
+    to_model_dtype(out, source=str(path), locate=_locator(cols, None, layout),
+                   fix="replace the value, or rescale the column (e.g. to other units)")
     return out
 
 
@@ -237,9 +256,11 @@ def load_series(cfg: DataConfig, path: str | Path | None = None) -> Series:
     else:
         columns = value_cols
         targets = value_cols
-    values = _to_numeric(df, columns, path)
+    layout = "long" if is_long else "wide"
+    values = _to_numeric(df, columns, path, layout)
     freq = _check_regular(ts, path, cfg.freq)
-    return Series(timestamps=ts, values=values, columns=columns, freq=freq, targets=targets, source=str(path))
+    return Series(timestamps=ts, values=values, columns=columns, freq=freq, targets=targets, source=str(path),
+                  layout=layout)
 
 
 # --------------------------------------------------------------------------- calendar phase
@@ -349,6 +370,8 @@ class Split:
     seq_len: int
     pred_len: int
     start_row: int  # row of the full file where ``data`` starts
+    source: str = ""  # the file, for error messages
+    locate: Callable[[tuple[int, ...]], str] | None = None  # (t, c) of ``data`` -> "column 'OT', data row 9 ..."
 
     @property
     def n_windows(self) -> int:
@@ -375,6 +398,16 @@ def fit_scaler(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def scale_checked(series: Series, mean: np.ndarray, std: np.ndarray, stage: str, rows: slice = slice(None)) -> Tensor:
+    """``(values[rows] - mean) / std`` as float32, or a :class:`UserError` naming the cell that is not finite."""
+    raw = series.values[rows]
+    start = rows.indices(len(series))[0]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scaled = (raw - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
+    return to_model_dtype(scaled, source=series.source, raw=raw, locate=series.locator(start), stage=stage,
+                          fix="replace the value, or rescale the column (e.g. to other units)")
+
+
 def make_splits(cfg: DataConfig, series: Series, period: int) -> Splits:
     """Cut ``series`` into TSLib train / val / test splits, scaled by train statistics."""
     need = cfg.seq_len + cfg.pred_len
@@ -393,7 +426,7 @@ def make_splits(cfg: DataConfig, series: Series, period: int) -> Splits:
                 "use a longer series or a smaller --data.seq_len / --data.pred_len"
             )
     mean, std = fit_scaler(series.values[starts[0] : ends[0]])
-    scaled = ((series.values - mean) / std).astype(np.float32)
+    scaled = scale_checked(series, mean, std, "after scaling by the train split's mean and std").numpy()
     phase = phase_index(series.timestamps, series.freq, period)
     parts = [
         Split(
@@ -403,6 +436,8 @@ def make_splits(cfg: DataConfig, series: Series, period: int) -> Splits:
             seq_len=cfg.seq_len,
             pred_len=cfg.pred_len,
             start_row=s,
+            source=series.source,
+            locate=series.locator(s),
         )
         for n, s, e in zip(("train", "val", "test"), starts, ends)
     ]

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Split, UserError, iterate_windows, load_series, make_splits
+from longstream.pipelines.common import check_finite_output, check_finite_result
+
+from .data import Split, UserError, iterate_windows, load_series, make_splits, scale_checked
 from .model import Forecaster, pinball_loss
 
 __all__ = ["evaluate_split", "evaluate", "backtest", "predict", "best_shipped", "METRIC_KEYS", "EXAMPLE_INPUTS"]
@@ -81,6 +83,10 @@ def evaluate_split(
     n_win = 0
     for x, y, ph in iterate_windows(split, batch_size, indices=indices):
         point, quant = model(x, ph)
+        if not (torch.isfinite(point).all() and (quant is None or torch.isfinite(quant).all())):
+            # name the most extreme cell of the split (what overflowed inside the model)
+            check_finite_output((point, quant), source=split.source or f"the {split.name} split",
+                                model_input=split.data, locate=split.locate, what="forecast")
         if target_idx is not None:
             point, y = point[..., target_idx], y[..., target_idx]
             quant = quant[..., target_idx, :] if quant is not None else None
@@ -107,7 +113,7 @@ def evaluate_split(
         out["coverage"] = cover / count
         out["interval"] = round(float(q[-1] - q[0]), 6)
         out["pinball"] = pin / count
-    return out
+    return check_finite_result(out, what=f"{split.name}-split metrics")
 
 
 def evaluate(checkpoint: str, data: str | None = None) -> dict[str, Any]:
@@ -154,7 +160,7 @@ def backtest(
     series = load_series(cfg.data, data or cfg.data.path or None)
     _check_columns(series.columns, meta, data)
     mean, std = _scaler(meta, series)
-    scaled = torch.from_numpy(((series.values - mean) / std).astype(np.float32))
+    scaled = scale_checked(series, mean, std, "after scaling with the checkpoint's scaler")
     from .data import phase_index
 
     phase = torch.from_numpy(phase_index(series.timestamps, series.freq, model.period))
@@ -177,6 +183,8 @@ def backtest(
         x = scaled[o - l : o].unsqueeze(0)
         y = scaled[o : o + h].unsqueeze(0)[..., tidx]
         point, quant = model(x, phase[o - l : o - l + 1])
+        check_finite_output((point, quant), source=series.source, model_input=x[0],
+                            raw_input=series.values[o - l : o], locate=series.locator(o - l), what="forecast")
         err = (point[..., tidx] - y).double()
         f = {
             "origin": str(series.timestamps[o]),
@@ -193,7 +201,7 @@ def backtest(
     if out_folds and "coverage" in out_folds[0]:
         res["coverage"] = float(np.mean([f["coverage"] for f in out_folds]))
     res["folds"] = out_folds
-    return res
+    return check_finite_result(res, what="backtest metrics")
 
 
 def _scaler(meta: dict[str, Any], series: Any) -> tuple[np.ndarray, np.ndarray]:

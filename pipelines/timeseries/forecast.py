@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 
 from longstream.backbones.io import atomic_file
+from longstream.pipelines.common import check_finite_output
 
-from .data import Series, UserError, future_timestamps, load_series, phase_index
+from .data import Series, UserError, future_timestamps, load_series, phase_index, scale_checked
 from .model import Forecaster
 
 __all__ = ["forecast_series", "forecast_frame", "write_forecast", "plot_forecast", "predict"]
@@ -40,10 +41,14 @@ def forecast_series(model: Forecaster, series: Series, scaler: dict[str, Any]) -
         )
     mean = np.asarray(scaler["mean"], dtype=np.float64)
     std = np.asarray(scaler["std"], dtype=np.float64)
-    x = ((series.values[-l:] - mean) / std).astype(np.float32)
+    rows = slice(len(series) - l, len(series))
+    x = scale_checked(series, mean, std, "after scaling with the checkpoint's scaler", rows)  # (l, c) float32
     phase = phase_index(series.timestamps[-l:], series.freq, model.period)[:1]
     model.eval()
-    point, quant = model(torch.from_numpy(x)[None], torch.from_numpy(phase))
+    point, quant = model(x[None], torch.from_numpy(phase))
+    # a value that passed the input check can still overflow inside the model (1e30): name it
+    check_finite_output((point, quant), source=series.source, model_input=x, raw_input=series.values[rows],
+                        locate=series.locator(rows.start), what="forecast")
     tidx = series.target_idx
     p = point[0].double().numpy() * std + mean  # (h, c)
     future = future_timestamps(series.timestamps[-1], series.freq, h)
@@ -56,6 +61,8 @@ def forecast_series(model: Forecaster, series: Series, scaler: dict[str, Any]) -
             for k, lev in enumerate(model.quantiles.tolist()):
                 cols[f"{name}_q{lev:g}"] = qv[:, k]
     frame = pd.DataFrame(cols, index=pd.DatetimeIndex(future, name="date"))
+    # back in the data's units (float64); never write an empty / inf cell
+    check_finite_output(frame.to_numpy(dtype=np.float64), source=series.source, what="forecast (in the data's units)")
     return frame
 
 
