@@ -122,11 +122,11 @@ def to_model_dtype(
         shown = _as_numpy64(raw)[idx] if raw is not None else arr[idx]
         where = (locate or cell_locator())(idx)
         if not math.isfinite(float(shown)):
-            what = f"has a non-finite value {_fmt(float(shown))}"
+            what = f"is {_fmt(float(shown))}, not a finite number"
         elif stage:
-            what = f"has the value {_fmt(float(shown))}, which is not finite in {_dtype_name(dtype)} {stage}"
+            what = f"is {_fmt(float(shown))}, which is not finite in {_dtype_name(dtype)} {stage}"
         else:
-            what = (f"has the value {_fmt(float(shown))}, which overflows {_dtype_name(dtype)} (the model computes "
+            what = (f"is {_fmt(float(shown))}, which overflows {_dtype_name(dtype)} (the model computes "
                     f"in {_dtype_name(dtype)}: |x| must be below {_fmt(float(torch.finfo(dtype).max))})")
         raise UserError(f"{source}: {where} {what}; {fix or 'replace or rescale the value'}")
     return out
@@ -176,7 +176,7 @@ def check_finite_output(
                     shown = float(raw[idx]) if raw is not None else float(x[idx])
                     where = (locate or cell_locator())(idx)
                     raise UserError(
-                        f"{name}: the model's {what} is not finite because {where} has the value {_fmt(shown)}, "
+                        f"{name}: the model's {what} is not finite because {where} is {_fmt(shown)}, "
                         f"far outside the range the model works in (|x| = {_fmt(peak)} as the model sees it, "
                         f"over {_fmt(ORDINARY_INPUT_MAX)}); {fix or 'fix or rescale that value'}"
                     )

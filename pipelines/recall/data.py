@@ -45,6 +45,8 @@ NEEDLE_TASKS = ("passkey", "multikey", "vartrack")
 EXACT_MATCH_TASKS = ("passkey", "multikey", "vartrack")
 DEPTH_TASKS = ("induction", "passkey", "multikey", "vartrack")
 _SPLIT_OFFSET = {"train": 0, "val": 7_000_003, "test": 13_000_019}
+SEED_MAX = 2**63 - 1
+"""The largest example seed (torch generators take 64-bit seeds; larger ones overflow)."""
 
 
 def check_config(cfg: DataConfig, seq_len: int | None = None) -> None:
@@ -95,6 +97,8 @@ def generate(
     check_config(cfg, L)
     if depth is not None and not 0.0 <= depth <= 1.0:
         raise UserError(f"depth must be in [0, 1], got {depth}")
+    if not 0 <= int(seed) <= SEED_MAX:
+        raise UserError(f"seed {seed} is out of range; use a whole number from 0 to {SEED_MAX}")
     g = torch.Generator().manual_seed(int(seed))
     fn = {
         "mqar": _mqar,

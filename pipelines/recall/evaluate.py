@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from longstream.pipelines.common import UserError, progress
+from longstream.pipelines.common import UserError, check_finite_result, dumps_strict, progress
 
 from .config import Config, EvalConfig
-from .data import DEPTH_TASKS, EXACT_MATCH_TASKS, generate
+from .data import DEPTH_TASKS, EXACT_MATCH_TASKS, SEED_MAX, generate
 
 METRIC_KEYS = ["accuracy", "effective_length", "effective_multiplier", "state_bytes", "n", "train_len"]
 EXAMPLE_INPUTS = ["1x@0.5", "4x@0.1#3"]
@@ -136,7 +136,7 @@ def evaluate_model(model, ev: EvalConfig | None = None, *, show_progress: bool =
     out["task"] = task
     out["grid"] = grid
     out["eval_seconds"] = round(time.time() - t0, 1)
-    return out
+    return check_finite_result(out, what="recall metrics")
 
 
 def _eval_config_from_file(base: EvalConfig, data: str) -> EvalConfig:
@@ -180,10 +180,16 @@ def parse_spec(spec: str, cfg: Config) -> tuple[int, float | None, int]:
     L = int(m["len"]) * (cfg.data.seq_len if m["x"] else 1)
     if L < 8 or L > 1_048_576:
         raise UserError(f"input {spec!r}: length {L} out of range 8..1048576")
-    depth = float(m["depth"]) if m["depth"] else None
+    try:
+        depth = float(m["depth"]) if m["depth"] else None
+    except ValueError:
+        raise UserError(f"input {spec!r}: depth {m['depth']!r} is not a number; use e.g. @0.5") from None
     if depth is not None and not 0 <= depth <= 1:
         raise UserError(f"input {spec!r}: depth must be in [0, 1]")
-    return L, depth, int(m["seed"] or 0)
+    seed = int(m["seed"] or 0)
+    if seed > SEED_MAX:
+        raise UserError(f"input {spec!r}: seed {seed} is out of range; use a #SEED from 0 to {SEED_MAX}")
+    return L, depth, seed
 
 
 @torch.no_grad()
@@ -217,5 +223,5 @@ def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[
     model = from_pretrained(checkpoint)
     results = [predict_one(model, *parse_spec(s, model.cfg)) | {"input": s} for s in inputs]
     if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        Path(out).write_text(dumps_strict(results, indent=2) + "\n")
     return results
