@@ -32,6 +32,20 @@ EXAMPLE_INPUTS = ["gen:0", "gen:3"]
 DEFAULT_CHECKPOINT = "template/sine-attn"
 
 
+def make_extreme(spec: str, value: float, tmp_dir: Path) -> str:
+    """Contract hook: an input like ``spec`` (one of :data:`EXAMPLE_INPUTS`) whose last number is ``value``.
+
+    ``gen:K`` becomes a file of that generated series in ``tmp_dir`` with its last value replaced.
+    """
+    from .config import DataConfig
+
+    x = (example(int(spec[4:]), DataConfig()) if spec.startswith("gen:") else parse_series(spec, spec)).tolist()
+    x[-1] = value
+    path = Path(tmp_dir) / f"{spec.replace(':', '_')}_extreme.txt"
+    path.write_text(",".join(repr(float(v)) for v in x) + "\n")
+    return str(path)
+
+
 @torch.no_grad()
 def evaluate_arrays(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
                     device: torch.device | str = "cpu", source: str = "the data") -> dict[str, float]:

@@ -37,6 +37,11 @@ EXAMPLE_INPUTS = ["1x@0.5", "4x@0.1#3"]
 DEFAULT_CHECKPOINT = "recall/hybrid-mqar"
 
 
+def make_extreme(spec: str, value: float, tmp_dir: Path) -> str:
+    """Contract hook: ``spec`` (``LENGTH[@DEPTH][#SEED]``) with its seed, the one free number, set to ``int(value)``."""
+    return f"{spec.partition('#')[0]}#{int(value)}"
+
+
 def score(preds: Tensor, targets: Tensor, task: str) -> tuple[float, int]:
     """(sum of per-unit correctness, units): examples for exact-match tasks, positions otherwise."""
     sel = targets != -100

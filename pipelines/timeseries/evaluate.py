@@ -28,7 +28,8 @@ from longstream.pipelines.common import check_finite_output, check_finite_result
 from .data import Split, UserError, iterate_windows, load_series, make_splits, scale_checked
 from .model import Forecaster, pinball_loss
 
-__all__ = ["evaluate_split", "evaluate", "backtest", "predict", "best_shipped", "METRIC_KEYS", "EXAMPLE_INPUTS"]
+__all__ = ["evaluate_split", "evaluate", "backtest", "predict", "best_shipped", "METRIC_KEYS", "EXAMPLE_INPUTS",
+           "DEFAULT_CHECKPOINT", "make_extreme"]
 
 METRIC_KEYS = ["mse", "mae", "n_windows", "seq_len", "pred_len"]
 """Keys ``evaluate`` always returns (``coverage``, ``interval``, ``pinball`` too for quantile models)."""
@@ -36,6 +37,25 @@ METRIC_KEYS = ["mse", "mae", "n_windows", "seq_len", "pred_len"]
 _DEMO_DIR = Path(__file__).resolve().parents[2] / "demos" / "timeseries"
 EXAMPLE_INPUTS = [str(_DEMO_DIR / "example_hourly.csv")]
 """A small synthetic hourly CSV in the ETT layout, accepted by the shipped checkpoints."""
+
+
+DEFAULT_CHECKPOINT = "timeseries/etth1-ensemble-h96"
+"""The shipped model the demo and the contract tests use."""
+
+
+def make_extreme(spec: str, value: float, tmp_dir: Path) -> str:
+    """Contract hook: a copy of the CSV ``spec`` in ``tmp_dir`` whose last cell (last row, last column) is ``value``.
+
+    The last row is inside every model's input window, so the value reaches the model.
+    """
+    src = Path(spec)
+    lines = src.read_text().rstrip("\n").split("\n")
+    cells = lines[-1].split(",")
+    cells[-1] = repr(float(value))
+    lines[-1] = ",".join(cells)
+    out = Path(tmp_dir) / f"{src.stem}_extreme.csv"
+    out.write_text("\n".join(lines) + "\n")
+    return str(out)
 
 
 SHIPPED_CANDIDATES = ("timeseries/etth1-ensemble-h{h}", "timeseries/etth1-cyclelinear-h{h}")
