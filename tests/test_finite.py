@@ -156,7 +156,7 @@ def test_every_verb_prints_strict_json(domain, trained, tmp_path, capsys):
     assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
     ev = get_pipeline(domain, "evaluate")
     rc, out, err = _run(domain, ["predict", "--checkpoint", ckpt, *ev.EXAMPLE_INPUTS,
-                                 *(["--out", str(tmp_path / "p.json")] if domain != "timeseries" else []),
+                                 "--out", str(tmp_path / _out_name(domain)),  # never into the cwd
                                  "--quiet"], capsys)
     assert rc == 0, err
     strict_loads(out.strip().splitlines()[-1])
