@@ -152,7 +152,7 @@ def _demos() -> list[str]:
 
 def _run_fn(demo, domain: str):
     """The event function triggered by the ``#<domain>-run`` button, and its index."""
-    for i, (fid, f) in enumerate(demo.fns.items()):
+    for fid, f in demo.fns.items():
         for block_id, _event in f.targets:
             if getattr(demo.blocks.get(block_id), "elem_id", None) == f"{domain}-run":
                 return fid, f
@@ -189,3 +189,9 @@ def test_tab_bad_input_gives_one_readable_error_and_clears(domain, upload, caplo
     visible = {o._id for o in fn.outputs if not isinstance(o, gr.State)}
     assert clears and {o._id for o in clears[0].outputs} == visible, f"{domain}: use common.connect"
     assert any(getattr(o, "elem_id", None) == f"{domain}-output" for o in clears[0].outputs)
+
+
+def test_only_the_cli_alternative_of_a_fix_is_dropped():
+    e = UserError("f.csv: column 'b' has a non-numeric value 'x' at data row 2 (line 3); fix or remove it, "
+                  "or leave 'b' out of --data.targets/--data.covariates")
+    assert page_message(e) == "f.csv: column 'b' has a non-numeric value 'x' at data row 2 (line 3); fix or remove it"

@@ -80,16 +80,25 @@ def _hide_paths(message: str, args: Sequence[Any]) -> str:
 
 
 def _rewrite_flags(message: str, flags: Mapping[str, str]) -> str:
-    """``--flag`` -> the page's control name; a ``;``-clause naming an unmapped flag is dropped."""
+    """``--flag`` -> the page's control name; an alternative naming an unmapped flag is dropped.
+
+    Messages read "<what is wrong>; <fix> or <other fix>": ``;``-clauses are split into their
+    ``or``-alternatives, and an alternative that names a flag the page lacks goes.
+    """
+    def mapped(part: str) -> str | None:
+        names = _FLAG.findall(part)
+        if any(n not in flags for n in names):
+            return None  # a fix only the command line has: not on this page
+        for n in sorted(names, key=len, reverse=True):
+            part = re.sub(r"(?<![\w-])" + re.escape(n) + r"(?![\w.-])", flags[n], part)
+        return part
+
     clauses = [c.strip() for c in message.split(";")]
     kept: list[str] = []
     for c in clauses:
-        names = _FLAG.findall(c)
-        if any(n not in flags for n in names):
-            continue  # a fix only the command line has: not on this page
-        for n in sorted(names, key=len, reverse=True):
-            c = re.sub(r"(?<![\w-])" + re.escape(n) + r"(?![\w.-])", flags[n], c)
-        kept.append(c)
+        alts = [a for a in (mapped(p) for p in re.split(r",?\s+or\s+", c)) if a is not None]
+        if alts:
+            kept.append(" or ".join(alts).strip().rstrip(","))
     if not kept:  # every clause named a CLI flag: keep the first, flags named as settings
         kept = [_FLAG.sub(lambda m: f"'{m.group(0)[2:]}'", clauses[0])]
     return "; ".join(k for k in kept if k)
