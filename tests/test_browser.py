@@ -214,4 +214,9 @@ def test_tab_bad_input_shows_one_readable_error_and_clears(page, domain, title, 
     assert "/tmp/" not in msg and "gradio/" not in msg, f"{domain}: the error shows a server path: {msg}"
     assert "--" not in msg, f"{domain}: the error names a CLI flag: {msg}"
     assert "internal error" not in msg, msg
+    # the server log: one line for this user error, no traceback
+    server_log = (ARTIFACTS / "demo_server.log").read_text()
+    lines = [ln for ln in server_log.splitlines() if "user error:" in ln and bad["expect"] in ln]
+    assert len(lines) == 1, f"{domain}: expected one log line for the error, got {lines}"
+    assert "Traceback" not in server_log, f"{domain}: the server log has a traceback: {server_log[-2000:]}"
     _close_toasts(page)
