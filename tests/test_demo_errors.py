@@ -83,7 +83,7 @@ def test_user_error_logs_one_line_internal_error_a_traceback(caplog):
             user()
     assert info.value.print_exception is False  # Gradio itself prints no traceback either
     assert [r.getMessage() for r in caplog.records] == [
-        "demo user: user error: horizon 0 is out of range; enter 1 to 2000"]
+        f"demo {__name__}.user: user error: horizon 0 is out of range; enter 1 to 2000"]
     assert "Traceback" not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="longstream.demo"):

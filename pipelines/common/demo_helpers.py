@@ -120,17 +120,19 @@ def page_message(e: BaseException, args: Sequence[Any] = (), flags: Mapping[str,
     return msg.strip() or type(e).__name__
 
 
-def _to_gr_error(fn_name: str, e: BaseException, args: Sequence[Any], flags: Mapping[str, str] | None) -> BaseException:
+def _to_gr_error(fn_name: str, e: BaseException, args: Sequence[Any], flags: Mapping[str, str] | None,
+                 where: str = "") -> BaseException:
     import gradio as gr
 
+    where = where or fn_name
     if isinstance(e, gr.Error):
         return e
     if isinstance(e, UserError):
         msg = page_message(e, args, flags)
-        log.warning("demo %s: user error: %s", fn_name, msg.replace("\n", " "))  # one line, no traceback
+        log.warning("demo %s: user error: %s", where, msg.replace("\n", " "))  # one line, no traceback
         # the message is rendered as HTML in the toast: escape it; the traceback is not printed
         return gr.Error(html.escape(msg), print_exception=False)
-    log.error("demo handler %s failed", fn_name, exc_info=(type(e), e, e.__traceback__))
+    log.error("demo handler %s failed", where, exc_info=(type(e), e, e.__traceback__))
     return gr.Error(f"internal error in {fn_name} ({type(e).__name__}); the traceback is in the server log",
                     print_exception=False)
 
@@ -147,6 +149,8 @@ def gradio_errors(fn: F | None = None, *, flags: Mapping[str, str] | None = None
     if getattr(fn, "__gradio_errors__", False):
         return fn
     name = getattr(fn, "__name__", "handler")
+    module = str(getattr(fn, "__module__", "") or "").removeprefix("longstream.pipelines.")
+    where = f"{module}.{name}" if module else name  # e.g. recall.demo.run, for the server log
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -154,7 +158,7 @@ def gradio_errors(fn: F | None = None, *, flags: Mapping[str, str] | None = None
             try:
                 yield from fn(*args, **kw)
             except Exception as e:  # noqa: BLE001
-                raise _to_gr_error(name, e, [*args, *kw.values()], flags) from None
+                raise _to_gr_error(name, e, [*args, *kw.values()], flags, where) from None
 
         gen_wrapper.__gradio_errors__ = True  # type: ignore[attr-defined]
         return gen_wrapper
@@ -164,7 +168,7 @@ def gradio_errors(fn: F | None = None, *, flags: Mapping[str, str] | None = None
         try:
             return fn(*args, **kw)
         except Exception as e:  # noqa: BLE001
-            raise _to_gr_error(name, e, [*args, *kw.values()], flags) from None
+            raise _to_gr_error(name, e, [*args, *kw.values()], flags, where) from None
 
     wrapper.__gradio_errors__ = True  # type: ignore[attr-defined]
     return wrapper
