@@ -24,6 +24,19 @@ def _quiet_gradio_env() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def _demo_log_to_stderr() -> None:
+    """Tab errors reach the server log: one line per user error, a traceback for internal ones."""
+    import logging
+
+    log = logging.getLogger("longstream.demo")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("[longstream demo] %(levelname)s %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def build_app(only: Sequence[str] | None = None) -> Any:
     """Build (don't launch) the app: a header and one tab per pipeline with a ``demo.py``.
 
@@ -76,6 +89,7 @@ def build_app(only: Sequence[str] | None = None) -> Any:
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            only: Sequence[str] | None = None, **kwargs: Any) -> Any:
     """Build and serve the app (blocks until interrupted)."""
+    _demo_log_to_stderr()
     app = build_app(only)
     app.queue(default_concurrency_limit=2)
     print(f"longstream demo: http://{host}:{port}", flush=True)

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from longstream.pipelines.common import ModelCache, UserError, gradio_errors
+from longstream.pipelines.common import ModelCache, UserError, connect, number_input
 
 DEMO_TITLE = "Template (sine frequency)"
+# For the registry-generated demo tests (pipelines/CONTRACT.md, "demo.py"): after the example
+# ran, this bad value in this component must give exactly one error containing ``expect``
+# and clear ``#template-output``.
+DEMO_BAD_INPUT = {"elem_id": "template-series", "value": "0.1, 0.5, oops", "expect": "pasted series"}
 
 
 def _load(checkpoint: str):
@@ -31,6 +35,8 @@ def classify(series_text: str, label: int, noise: float, history: list[dict[str,
     from .model import predict_proba
 
     history = list(history or [])
+    label = number_input(label, "true class", lo=0, hi=3, integer=True)
+    noise = number_input(noise, "noise std", lo=0.0, hi=10.0)
     model = MODELS.get(checkpoint or DEFAULT_CHECKPOINT)
     cfg = model.cfg
     if series_text and series_text.strip():
@@ -54,7 +60,6 @@ def build_demo(checkpoint: str | None = None):
     """The template tab as a ``gr.Blocks`` (not launched)."""
     import gradio as gr
 
-    @gradio_errors  # a UserError (e.g. a bad pasted series) shows as a visible message
     def run(series_text, label, noise, history):
         return classify(series_text, label, noise, history, checkpoint)
 
@@ -73,6 +78,7 @@ def build_demo(checkpoint: str | None = None):
         btn = gr.Button("Classify", variant="primary", elem_id="template-run")
         out = gr.Textbox(label="result", lines=3, elem_id="template-output")
         probs = gr.Label(label="class probabilities", num_top_classes=4)
-        btn.click(run, [series, label, noise, history], [out, probs, history], api_name="template_classify")
+        # connect: a UserError (e.g. a bad pasted series) shows once, and out/probs are cleared
+        connect(btn.click, run, [series, label, noise, history], [out, probs, history], api_name="template_classify")
         gr.Examples([["", 1, 0.2], ["0,1,0,-1,0,1,0,-1,0,1,0,-1,0,1,0,-1", 0, 0.0]], [series, label, noise])
     return demo

@@ -22,7 +22,8 @@ Modules (each named for what it holds):
 - :mod:`.batching` — :func:`pad_sequences`, :func:`lengths_to_mask`, :class:`LengthBucketSampler`.
 - :mod:`.streaming` — :func:`stream_evaluate`: one very long input through ``memory.StreamRunner``.
 - :mod:`.metrics` — accuracy, top-k, macro-F1, MCC, confusion matrix, accuracy by length.
-- :mod:`.demo_helpers` — :func:`gradio_errors`, :class:`ModelCache` for ``demo.py``.
+- :mod:`.demo_helpers` — :func:`gradio_errors`, :func:`connect`, :func:`number_input`,
+  :class:`ModelCache` for ``demo.py``.
 - :func:`sha256_file` and :func:`atomic_write_bytes` are re-exported from
   :mod:`longstream.backbones.io`, the one owner of files on disk.
 
@@ -76,7 +77,7 @@ from .train_state import load_train_state, save_train_state
 # isort: split
 # --- kit: shared parts for new pipelines (heads, batching, streaming, metrics, demo helpers) ---
 from .batching import LengthBucketSampler, lengths_to_mask, mask_to_lengths, pad_sequences, padding_fraction
-from .demo_helpers import ModelCache, gradio_errors
+from .demo_helpers import ModelCache, connect, gradio_errors, number_input, page_message
 from .heads import (
     POOLS,
     AttentionPool,
@@ -191,4 +192,7 @@ __all__ = [
     "top_k_accuracy",
     "ModelCache",
     "gradio_errors",
+    "connect",
+    "number_input",
+    "page_message",
 ]

@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from longstream.pipelines.common import UserError
+from longstream.pipelines.common import ModelCache, UserError, connect, number_input
 
 DEMO_TITLE = "Recall (long-context)"
+# For the registry-generated demo tests (pipelines/CONTRACT.md, "demo.py"): this tab has no
+# upload, so the bad input is a seed too large for a generator (it used to show "Overflow
+# when unpacking long long").
+DEMO_BAD_INPUT = {"elem_id": "recall-seed", "value": "1e20", "expect": "example seed"}
+MAX_SEED = 2**31 - 1
 
 
 def shipped_checkpoints() -> list[str]:
@@ -24,11 +28,13 @@ def shipped_checkpoints() -> list[str]:
     return names or ["recall/hybrid-mqar"]
 
 
-@functools.lru_cache(maxsize=4)
-def _model(checkpoint: str):
+def _load(checkpoint: str):
     from .model import from_pretrained
 
     return from_pretrained(checkpoint)
+
+
+MODELS = ModelCache(_load, maxsize=4)  # loaded once per checkpoint name, failed loads not kept
 
 
 def _render(tokens: list[int], positions: list[int], width: int = 24) -> str:
@@ -49,9 +55,14 @@ def run_example(checkpoint: str, multiplier: float, depth: float, seed: int,
     from .evaluate import score
 
     history = list(history or [])
-    model = _model(checkpoint)
+    seed = number_input(seed, "example seed", lo=0, hi=MAX_SEED, integer=True)
+    multiplier = number_input(multiplier, "length multiplier", lo=0.001, hi=65536)
+    depth = number_input(depth, "needle depth", lo=0.0, hi=1.0)
+    if not checkpoint:
+        raise UserError("no checkpoint chosen; pick one from the checkpoint list")
+    model = MODELS.get(checkpoint)
     cfg = model.cfg
-    length = int(round(float(multiplier) * cfg.data.seq_len))
+    length = max(1, int(round(float(multiplier) * cfg.data.seq_len)))
     if length > 65536:
         raise UserError(f"{length} tokens is more than the demo allows (65536); pick a smaller multiplier")
     d = float(depth) if cfg.data.task in DEPTH_TASKS else None
@@ -88,10 +99,7 @@ def build_demo(checkpoint: str | None = None):
     default_mult = 16 if default.endswith("retrieval-passkey") else 1
 
     def run(ckpt, mult, depth, seed, history):
-        try:
-            return run_example(ckpt, mult, depth, seed, history)
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return run_example(ckpt, mult, depth, seed, history)
 
     with gr.Blocks(title=DEMO_TITLE) as demo:
         gr.Markdown(
@@ -111,7 +119,7 @@ def build_demo(checkpoint: str | None = None):
             seed = gr.Number(value=0, precision=0, label="example seed", elem_id="recall-seed")
         btn = gr.Button("Generate and predict", variant="primary", elem_id="recall-run")
         out = gr.Textbox(label="prediction vs target", lines=8, elem_id="recall-output")
-        btn.click(run, [ckpt, mult, depth, seed, history], [out, history], api_name="recall_predict")
+        connect(btn.click, run, [ckpt, mult, depth, seed, history], [out, history], api_name="recall_predict")
         examples = [[default, default_mult, 0.5, 0], [default, 64, 0.1, 1]]
         if "recall/hybrid-mqar" in names and default != "recall/hybrid-mqar":
             examples.append(["recall/hybrid-mqar", 1, 0.5, 0])

@@ -16,9 +16,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from longstream.pipelines.common import UserError
+from longstream.pipelines.common import UserError, connect, number_input
 
 DEMO_TITLE = "Time series"
+# For the registry-generated demo tests (pipelines/CONTRACT.md, "demo.py"): after the example
+# ran, uploading this file and clicking Forecast gives exactly one error naming the file (not
+# Gradio's temporary copy) and clears the plot.
+DEMO_BAD_INPUT = {
+    "elem_id": "timeseries-file",
+    "file": ("my sales (bad).csv", "date,sales\n2024-01-01,1\n2024-01-02,oops\n2024-01-03,3\n"),
+    "expect": "my sales (bad).csv",
+}
 _DEMOS = Path(__file__).resolve().parents[2] / "demos" / "timeseries"
 EXAMPLES = {
     "hourly, ETT layout (shipped checkpoint)": _DEMOS / "example_hourly.csv",
@@ -83,9 +91,7 @@ def forecast_file(csv: str | Path, target: str, horizon: int) -> tuple[str, str,
     from .forecast import forecast_frame, forecast_series, plot_forecast, write_forecast
 
     csv = Path(csv)
-    horizon = int(horizon)
-    if not 1 <= horizon <= 2000:
-        raise UserError(f"horizon {horizon} is out of range; choose 1 to 2000 steps")
+    horizon = int(number_input(horizon, "horizon (steps)", lo=1, hi=2000, integer=True))
     full = load_series(DataConfig(), csv)
     target = target or full.columns[-1]
     if target not in full.columns:
@@ -123,18 +129,18 @@ def build_demo():
             return str(EXAMPLES[example])
         raise UserError("upload a CSV or pick an example")
 
-    def on_source(upload: Any, example: str):
+    def on_source(upload: Any, example: str, current: str | None = None):
+        # A new file: offer its columns and clear the old forecast. A file that cannot be read
+        # offers none and says nothing here; Forecast then shows its one error (not two).
         try:
             cols = _columns(pick_file(upload, example))
-        except UserError as e:
-            raise gr.Error(str(e)) from None
-        return gr.update(choices=cols, value=cols[-1])
+        except UserError:
+            cols = []
+        value = current if current in cols else (cols[-1] if cols else None)
+        return gr.update(choices=cols, value=value), None, None, ""
 
     def run(upload: Any, example: str, target: str, horizon: float):
-        try:
-            return forecast_file(pick_file(upload, example), target, int(horizon))
-        except UserError as e:
-            raise gr.Error(str(e)) from None
+        return forecast_file(pick_file(upload, example), target, horizon)
 
     first = next(iter(EXAMPLES))
     with gr.Blocks(title=DEMO_TITLE) as demo:
@@ -156,9 +162,11 @@ def build_demo():
         plot = gr.Image(label="history and forecast", type="filepath", elem_id="timeseries-output")
         summary = gr.Markdown()
         download = gr.File(label="forecast CSV")
-        upload.change(on_source, [upload, example], [target], api_name="timeseries_columns_upload")
-        example.change(on_source, [upload, example], [target], api_name="timeseries_columns_example")
-        btn.click(run, [upload, example, target, horizon], [plot, download, summary], api_name="timeseries_forecast")
+        shown = [target, plot, download, summary]
+        connect(upload.change, on_source, [upload, example, target], shown, api_name="timeseries_columns_upload")
+        connect(example.change, on_source, [upload, example, target], shown, api_name="timeseries_columns_example")
+        connect(btn.click, run, [upload, example, target, horizon], [plot, download, summary],
+                api_name="timeseries_forecast")
         gr.Examples([[None, first, "OT", 96], [None, list(EXAMPLES)[1], "store_a", 28]],
                     [upload, example, target, horizon])
     return demo
