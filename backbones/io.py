@@ -92,7 +92,7 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 class NonFiniteValueError(CheckpointError):
-    """A checkpoint's ``config.json`` would hold NaN / Infinity (not JSON): nothing is written.
+    """A checkpoint's recorded metrics would hold NaN / Infinity: nothing is written.
 
     ``values`` names them (``"metrics.mse nan, ..."``)."""
 
@@ -304,10 +304,11 @@ def save_weights_dir(
     files an older version of ``directory`` holds that this one does not write.
     ``metadata`` goes into the safetensors header, whose keys are sorted, so the same
     tensors and metadata always give the same bytes (and sha256). A NaN / infinite value
-    anywhere in ``config`` (e.g. a metric) is a :class:`NonFiniteValueError`: nothing is
-    written and an existing ``directory`` is untouched.
+    in ``config["metrics"]`` (the recorded results) is a :class:`NonFiniteValueError`:
+    nothing is written and an existing ``directory`` is untouched. (Other config values may
+    be infinite on purpose, e.g. Mamba-2's ``dt_limit``.)
     """
-    bad = _nonfinite(dict(config))
+    bad = _nonfinite({"metrics": config.get("metrics")}) if config.get("metrics") is not None else []
     if bad:
         shown = ", ".join(bad[:4]) + (f", ... ({len(bad) - 4} more)" if len(bad) > 4 else "")
         raise NonFiniteValueError(
@@ -331,7 +332,7 @@ def save_weights_dir(
         meta = {k: v for k, v in config.items() if k not in ("files", "tied_weights", "sha256")}
         meta["tied_weights"] = tied
         meta["files"] = files
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         if card is not None:
             (tmp / CARD_NAME).write_text(card)
     return Path(directory)

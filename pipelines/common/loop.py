@@ -181,7 +181,8 @@ class TrainRun:
         rec = dict(self._state.get("run") or {})
         if self.config is not None and rec.get("config") is not None:
             diff = config_diff(rec["config"], self.config, ignore=RESUME_MAY_DIFFER)
-            if rec.get("preset") != self.preset:  # the preset first: it explains the rest
+            known = rec.get("preset") is not None and self.preset is not None  # None: not named (Python API)
+            if known and rec.get("preset") != self.preset:  # the preset first: it explains the rest
                 diff = [d for d in diff if not d.startswith("preset ")]
                 diff.insert(0, f"preset {rec.get('preset')} -> {self.preset}")
             if diff:
