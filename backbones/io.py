@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -57,6 +58,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "NonFiniteValueError",
     "atomic_dir",
     "atomic_file",
     "atomic_write",
@@ -87,6 +89,26 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint directory or one of its files does not exist."""
+
+
+class NonFiniteValueError(CheckpointError):
+    """A checkpoint's recorded metrics would hold NaN / Infinity: nothing is written.
+
+    ``values`` names them (``"metrics.mse nan, ..."``)."""
+
+    def __init__(self, message: str, values: str) -> None:
+        super().__init__(message)
+        self.values = values
+
+
+def _nonfinite(v: Any, prefix: str = "") -> list[str]:
+    if isinstance(v, float) and not math.isfinite(v):
+        return [f"{prefix} {v}"]
+    if isinstance(v, Mapping):
+        return [x for k, w in v.items() for x in _nonfinite(w, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(v, (list, tuple)):
+        return [x for i, w in enumerate(v) for x in _nonfinite(w, f"{prefix}[{i}]")]
+    return []
 
 
 # ---------------------------------------------------------------------- files
@@ -210,6 +232,23 @@ def atomic_dir(directory: str | os.PathLike, *, keep_existing: bool = False) -> 
 
 
 # ---------------------------------------------------------------------- tensors
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys (in place, same length).
+
+    ``safetensors`` writes ``__metadata__`` from a hash map, so its key order (and the
+    file's sha256) varies from save to save; sorted, identical tensors and metadata
+    give identical bytes."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > n:  # cannot happen for a header safetensors wrote (same content, compact)
+            raise CheckpointError(f"{path}: cannot canonicalise the safetensors header")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))  # safetensors pads its header with spaces
+
+
 def _dedupe_tied(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """CPU, contiguous tensors with each shared tensor kept once, and ``{alias: source}``.
 
@@ -263,8 +302,19 @@ def save_weights_dir(
     module docstring), ``README.md`` when ``card`` is given, and every ``extra_files``
     entry (name -> text or bytes; these are in the manifest). ``keep_existing`` keeps
     files an older version of ``directory`` holds that this one does not write.
-    ``metadata`` goes into the safetensors header.
+    ``metadata`` goes into the safetensors header, whose keys are sorted, so the same
+    tensors and metadata always give the same bytes (and sha256). A NaN / infinite value
+    in ``config["metrics"]`` (the recorded results) is a :class:`NonFiniteValueError`:
+    nothing is written and an existing ``directory`` is untouched. (Other config values may
+    be infinite on purpose, e.g. Mamba-2's ``dt_limit``.)
     """
+    bad = _nonfinite({"metrics": config.get("metrics")}) if config.get("metrics") is not None else []
+    if bad:
+        shown = ", ".join(bad[:4]) + (f", ... ({len(bad) - 4} more)" if len(bad) > 4 else "")
+        raise NonFiniteValueError(
+            f"refusing to save {directory}: its config.json would record non-finite values ({shown}); nothing was written",
+            shown,
+        )
     tensors, tied = _dedupe_tied(state_dict)
     names = [WEIGHTS_NAME, CONFIG_NAME, CARD_NAME]
     for name in extra_files or {}:
@@ -274,6 +324,7 @@ def save_weights_dir(
 
     with atomic_dir(directory, keep_existing=keep_existing) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
+        _canonical_header(tmp / WEIGHTS_NAME)
         files = {WEIGHTS_NAME: _file_record(tmp / WEIGHTS_NAME)}
         for name, body in (extra_files or {}).items():
             (tmp / name).write_bytes(body.encode("utf-8") if isinstance(body, str) else body)
@@ -325,6 +376,12 @@ def check_file(path: str | os.PathLike, record: Mapping[str, Any]) -> str | None
     return None
 
 
+def _trust_hint(directory: Path) -> str:
+    return ("re-download or re-save the checkpoint; or, if you trust these files as they are, record their "
+            f"hashes with `python -c \"from longstream.backbones.io import migrate_manifest; "
+            f"migrate_manifest('{directory}', trust_files=True)\"`")
+
+
 def _manifest(directory: Path, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     files = config.get("files")
     if not files and "sha256" in config:
@@ -332,11 +389,14 @@ def _manifest(directory: Path, config: Mapping[str, Any]) -> dict[str, dict[str,
             f"{directory / CONFIG_NAME} has an old-style manifest ('sha256'); upgrade it in place with "
             f"`python -c \"from longstream.backbones.io import migrate_manifest; migrate_manifest('{directory}')\"`"
         )
-    if not isinstance(files, dict) or WEIGHTS_NAME not in files or not files[WEIGHTS_NAME].get("sha256"):
-        raise CheckpointError(
-            f"{directory / CONFIG_NAME} records no sha256 for {WEIGHTS_NAME} (config['files']); "
-            "re-save or re-download the checkpoint"
-        )
+    if not isinstance(files, dict) or WEIGHTS_NAME not in files:
+        raise CheckpointError(f"checkpoint {directory}: config.json records no sha256 for {WEIGHTS_NAME} "
+                              f"(config['files']), so it cannot be verified; {_trust_hint(directory)}")
+    unhashed = sorted(n for n, r in files.items() if not (isinstance(r, dict) and isinstance(r.get("sha256"), str)
+                                                          and len(r["sha256"]) == 64))
+    if unhashed:
+        raise CheckpointError(f"checkpoint {directory}: config.json records no sha256 for {', '.join(unhashed)} "
+                              f"(config['files']), so it cannot be verified; {_trust_hint(directory)}")
     return files
 
 
@@ -388,24 +448,40 @@ def load_weights_dir(
     return config, sd
 
 
-def migrate_manifest(directory: str | os.PathLike) -> bool:
+def migrate_manifest(directory: str | os.PathLike, *, trust_files: bool = False) -> bool:
     """Upgrade an old ``config["sha256"]`` manifest to ``config["files"]`` in place.
 
     Only ``config.json`` is rewritten (atomically); the recorded hashes are checked against
-    the files first, so a corrupt checkpoint is never blessed. Returns whether anything changed.
+    the files first, so a corrupt checkpoint is never blessed. With ``trust_files`` a
+    checkpoint that records no hashes at all (or lacks some) gets the hashes of the files
+    as they are now: an explicit statement that you trust them (loading refuses such a
+    checkpoint until then). Returns whether anything changed.
     """
     directory = Path(directory)
     config = read_config(directory)
     old = config.get("sha256")
-    if not isinstance(old, dict):
+    files = dict(config.get("files") or {}) if isinstance(config.get("files"), dict) else {}
+    changed = False
+    if isinstance(old, dict):
+        for name, want in old.items():
+            p = directory / name
+            problem = check_file(p, {"sha256": want})
+            if problem:
+                raise CheckpointError(f"cannot migrate {directory}: {problem}")
+            files[name] = {"sha256": want, "size": p.stat().st_size}
+        changed = True
+    if trust_files:
+        names = set(files) | ({WEIGHTS_NAME} if (directory / WEIGHTS_NAME).is_file() else set())
+        for name in sorted(names):
+            rec = files.get(name)
+            if isinstance(rec, dict) and isinstance(rec.get("sha256"), str) and len(rec["sha256"]) == 64:
+                continue
+            if not (directory / name).is_file():
+                raise CheckpointNotFoundError(f"cannot migrate {directory}: {directory / name} is missing")
+            files[name] = _file_record(directory / name)
+            changed = True
+    if not changed:
         return False
-    files = dict(config.get("files") or {})
-    for name, want in old.items():
-        p = directory / name
-        problem = check_file(p, {"sha256": want})
-        if problem:
-            raise CheckpointError(f"cannot migrate {directory}: {problem}")
-        files[name] = {"sha256": want, "size": p.stat().st_size}
     new = {k: v for k, v in config.items() if k != "sha256"}
     new.setdefault("tied_weights", {})
     new["files"] = files

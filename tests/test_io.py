@@ -255,3 +255,46 @@ def test_hub_imports_first_in_a_fresh_process():
     code = "import longstream.pipelines.hub as h; print(h.resolve.__name__)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "resolve", r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------- integrity (issue 11)
+def test_same_weights_save_to_identical_bytes(tmp_path):
+    sd = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3)}
+    meta = {f"k{i}": str(i) for i in range(8)}  # many keys: a hash-map order would differ between saves
+    digests = set()
+    for i in range(4):
+        d = save_weights_dir(tmp_path / f"ck{i}", dict(reversed(list(sd.items()))) if i % 2 else sd,
+                             {"model_type": "x"}, metadata=meta)
+        digests.add(sha256_file(d / "model.safetensors"))
+    assert len(digests) == 1, "identical weights and metadata must give identical model.safetensors bytes"
+    _, got = load_weights_dir(tmp_path / "ck0")
+    assert torch.equal(got["b.weight"], sd["b.weight"])
+
+
+def test_checkpoint_without_file_hashes_is_refused_until_trusted(tmp_path):
+    d = save_weights_dir(tmp_path / "ck", {"w": torch.ones(2)}, {"model_type": "x"}, extra_files={"v.txt": "a"})
+    cfg = json.loads((d / "config.json").read_text())
+    for broken in ({k: v for k, v in cfg.items() if k != "files"},
+                   {**cfg, "files": {**cfg["files"], "v.txt": {"size": 1}}}):
+        (d / "config.json").write_text(json.dumps(broken))
+        with pytest.raises(CheckpointError, match=rf"checkpoint {d}: config.json records no sha256 for .*"
+                                                  r"cannot be verified; re-download .*migrate_manifest\("
+                                                  r".*trust_files=True\)"):
+            load_weights_dir(d)
+        assert verify_weights_dir(d)
+    assert migrate_manifest(d, trust_files=True)
+    assert not verify_weights_dir(d)
+    assert set(json.loads((d / "config.json").read_text())["files"]) == {"model.safetensors", "v.txt"}
+    _, sd = load_weights_dir(d)
+    assert torch.equal(sd["w"], torch.ones(2))
+
+
+def test_non_finite_config_values_are_never_written(tmp_path):
+    from longstream.backbones.io import NonFiniteValueError
+
+    d = save_weights_dir(tmp_path / "ck", {"w": torch.ones(2)}, {"metrics": {"mse": 1.0}})
+    before = (d / "config.json").read_bytes()
+    with pytest.raises(NonFiniteValueError, match=r"non-finite values \(metrics.mse nan, metrics.grid\[1\] inf\)"):
+        save_weights_dir(d, {"w": torch.zeros(2)}, {"metrics": {"mse": float("nan"), "grid": [1.0, float("inf")]}})
+    assert (d / "config.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

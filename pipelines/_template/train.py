@@ -46,18 +46,19 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
 
 def train(
     cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str | None = None,
-    max_steps_this_run: int = 0,
+    max_steps_this_run: int = 0, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, save the checkpoint into ``out_dir`` (rank 0) and return the final test metrics.
 
     ``max_steps_this_run`` stops early after that many steps, leaving a resumable
-    ``train_state.pt`` and returning ``{"status": "paused", ...}``.
+    ``train_state.pt`` and returning ``{"status": "paused", ...}``. ``overwrite`` replaces
+    a finished run in ``out_dir`` (refused otherwise).
     """
     tc = cfg.train
     if tc.batch_size < 1 or tc.steps < 1:
         raise UserError("--train.batch_size and --train.steps must be >= 1")
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
-                  max_steps_this_run=max_steps_this_run) as run:
+                  max_steps_this_run=max_steps_this_run, config=cfg, preset=preset, overwrite=overwrite) as run:
         env = run.env
         set_threads(tc.threads or None)
         seed_everything(tc.seed)

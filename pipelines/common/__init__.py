@@ -67,7 +67,7 @@ from .finite import (
     find_non_finite,
     to_model_dtype,
 )
-from .loop import TrainRun, data_fingerprint, optimizer_step
+from .loop import RESUME_MAY_DIFFER, TrainingDiverged, TrainRun, data_fingerprint, optimizer_step
 from .optim import EarlyStopping, make_epoch_scheduler, make_scheduler, param_groups, tslib_lr, warmup_cosine
 from .paths import REPO_ROOT, check_out_dir
 from .progress import MetricLogger, is_quiet, progress, quiet
@@ -103,12 +103,14 @@ from .metrics import (
 from .streaming import StreamResult, StreamSegment, iter_stream, stream_evaluate
 
 __all__ = [
+    "RESUME_MAY_DIFFER",
     "CHECKPOINT_FORMAT",
     "REPO_ROOT",
     "DistEnv",
     "EarlyStopping",
     "MetricLogger",
     "TrainRun",
+    "TrainingDiverged",
     "UserError",
     "all_reduce_mean",
     "apply_overrides",

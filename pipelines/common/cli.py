@@ -160,6 +160,7 @@ def run_pipeline_cli(
     p_train.add_argument("--preset", default=default_preset, help=f"one of: {', '.join(presets)}")
     p_train.add_argument("--out", default=None, help="output dir (default runs/<domain>/<preset>)")
     p_train.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p_train.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT (fresh log)")
     p_train.add_argument("--quiet", action="store_true")
     p_train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -201,7 +202,7 @@ def run_pipeline_cli(
                 return 0
             out = Path(args.out) if args.out else Path("runs") / domain / args.preset
             check_out_dir(out, strict=not args.resume)
-            metrics = train(cfg, out_dir=out, resume=args.resume, preset=args.preset)
+            metrics = train(cfg, out_dir=out, resume=args.resume, preset=args.preset, overwrite=args.overwrite)
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"saved {out}", file=sys.stderr)
                 print_json(metrics or {})

@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import datetime as _dt
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -45,8 +46,20 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False, **kw)
 
 
+def _strict(v: Any) -> Any:
+    """``v`` with NaN / infinite floats as ``None`` (strict JSON: the log stays parseable)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict(x) for x in v]
+    return v
+
+
 class MetricLogger:
-    """Append one JSON object per call to ``path`` (JSONL); only rank 0 writes."""
+    """Append one JSON object per call to ``path`` (JSONL, strict: a non-finite value is
+    written as ``null``); only rank 0 writes."""
 
     def __init__(self, path: str | os.PathLike | None, *, rank: int = 0) -> None:
         self.path = Path(path) if path is not None else None
@@ -62,8 +75,18 @@ class MetricLogger:
             rec[k] = v.item() if isinstance(v, torch.Tensor) else v
         if self.path is not None and self.rank == 0:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(json.dumps(_strict(rec), allow_nan=False) + "\n")
         return rec
+
+    @staticmethod
+    def step_of(line: str | bytes) -> int | None:
+        """The ``step`` of one JSONL record (None: no step, or not a JSON object)."""
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return None
+        step = rec.get("step") if isinstance(rec, dict) else None
+        return step if isinstance(step, int) else None
 
     @staticmethod
     def read(path: str | os.PathLike) -> list[dict[str, Any]]:

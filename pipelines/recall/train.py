@@ -135,7 +135,10 @@ def _sweep(cfg: Config, env, log: MetricLogger) -> tuple[float, dict[str, float]
     for lr in tc.lr_sweep:
         common.seed_everything(tc.seed)
         c = dataclasses.replace(cfg, train=dataclasses.replace(tc, lr=lr))
-        v = _run(c, build_model(c).to(env.device), env, tc.sweep_steps, run=None, log=log, tag=f"sweep lr={lr:g}")
+        try:
+            v = _run(c, build_model(c).to(env.device), env, tc.sweep_steps, run=None, log=log, tag=f"sweep lr={lr:g}")
+        except common.TrainingDiverged:  # a rate that diverges loses the sweep; it does not end the run
+            v = {"val_accuracy": 0.0, "val_loss": float("inf")}
         sweep[f"{lr:g}"] = round(v["val_accuracy"], 4)
         key = (v["val_accuracy"], -v["val_loss"])
         if best is None or key > best[0]:
@@ -145,11 +148,12 @@ def _sweep(cfg: Config, env, log: MetricLogger) -> tuple[float, dict[str, float]
 
 
 def train(cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str | None = None,
-          max_steps_this_run: int = 0, evaluate_at_end: bool = True) -> dict[str, Any]:
+          max_steps_this_run: int = 0, evaluate_at_end: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train (optionally after an LR sweep), save the checkpoint into ``out_dir``, return its metrics.
 
     ``max_steps_this_run > 0`` stops after that many steps with a resumable
-    ``train_state.pt`` and returns ``{"status": "paused", ...}``.
+    ``train_state.pt`` and returns ``{"status": "paused", ...}``. ``overwrite`` replaces
+    a finished run in ``out_dir`` (refused otherwise).
     """
     tc = cfg.train
     if tc.batch_size < 1 or tc.steps < 1:
@@ -158,7 +162,7 @@ def train(cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str
     for e in tc.curriculum:
         check_config(train_data(cfg, e[0] - 1))
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
-                  max_steps_this_run=max_steps_this_run) as run:
+                  max_steps_this_run=max_steps_this_run, config=cfg, preset=preset, overwrite=overwrite) as run:
         common.set_threads(tc.threads or None)
         sweep: dict[str, Any] = {}
         if resume and tc.lr_sweep:  # the sweep ran before the pause: continue with its choice

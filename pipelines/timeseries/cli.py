@@ -22,10 +22,11 @@ from longstream.pipelines.common import run_pipeline_cli
 from .config import PRESETS
 
 
-def _train(cfg: Any, out_dir: Any, resume: bool = False, preset: str | None = None) -> dict[str, Any]:
+def _train(cfg: Any, out_dir: Any, resume: bool = False, preset: str | None = None,
+           overwrite: bool = False) -> dict[str, Any]:
     from .train import train
 
-    return train(cfg, out_dir=out_dir, resume=resume, preset=preset)
+    return train(cfg, out_dir=out_dir, resume=resume, preset=preset, overwrite=overwrite)
 
 
 def _evaluate(checkpoint: str, data: str | None = None) -> dict[str, Any]:

@@ -176,11 +176,13 @@ def fit(model: Forecaster, splits: Splits, cfg: TimeseriesConfig, *, run: TrainR
 
 
 def train(cfg: TimeseriesConfig, *, out_dir: str | Path, resume: bool = False, preset: str | None = None,
-          max_steps_this_run: int = 0, name: str | None = None, quiet: bool = False) -> dict[str, Any]:
+          max_steps_this_run: int = 0, name: str | None = None, quiet: bool = False,
+          overwrite: bool = False) -> dict[str, Any]:
     """CLI ``train``: fit on ``cfg.data``, score val + test, save a checkpoint in ``out_dir``.
 
     ``max_steps_this_run > 0`` stops after that many optimizer steps with a resumable
-    ``train_state.pt`` and returns ``{"status": "paused", ...}``.
+    ``train_state.pt`` and returns ``{"status": "paused", ...}``. ``overwrite`` replaces
+    a finished run in ``out_dir`` (refused otherwise).
     """
     out_dir = Path(out_dir)
     if preset:
@@ -195,7 +197,7 @@ def train(cfg: TimeseriesConfig, *, out_dir: str | Path, resume: bool = False, p
     model = build_model(cfg, len(series.columns), period)
     total = steps_per_epoch(splits, cfg) * max(tc.epochs, 0) if model.trainable else 0
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=total, save_every=tc.save_every,
-                  max_steps_this_run=max_steps_this_run) as run:
+                  max_steps_this_run=max_steps_this_run, config=cfg, preset=preset, overwrite=overwrite) as run:
         model.to(run.env.device)
         t0 = time.time()
         best = fit(model, splits, cfg, run=run, quiet=quiet)
