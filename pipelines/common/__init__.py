@@ -21,6 +21,8 @@ Modules (each named for what it holds):
 - :mod:`.streaming` — :func:`stream_evaluate`: one very long input through ``memory.StreamRunner``.
 - :mod:`.metrics` — accuracy, top-k, macro-F1, MCC, confusion matrix, accuracy by length.
 - :mod:`.demo_helpers` — :func:`gradio_errors`, :class:`ModelCache` for ``demo.py``.
+- :mod:`.inputs` — user files in and out: :func:`as_file`, :func:`read_text_file` (no
+  ``UnicodeDecodeError``), :func:`resolve_out` / :func:`derived_out` / :func:`write_out` (the ``--out`` rule).
 - :func:`sha256_file` and :func:`atomic_write_bytes` are re-exported from
   :mod:`longstream.backbones.io`, the one owner of files on disk.
 
@@ -32,6 +34,7 @@ from longstream.backbones.io import atomic_write_bytes, sha256_file
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
+    checkpoint_errors,
     code_version,
     load_pretrained,
     load_weights,
@@ -39,7 +42,15 @@ from .checkpoint import (
     save_pretrained,
 )
 from .cli import make_parser, print_json, run_cli_guarded, run_pipeline_cli
-from .config import apply_overrides, build_backbone, config_from_dict, config_to_dict, parse_dotted_args
+from .config import (
+    ConfigError,
+    apply_overrides,
+    build_backbone,
+    config_from_dict,
+    config_to_dict,
+    parse_dotted_args,
+    validate_config,
+)
 from .distributed import (
     DistEnv,
     all_reduce_mean,
@@ -76,6 +87,7 @@ from .heads import (
     pool_cls,
     pool_last,
 )
+from .inputs import as_file, derived_out, read_text_file, resolve_out, write_out
 from .metrics import (
     accuracy,
     accuracy_by_length,
@@ -165,4 +177,13 @@ __all__ = [
     "top_k_accuracy",
     "ModelCache",
     "gradio_errors",
+    # --- user errors: inputs, --out, config checks ---
+    "ConfigError",
+    "as_file",
+    "checkpoint_errors",
+    "derived_out",
+    "read_text_file",
+    "resolve_out",
+    "validate_config",
+    "write_out",
 ]
