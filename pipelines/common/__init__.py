@@ -87,7 +87,7 @@ from .heads import (
     pool_cls,
     pool_last,
 )
-from .inputs import as_file, derived_out, read_text_file, resolve_out, write_out
+from .inputs import as_file, derived_out, read_json_spec, read_text_file, resolve_out, write_out
 from .metrics import (
     accuracy,
     accuracy_by_length,
@@ -182,6 +182,7 @@ __all__ = [
     "as_file",
     "checkpoint_errors",
     "derived_out",
+    "read_json_spec",
     "read_text_file",
     "resolve_out",
     "validate_config",

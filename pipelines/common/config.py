@@ -60,7 +60,9 @@ def _dataclass_type(tp: Any) -> type | None:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_origin(tp) is None and isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
 
 
 def _check_type(v: Any, tp: Any, where: str) -> None:
@@ -106,7 +108,7 @@ def _check_type(v: Any, tp: Any, where: str) -> None:
     else:
         return  # a type this check does not know: the dataclass takes it as is
     if not ok:
-        raise ConfigError(f"{where} must be {_type_name(tp)}, got {type(v).__name__} {v!r}")
+        raise ConfigError(f"{where} must be of type {_type_name(tp)}, got {type(v).__name__} {v!r}")
 
 
 def config_from_dict(cls: type, d: dict[str, Any], *, strict: bool = False, check_types: bool = True,

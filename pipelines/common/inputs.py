@@ -22,6 +22,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from longstream.backbones.io import atomic_write_bytes
 
@@ -138,3 +139,36 @@ def write_out(path: str | os.PathLike, data: bytes | str, *, flag: str = "--out"
     except OSError as e:
         raise UserError(f"{flag} {p}: writing failed ({e.strerror or e}); nothing was written") from None
     return p
+
+
+def read_json_spec(path: str | os.PathLike, cls: type, *, base: Any = None, what: str = "--data",
+                   example: str = "") -> Any:
+    """A JSON object file of ``cls`` fields -> a ``cls`` instance, with strict types.
+
+    ``base`` (an instance of ``cls``) supplies the fields the file leaves out. The file is read
+    with :func:`read_text_file`; ``NaN`` / ``Infinity``, a non-object, an unknown field or a
+    value of the wrong type (``"multipliers": "abc"``) is one :class:`UserError` naming the file
+    and the field; ``example`` (a JSON snippet) is shown as the fix.
+    """
+    import json
+
+    from .config import ConfigError, config_from_dict, config_to_dict
+
+    fix = f"; e.g. {example}" if example else ""
+    text = read_text_file(path, what=what, max_bytes=1_000_000, hint=f"give a JSON object of {cls.__name__} fields")
+
+    def no_constant(c: str) -> Any:
+        raise UserError(f"{what} {path}: {c} is not allowed; give finite numbers{fix}")
+
+    try:
+        over = json.loads(text, parse_constant=no_constant)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e}){fix}") from None
+    if not isinstance(over, dict):
+        raise UserError(f"{what} {path}: expected a JSON object of {cls.__name__} fields, got "
+                        f"{type(over).__name__}{fix}")
+    merged = {**(config_to_dict(base) if base is not None else {}), **over}
+    try:
+        return config_from_dict(cls, merged, strict=True)
+    except ConfigError as e:
+        raise UserError(f"{what} {path}: {e.detail}{fix}") from None
