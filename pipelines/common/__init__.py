@@ -87,7 +87,15 @@ from .heads import (
     pool_cls,
     pool_last,
 )
-from .inputs import as_file, derived_out, read_json_spec, read_text_file, resolve_out, write_out
+from .inputs import (
+    as_file,
+    check_text_file,
+    derived_out,
+    read_json_spec,
+    read_text_file,
+    resolve_out,
+    write_out,
+)
 from .metrics import (
     accuracy,
     accuracy_by_length,
@@ -180,6 +188,7 @@ __all__ = [
     # --- user errors: inputs, --out, config checks ---
     "ConfigError",
     "as_file",
+    "check_text_file",
     "checkpoint_errors",
     "derived_out",
     "read_json_spec",

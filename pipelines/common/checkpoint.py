@@ -193,8 +193,8 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], source: Any
                                 "(was config.json edited?)")
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise _checkpoint_error(source, f"the weights{made_by} do not match the model (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
+        raise UserError(f"checkpoint {source} does not match the model (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); its weights{made_by} come from other code; {CHECKPOINT_FIX}")
     return model.eval()
 
 

@@ -71,7 +71,7 @@ def run_cli_guarded(fn: Callable[[], int | None]) -> int:
         rc = fn()
         return 0 if rc is None else int(rc)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line (parser messages have newlines)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -69,14 +69,36 @@ def read_text_file(path: str | os.PathLike, *, what: str = "input", max_bytes: i
         raw = p.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    return _decode(raw, p, what, tail).removeprefix("\ufeff")
+
+
+def _decode(raw: bytes, p: Path, what: str, tail: str, *, partial: bool = False) -> str:
     if b"\0" in raw[:65536]:
         raise UserError(f"{what} {p} is a binary file, not text{tail}")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        if partial and e.start >= len(raw) - 3 and e.reason == "unexpected end of data":
+            return raw[: e.start].decode("utf-8")  # a character cut at the end of the sniffed block
         raise UserError(f"{what} {p} is not UTF-8 text (undecodable byte at offset {e.start}); "
                         f"save it as UTF-8{tail}") from None
-    return text.removeprefix("\ufeff")
+
+
+def check_text_file(path: str | os.PathLike, *, what: str = "input", hint: str = "", sniff: int = 1 << 20) -> Path:
+    """Refuse a binary or non-UTF-8 file before a parser (``pandas.read_csv``, ...) reads it.
+
+    Looks at the first ``sniff`` bytes only (for files too large for :func:`read_text_file`);
+    the same messages as :func:`read_text_file`. Returns the path.
+    """
+    p = Path(path)
+    tail = f"; {hint}" if hint else ""
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(sniff)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {p}: {e.strerror or e}{tail}") from None
+    _decode(raw, p, what, tail, partial=len(raw) == sniff)
+    return p
 
 
 def derived_out(out: str | os.PathLike, suffix: str) -> Path:
