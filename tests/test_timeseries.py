@@ -256,6 +256,7 @@ def test_cli_train_predict_backtest_on_user_csv(tmp_path: Path, capsys: pytest.C
     assert ev["mse"] == pytest.approx(metrics["mse"], rel=1e-5)
 
     fc = tmp_path / "out" / "fc.csv"
+    fc.parent.mkdir()  # --out's folder must exist (the shared --out rule, pipelines/CONTRACT.md)
     rc, out, err = _cli(["predict", "--checkpoint", str(ck), str(data), "--out", str(fc)], capsys)
     assert rc == 0, err
     res = json.loads(out.strip().splitlines()[-1])

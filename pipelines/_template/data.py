@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from longstream.pipelines.common import UserError, to_model_dtype
+from longstream.pipelines.common import UserError, read_text_file, to_model_dtype
 
 from .config import DataConfig
 
@@ -71,10 +71,9 @@ def parse_series(text: str, where: str) -> torch.Tensor:
 def load_csv(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a ``label,x0,...`` CSV; all rows must have the same length."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file {path} does not exist")
+    text = read_text_file(path, what="data file", hint="the template reads a `label,x0,x1,...` CSV")
     xs, ys = [], []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(",")

@@ -17,12 +17,16 @@ import torch.nn.functional as F
 from longstream.pipelines.common import (
     UserError,
     accuracy,
+    as_file,
     check_finite_output,
     check_finite_result,
     dumps_strict,
     macro_f1,
     mcc,
     pad_sequences,
+    read_text_file,
+    resolve_out,
+    write_out,
 )
 
 from .data import example, load_csv, make_split, parse_series
@@ -91,11 +95,11 @@ def read_input(spec: str, cfg) -> torch.Tensor:
         except ValueError:
             raise UserError(f"bad input {spec!r}: use gen:<class>, e.g. gen:2") from None
         return example(k, cfg.data)
-    p = Path(spec)
-    if p.is_file():
-        if p.stat().st_size > 10_000_000:
-            raise UserError(f"{p} is larger than 10 MB; the template expects one short series")
-        return parse_series(p.read_text(), str(p))
+    p = as_file(spec)  # an existing file (a directory is an error), else a literal
+    if p is not None:
+        text = read_text_file(p, what="input", max_bytes=10_000_000,
+                              hint="the template expects a text file of comma- or space-separated numbers")
+        return parse_series(text, str(p))
     if "," in spec or spec.replace(".", "", 1).replace("-", "", 1).isdigit():
         return parse_series(spec, f"input {spec!r}")
     raise UserError(f"input {spec!r} is not gen:<class>, an existing file, or comma-separated numbers")
@@ -110,6 +114,7 @@ def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[
     """
     from .model import from_pretrained, predict_proba
 
+    out_file = resolve_out(out)[0] if out else None  # the shared --out rule, before any work
     model = from_pretrained(checkpoint)
     series = [read_input(spec, model.cfg) for spec in inputs]
     for spec, x in zip(inputs, series):
@@ -120,6 +125,6 @@ def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[
     check_finite_output(probs, source=[f"input {s!r}" for s in inputs], model_input=x, what="class probabilities")
     results = [{"input": spec, "label": int(p.argmax()), "probs": [round(float(v), 4) for v in p]}
                for spec, p in zip(inputs, probs)]
-    if out:
-        Path(out).write_text(dumps_strict(results, indent=2) + "\n")
+    if out_file is not None:
+        write_out(out_file, dumps_strict(results, indent=2) + "\n")
     return results

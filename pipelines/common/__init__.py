@@ -24,6 +24,8 @@ Modules (each named for what it holds):
 - :mod:`.metrics` — accuracy, top-k, macro-F1, MCC, confusion matrix, accuracy by length.
 - :mod:`.demo_helpers` — :func:`gradio_errors`, :func:`connect`, :func:`number_input`,
   :class:`ModelCache` for ``demo.py``.
+- :mod:`.inputs` — user files in and out: :func:`as_file`, :func:`read_text_file` (no
+  ``UnicodeDecodeError``), :func:`resolve_out` / :func:`derived_out` / :func:`write_out` (the ``--out`` rule).
 - :func:`sha256_file` and :func:`atomic_write_bytes` are re-exported from
   :mod:`longstream.backbones.io`, the one owner of files on disk.
 
@@ -35,6 +37,7 @@ from longstream.backbones.io import atomic_write_bytes, sha256_file
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
+    checkpoint_errors,
     code_version,
     load_pretrained,
     load_weights,
@@ -42,7 +45,15 @@ from .checkpoint import (
     save_pretrained,
 )
 from .cli import make_parser, print_json, run_cli_guarded, run_pipeline_cli, to_json
-from .config import apply_overrides, build_backbone, config_from_dict, config_to_dict, parse_dotted_args
+from .config import (
+    ConfigError,
+    apply_overrides,
+    build_backbone,
+    config_from_dict,
+    config_to_dict,
+    parse_dotted_args,
+    validate_config,
+)
 from .distributed import (
     DistEnv,
     all_reduce_mean,
@@ -90,6 +101,15 @@ from .heads import (
     masked_mean,
     pool_cls,
     pool_last,
+)
+from .inputs import (
+    as_file,
+    check_text_file,
+    derived_out,
+    read_json_spec,
+    read_text_file,
+    resolve_out,
+    write_out,
 )
 from .metrics import (
     accuracy,
@@ -197,4 +217,15 @@ __all__ = [
     "connect",
     "number_input",
     "page_message",
+    # --- user errors: inputs, --out, config checks ---
+    "ConfigError",
+    "as_file",
+    "check_text_file",
+    "checkpoint_errors",
+    "derived_out",
+    "read_json_spec",
+    "read_text_file",
+    "resolve_out",
+    "validate_config",
+    "write_out",
 ]

@@ -7,9 +7,11 @@ this package (never this one), so the imports run one way: checkpoint -> hub -> 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from torch import nn
 
 from longstream.backbones.io import CheckpointError, load_weights_dir, read_config, save_weights_dir
 
-from .config import config_to_dict
+from .config import ConfigError, config_to_dict
 from .distributed import unwrap
 from .errors import UserError
 from .paths import REPO_ROOT, check_out_dir
@@ -141,18 +143,58 @@ def read_checkpoint_config(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+#: The fix every broken-checkpoint message ends with.
+CHECKPOINT_FIX = "re-download it (`longstream hub download NAME --force`) or retrain it"
+
+
+def _checkpoint_error(source: Any, problem: str) -> UserError:
+    return UserError(f"checkpoint {source}: {problem}; {CHECKPOINT_FIX}")
+
+
+@contextlib.contextmanager
+def checkpoint_errors(source: Any) -> Iterator[None]:
+    r"""Turn a broken ``config.json`` into one :class:`UserError` naming the checkpoint ``source``.
+
+    Wrap the code that rebuilds a model from a loaded checkpoint (``config_from_dict``,
+    ``build_model``, ``load_weights``) in it: a value of the wrong type, an unknown layer
+    pattern, model kind or backbone name, a width that does not match the weights -- anything
+    an edited ``config.json`` can cause (``ConfigError``, ``ValueError``, ``KeyError``,
+    ``TypeError``, ``AttributeError``) -- becomes "checkpoint DIR: <what is wrong>;
+    re-download it or retrain it". Other :class:`UserError`\ s pass through unchanged.
+    """
+    try:
+        yield
+    except ConfigError as e:
+        raise _checkpoint_error(source, f"config.json: {e.detail}") from e
+    except UserError:
+        raise
+    except KeyError as e:
+        msg = e.args[0] if e.args else e
+        raise _checkpoint_error(source, f"config.json is not usable ({msg})") from e
+    except (ValueError, TypeError, AttributeError) as e:
+        raise _checkpoint_error(source, f"config.json is not usable ({type(e).__name__}: {e})") from e
+
+
 def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], source: Any, meta: dict[str, Any] | None = None):
-    """Load ``state_dict`` into ``model``; a missing or unexpected key is one UserError naming ``source``.
+    """Load ``state_dict`` into ``model``; a missing or unexpected key, or a tensor whose shape
+    differs from the model's (an edited ``d_model``), is one UserError naming ``source``.
 
     Returns the model in eval mode.
     """
+    made_by = f" (made by code version {meta.get('code_version')})" if meta and meta.get("code_version") else ""
+    own = model.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k, got, want = wrong[0]
+        more = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        raise _checkpoint_error(source, f"the weights{made_by} do not match its config.json: {k} has shape "
+                                f"{list(got)} in model.safetensors but the config builds {list(want)}{more} "
+                                "(was config.json edited?)")
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        made_by = f"; it was made by code version {meta.get('code_version')}" if meta else ""
-        raise UserError(
-            f"checkpoint {source} does not match the model (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}){made_by}; re-download or retrain it"
-        )
+        raise UserError(f"checkpoint {source} does not match the model (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); its weights{made_by} come from other code; {CHECKPOINT_FIX}")
     return model.eval()
 
 

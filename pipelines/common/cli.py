@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-from longstream.backbones.io import atomic_write_bytes
-
-from .config import apply_overrides, config_to_dict
+from .config import apply_overrides, config_to_dict, validate_config
 from .errors import UserError
 from .finite import check_finite_result, dumps_strict
+from .inputs import resolve_out, write_out
 from .paths import check_out_dir
 from .progress import quiet
 
@@ -82,7 +81,7 @@ def run_cli_guarded(fn: Callable[[], int | None]) -> int:
         rc = fn()
         return 0 if rc is None else int(rc)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line (parser messages have newlines)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -100,6 +99,17 @@ def run_cli_guarded(fn: Callable[[], int | None]) -> int:
         traceback.print_exc()
         print("error: internal failure (the traceback above); please report it", file=sys.stderr)
         return 1
+
+
+def _signature(path: Path | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of ``path``, None if absent: tells whether a verb (re)wrote it."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _lazy(fn: Callable[..., Any] | str) -> Callable[..., Any]:
@@ -173,7 +183,9 @@ def run_pipeline_cli(
     p_pred = sub.add_parser("predict", help="run a checkpoint on inputs")
     p_pred.add_argument("--checkpoint", required=True, help="checkpoint dir or hub name")
     p_pred.add_argument("inputs", nargs="+", metavar="INPUT")
-    p_pred.add_argument("--out", default=None, help="write the result here")
+    p_pred.add_argument("--out", default=None, metavar="FILE",
+                        help="write the result to exactly this file (its folder must exist; an existing file is "
+                             "replaced atomically; pipelines that write more files name them after it)")
     p_pred.add_argument("--quiet", action="store_true")
 
     for verb, (add_args, _) in (extra_verbs or {}).items():
@@ -196,7 +208,7 @@ def run_pipeline_cli(
         if args.verb == "train":
             if args.preset not in presets:
                 raise UserError(f"unknown preset {args.preset!r} for {domain}; choose from {', '.join(presets)}")
-            cfg = apply_overrides(presets[args.preset](), rest)
+            cfg = validate_config(apply_overrides(presets[args.preset](), rest))  # before anything is written
             if args.print_config:
                 print_json(config_to_dict(cfg))
                 return 0
@@ -217,9 +229,12 @@ def run_pipeline_cli(
                     print(f"{k:>24s}  {v:.6g}" if isinstance(v, float) else f"{k:>24s}  {v}")
             return 0
         if args.verb == "predict":
+            out_file = resolve_out(args.out)[0] if args.out else None  # the --out rule, before any work
+            before = _signature(out_file)
             result = predict(checkpoint=args.checkpoint, inputs=list(args.inputs), out=args.out)
-            if args.out and result is not None and not Path(args.out).exists():
-                atomic_write_bytes(Path(args.out), (to_json(result) + "\n").encode())
+            if out_file is not None and result is not None and _signature(out_file) == before:
+                # the pipeline wrote no file of its own: --out gets the JSON result (strict, replaced atomically)
+                write_out(out_file, to_json(result) + "\n")
             print_json(result)
             return 0
         handler = (extra_verbs or {})[args.verb][1]

@@ -18,7 +18,6 @@ Stable metric keys (also stored in shipped checkpoints' ``config.json["metrics"]
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -94,7 +93,11 @@ def evaluate_model(model, ev: EvalConfig | None = None, *, show_progress: bool =
     depths: list[float | None] = list(ev.depths) if task in DEPTH_TASKS else [None]
     cells = grid_lengths(cfg, ev)
     if not cells:
-        raise UserError(f"no evaluation length <= eval.max_len={ev.max_len}; raise --eval.max_len")
+        raise UserError(
+            f"no evaluation length <= max_len={ev.max_len} (training length {cfg.data.seq_len} x multipliers "
+            f"{list(ev.multipliers)}); raise max_len: \"max_len\" in the evaluate --data JSON, or "
+            "--eval.max_len when training"
+        )
     grid: dict[str, dict[str, float]] = {}
     per_len: dict[int, float] = {}
     bytes_at: dict[int, int] = {}
@@ -144,33 +147,58 @@ def evaluate_model(model, ev: EvalConfig | None = None, *, show_progress: bool =
     return check_finite_result(out, what="recall metrics")
 
 
-def _eval_config_from_file(base: EvalConfig, data: str) -> EvalConfig:
-    """``--data`` for recall is a JSON file of EvalConfig overrides (the data are generated)."""
-    p = Path(data)
-    if not p.is_file():
-        raise UserError(f"--data {data}: not a file; recall data are generated, pass a JSON of eval overrides "
-                        "like {\"multipliers\": [1, 4], \"n_per_cell\": 16}")
-    try:
-        over = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"--data {data}: not valid JSON ({e})") from None
-    if not isinstance(over, dict):
-        raise UserError(f"--data {data}: expected a JSON object of eval settings")
+_DATA_EXAMPLE = '{"multipliers": [1, 4], "n_per_cell": 16}'
+
+
+def check_eval_config(ev: EvalConfig, where: str) -> EvalConfig:
+    """Refuse evaluation settings that would give an empty or meaningless result.
+
+    ``where`` names the source in the message (``--data FILE`` or ``--eval``)."""
+    from .config import DataConfig
+
+    def bad(msg: str) -> UserError:
+        return UserError(f"{where}: {msg}")
+
+    if ev.n_per_cell < 1:
+        raise bad(f"n_per_cell must be >= 1 (examples per length x depth cell), got {ev.n_per_cell}")
+    if ev.batch_size < 1:
+        raise bad(f"batch_size must be >= 1, got {ev.batch_size}")
+    if not ev.multipliers or any(m < 1 for m in ev.multipliers):
+        raise bad(f"multipliers must be a non-empty list of integers >= 1 (x training length), got {ev.multipliers}")
+    if not ev.depths or any(not 0 <= d <= 1 for d in ev.depths):
+        raise bad(f"depths must be a non-empty list of numbers in [0, 1], got {ev.depths}")
+    if ev.max_len < 1:
+        raise bad(f"max_len must be >= 1, got {ev.max_len}")
+    if ev.segment_len < 0:
+        raise bad(f"segment_len must be >= 0 (0 = the model's), got {ev.segment_len}")
     import dataclasses
 
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    bad = set(over) - known
-    if bad:
-        raise UserError(f"--data {data}: unknown eval setting(s) {sorted(bad)}; valid: {sorted(known)}")
-    return dataclasses.replace(base, **over)
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    unknown = set(ev.data_overrides) - known
+    if unknown:
+        raise bad(f"data_overrides has unknown DataConfig field(s) {sorted(unknown)}; valid: {sorted(known)}")
+    return ev
+
+
+def _eval_config_from_file(base: EvalConfig, data: str) -> EvalConfig:
+    """``--data`` for recall is a JSON file of EvalConfig overrides (the data are generated)."""
+    from longstream.pipelines.common import as_file, read_json_spec
+
+    if as_file(data, what="--data") is None:
+        raise UserError(f"--data {data}: not a file; recall data are generated, pass a JSON file of eval "
+                        f"overrides like {_DATA_EXAMPLE}")
+    ev = read_json_spec(data, EvalConfig, base=base, what="--data", example=_DATA_EXAMPLE)
+    return check_eval_config(ev, f"--data {data}")
 
 
 def evaluate(checkpoint: str, data: str | None = None) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on its generated task (``data``: optional JSON of eval overrides)."""
     from .model import from_pretrained
 
+    ev = None if data is None else _eval_config_from_file(EvalConfig(), data)  # check the file first
     model = from_pretrained(checkpoint)
-    ev = model.cfg.eval if data is None else _eval_config_from_file(model.cfg.eval, data)
+    if data is not None:
+        ev = _eval_config_from_file(model.cfg.eval, data)
     return evaluate_model(model, ev)
 
 
@@ -181,7 +209,11 @@ def parse_spec(spec: str, cfg: Config) -> tuple[int, float | None, int]:
     """``"<length>[@depth][#seed]"`` or ``"<m>x[@depth][#seed]"`` -> (length, depth, seed)."""
     m = _SPEC.match(spec.strip())
     if not m:
-        raise UserError(f"input {spec!r}: use LENGTH[@DEPTH][#SEED] or MULTIPLIERx[@DEPTH][#SEED], e.g. 4x@0.5#1")
+        from longstream.pipelines.common import as_file
+
+        kind = "is a file, but recall inputs are not files" if as_file(spec) is not None else "is not a spec"
+        raise UserError(f"input {spec!r} {kind}: use LENGTH[@DEPTH][#SEED] or MULTIPLIERx[@DEPTH][#SEED], "
+                        "e.g. 4x@0.5#1 (the examples are generated)")
     L = int(m["len"]) * (cfg.data.seq_len if m["x"] else 1)
     if L < 8 or L > 1_048_576:
         raise UserError(f"input {spec!r}: length {L} out of range 8..1048576")
@@ -223,10 +255,13 @@ def predict_one(model, length: int, depth: float | None, seed: int) -> dict[str,
 
 def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[dict[str, Any]]:
     """For each ``LENGTH[@DEPTH][#SEED]`` spec: prediction vs target on a generated example."""
+    from longstream.pipelines.common import resolve_out, write_out
+
     from .model import from_pretrained
 
+    out_file = resolve_out(out)[0] if out else None  # the shared --out rule, before any work
     model = from_pretrained(checkpoint)
     results = [predict_one(model, *parse_spec(s, model.cfg)) | {"input": s} for s in inputs]
-    if out:
-        Path(out).write_text(dumps_strict(results, indent=2) + "\n")
+    if out_file is not None:
+        write_out(out_file, dumps_strict(results, indent=2) + "\n")
     return results

@@ -165,9 +165,10 @@ def example_batch(cfg: Config, batch_size: int = 2) -> dict[str, Tensor]:
 
 def from_pretrained(name_or_dir: str | Path) -> RecallModel:
     """Load a checkpoint dir or hub name (``recall/<name>`` or ``<name>``)."""
-    sd, meta, _ = common.load_pretrained(name_or_dir, pipeline=DOMAIN)
-    cfg = common.config_from_dict(Config, meta["config"])
-    return common.load_weights(build_model(cfg), sd, name_or_dir, meta)
+    sd, meta, path = common.load_pretrained(name_or_dir, pipeline=DOMAIN)
+    with common.checkpoint_errors(path):  # an edited config.json -> one UserError naming the dir
+        cfg = common.config_from_dict(Config, meta["config"])
+        return common.load_weights(build_model(cfg), sd, path, meta)
 
 
 def with_memory(model: RecallModel, memory: str, memory_kwargs: dict[str, Any]) -> RecallModel:

@@ -107,6 +107,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise UserError(f"data file {path} does not exist; pass --data PATH to a CSV file")
     if path.is_dir():
         raise UserError(f"{path} is a directory; pass the CSV file inside it")
+    from longstream.pipelines.common import check_text_file
+
+    check_text_file(path, what="data file", hint="give a comma-separated UTF-8 CSV")  # no UnicodeDecodeError
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

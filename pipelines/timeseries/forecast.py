@@ -149,16 +149,22 @@ def forecast_frame(checkpoint: str, csv: str | os.PathLike) -> tuple[Series, pd.
 
 
 def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> dict[str, Any]:
-    """CLI ``predict``: one forecast CSV + PNG per input (``--out`` names the CSV of a single input)."""
+    """CLI ``predict``: one forecast CSV + PNG per input.
+
+    ``--out FILE`` (one input only) is exactly the CSV written; the plot is derived from it
+    (``f.csv`` -> ``f.png``, ``f`` -> ``f.png``) and both paths are in the result. Without
+    ``--out`` each input's files are ``<stem>.forecast.csv`` / ``.png`` in the current folder.
+    Every output path is checked (``common.resolve_out``) before any model runs.
+    """
+    from longstream.pipelines.common import resolve_out
+
     results = []
     if out and len(inputs) > 1:
         raise UserError("--out names one CSV; with several inputs leave it out (files go beside each input's name)")
-    for csv in inputs:
+    targets = [resolve_out(out if out else Path.cwd() / f"{Path(csv).stem}.forecast.csv", extra_suffixes=(".png",))
+               for csv in inputs]
+    for csv, (csv_out, png_out) in zip(inputs, targets):
         series, frame, meta = forecast_frame(checkpoint, csv)
-        csv_out = Path(out) if out else Path.cwd() / f"{Path(csv).stem}.forecast.csv"
-        if csv_out.suffix.lower() != ".csv":
-            csv_out = csv_out.with_suffix(".csv")
-        png_out = csv_out.with_suffix(".png")
         write_forecast(frame, csv_out)
         plot_forecast(series, frame, png_out, title=f"{Path(csv).name}: {meta.get('name', checkpoint)}")
         results.append({

@@ -419,16 +419,26 @@ def save_forecaster(
 
 def load_forecaster(checkpoint: Any) -> tuple[Forecaster, TimeseriesConfig, dict[str, Any]]:
     """Resolve and load a timeseries checkpoint -> (model in eval mode, config, config.json)."""
-    from longstream.pipelines.common import UserError, config_from_dict, load_pretrained, load_weights
+    from longstream.pipelines.common import (
+        UserError,
+        checkpoint_errors,
+        config_from_dict,
+        load_pretrained,
+        load_weights,
+    )
 
-    sd, meta, _ = load_pretrained(str(checkpoint), pipeline=PIPELINE)
-    cfg = config_from_dict(TimeseriesConfig, migrate_config(meta.get("config") or {}))
-    sc = meta.get("scaler") or {}
-    try:
+    sd, meta, path = load_pretrained(str(checkpoint), pipeline=PIPELINE)
+    with checkpoint_errors(path):  # an edited config.json -> one UserError naming the dir
+        cfg = config_from_dict(TimeseriesConfig, migrate_config(meta.get("config") or {}))
+        sc = meta.get("scaler") or {}
+        lacking = [k for k in ("n_vars", "period") if k not in sc]
+        if lacking:
+            raise UserError(f"checkpoint {path}: config.json lacks scaler.{lacking[0]}; retrain it")
+        if cfg.model.kind not in KINDS:
+            raise UserError(f"checkpoint {path}: config.json has unknown model kind {cfg.model.kind!r} "
+                            f"(known: {', '.join(KINDS)}); re-download it or retrain it")
         model = build_model(cfg, int(sc["n_vars"]), int(sc["period"]))
-    except KeyError as e:
-        raise UserError(f"checkpoint {checkpoint}: config.json lacks scaler.{e.args[0]}; retrain it") from None
-    load_weights(model, sd, checkpoint, meta)
+        load_weights(model, sd, path, meta)
     return model, cfg, meta
 
 
