@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from longstream.pipelines.common import UserError
+from longstream.pipelines.common import DEMOS_DIR, UserError
 
 DEMO_TITLE = "Time series"
-_DEMOS = Path(__file__).resolve().parents[2] / "demos" / "timeseries"
+_DEMOS = DEMOS_DIR / "timeseries"
 EXAMPLES = {
     "hourly, ETT layout (shipped checkpoint)": _DEMOS / "example_hourly.csv",
     "daily sales of two stores (fitted on the fly)": _DEMOS / "example_daily_sales.csv",
