@@ -78,6 +78,50 @@ def test_modules_resolve_under_the_namespace():
         import longstream.apps.api  # noqa: F401  (one module, one name)
 
 
+def test_load_dispatches_on_the_checkpoint_kind(tmp_path, monkeypatch):
+    """``longstream.load``: pipeline checkpoints through the registry, LM and backbone dirs, clear errors."""
+    import torch
+
+    import longstream
+    from longstream.backbones.lm import LanguageModel
+    from longstream.backbones.stack import SequenceBackbone
+    from longstream.pipelines.common import UserError
+    from longstream.pipelines.registry import get_pipeline
+
+    monkeypatch.setenv("LONGSTREAM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LONGSTREAM_OFFLINE", "1")
+    torch.manual_seed(0)
+    LanguageModel(11, "test_mamba").save_pretrained(tmp_path / "lm")
+    bb = longstream.create_backbone("test_mamba")
+    bb.save_pretrained(tmp_path / "bb")
+    lm = longstream.load(tmp_path / "lm")
+    assert isinstance(lm, LanguageModel) and not lm.training
+    got = longstream.load(str(tmp_path / "bb"))
+    assert isinstance(got, SequenceBackbone) and not got.training
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), bb.state_dict().values()))
+    model = longstream.load("template/sine-attn")
+    assert type(model) is type(get_pipeline("template", "model").from_pretrained("template/sine-attn"))
+
+    with pytest.raises(UserError, match="unknown model 'template/nope'"):
+        longstream.load("template/nope")
+    with pytest.raises(UserError, match="hf:acme/none is not imported"):
+        longstream.load("hf:acme/none")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "mystery"}))
+    with pytest.raises(UserError, match="not a checkpoint longstream can load"):
+        longstream.load(other)
+    cfg = json.loads((tmp_path / "bb" / "config.json").read_text())
+    alien = tmp_path / "alien"
+    alien.mkdir()
+    (alien / "config.json").write_text(json.dumps({**cfg, "pipeline": "nosuchdomain"}))
+    with pytest.raises(UserError, match="pipeline 'nosuchdomain', which this installation does not have"):
+        longstream.load(alien)
+    (tmp_path / "bb" / "model.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(UserError, match="model.safetensors"):
+        longstream.load(tmp_path / "bb")
+
+
 # --------------------------------------------------------------------------- the wheel
 
 
