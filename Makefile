@@ -10,7 +10,7 @@ export LONGSTREAM_DATA ?= $(abspath ../shared/data)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@# torch first, pinned, so no dependency can pull another multi-GB build

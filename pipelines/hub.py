@@ -3,7 +3,8 @@
 Registry (where names come from), two sources merged, shipped first:
 
 1. **Shipped checkpoints**: every ``checkpoints/<domain>/<name>/config.json`` in the
-   repository is the model ``<domain>/<name>``. Its ``config.json`` records the sha256
+   repository is the model ``<domain>/<name>`` (read from :data:`~.common.paths.CHECKPOINTS_DIR`,
+   which an installed wheel holds as ``longstream/checkpoints``). Its ``config.json`` records the sha256
    of ``model.safetensors`` (written by :func:`longstream.pipelines.common.save_pretrained`), so a
    pipeline registers a shipped model just by saving it there. Nothing else to edit.
 2. **Remote-only models**: ``checkpoints/registry.json`` (and any file named by
@@ -51,7 +52,7 @@ from longstream.backbones.io import atomic_dir, atomic_write_text, check_file, s
 
 # leaf modules only: common/checkpoint imports this module, so never `from .common import ...`
 from .common.errors import UserError
-from .common.paths import REPO_ROOT
+from .common.paths import CHECKPOINTS_DIR
 from .common.progress import progress
 
 __all__ = [
@@ -165,7 +166,7 @@ class Hub:
         timeout: float = 30.0,
         retries: int = 3,
     ) -> None:
-        self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else REPO_ROOT / "checkpoints"
+        self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else CHECKPOINTS_DIR
         if registry_files is None:
             registry_files = [self.checkpoints_dir / "registry.json"]
             if os.environ.get("LONGSTREAM_HUB_REGISTRY"):

@@ -5,7 +5,8 @@ Modules (each named for what it holds):
 - :mod:`.errors` — :class:`UserError`, the one exception a user can cause (exit code 2).
 - :mod:`.finite` — numeric inputs checked in the model's dtype (:func:`to_model_dtype`), model
   outputs checked (:func:`check_finite_output`), strict JSON (:func:`dumps_strict`).
-- :mod:`.paths` — :data:`REPO_ROOT`, :func:`check_out_dir`.
+- :mod:`.paths` — :data:`REPO_ROOT`, :data:`CHECKPOINTS_DIR`, :data:`DEMOS_DIR` (in the checkout or
+  the installed package), :func:`check_out_dir`.
 - :mod:`.config` — dataclass configs to/from dicts, typed dotted overrides, :func:`build_backbone`.
 - :mod:`.reproducibility` — :func:`seed_everything`, :func:`set_threads`, :func:`pick_device`.
 - :mod:`.optim` — :func:`param_groups`, :func:`warmup_cosine`, :func:`make_scheduler`, TSLib's
@@ -80,7 +81,7 @@ from .finite import (
 )
 from .loop import RESUME_MAY_DIFFER, TrainingDiverged, TrainRun, data_fingerprint, optimizer_step
 from .optim import EarlyStopping, make_epoch_scheduler, make_scheduler, param_groups, tslib_lr, warmup_cosine
-from .paths import REPO_ROOT, check_out_dir
+from .paths import CHECKPOINTS_DIR, DEMOS_DIR, REPO_ROOT, check_out_dir
 from .progress import MetricLogger, is_quiet, progress, quiet
 from .reproducibility import pick_device, seed_everything, set_threads
 from .train_state import load_train_state, save_train_state
@@ -126,6 +127,8 @@ __all__ = [
     "RESUME_MAY_DIFFER",
     "CHECKPOINT_FORMAT",
     "REPO_ROOT",
+    "CHECKPOINTS_DIR",
+    "DEMOS_DIR",
     "DistEnv",
     "EarlyStopping",
     "MetricLogger",

@@ -1,4 +1,4 @@
-"""Where things are: the repository root, and the check that an output directory is safe to fill."""
+"""Where things are: the repository root, the shipped checkpoints and demo inputs, and the check that an output directory is safe to fill."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ from pathlib import Path
 
 from .errors import UserError
 
-#: The repository (or installed package) root: the folder that holds ``pipelines/``.
+#: The folder that holds ``pipelines/``: the repository root in a checkout (and in an editable
+#: install), ``site-packages/longstream`` in an installed wheel. The wheel maps the repository's
+#: ``checkpoints/`` and ``demos/`` to ``longstream/checkpoints`` and ``longstream/demos`` (setup.py),
+#: so the same relative layout holds in both and the two directories below are found either way.
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+#: The shipped checkpoints (``<domain>/<name>/config.json``) and ``registry.json``; read by the hub.
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
+#: The shipped demo inputs, one folder per domain (``DEMOS_DIR / "timeseries" / "example_hourly.csv"``).
+DEMOS_DIR = REPO_ROOT / "demos"
+
 
 _RUN_FILES = {"model.safetensors", "config.json", "README.md", "metrics.jsonl", "train_state.pt"}
 _RUN_SUFFIXES = {".pt", ".jsonl", ".json", ".log", ".png", ".csv", ".md", ".safetensors"}  # run artifacts

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from longstream.pipelines.common import UserError, connect, number_input
+from longstream.pipelines.common import DEMOS_DIR, UserError, connect, number_input
 
 DEMO_TITLE = "Time series"
 # For the registry-generated demo tests (pipelines/CONTRACT.md, "demo.py"): after the example
@@ -27,7 +27,7 @@ DEMO_BAD_INPUT = {
     "file": ("my sales (bad).csv", "date,sales\n2024-01-01,1\n2024-01-02,oops\n2024-01-03,3\n"),
     "expect": "my sales (bad).csv",
 }
-_DEMOS = Path(__file__).resolve().parents[2] / "demos" / "timeseries"
+_DEMOS = DEMOS_DIR / "timeseries"
 EXAMPLES = {
     "hourly, ETT layout (shipped checkpoint)": _DEMOS / "example_hourly.csv",
     "daily sales of two stores (fitted on the fly)": _DEMOS / "example_daily_sales.csv",

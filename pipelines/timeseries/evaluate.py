@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from longstream.pipelines.common import check_finite_output, check_finite_result
+from longstream.pipelines.common import DEMOS_DIR, check_finite_output, check_finite_result
 
 from .data import Split, UserError, iterate_windows, load_series, make_splits, scale_checked
 from .model import Forecaster, pinball_loss
@@ -34,7 +34,7 @@ __all__ = ["evaluate_split", "evaluate", "backtest", "predict", "best_shipped", 
 METRIC_KEYS = ["mse", "mae", "n_windows", "seq_len", "pred_len"]
 """Keys ``evaluate`` always returns (``coverage``, ``interval``, ``pinball`` too for quantile models)."""
 
-_DEMO_DIR = Path(__file__).resolve().parents[2] / "demos" / "timeseries"
+_DEMO_DIR = DEMOS_DIR / "timeseries"
 EXAMPLE_INPUTS = [str(_DEMO_DIR / "example_hourly.csv")]
 """A small synthetic hourly CSV in the ETT layout, accepted by the shipped checkpoints."""
 
