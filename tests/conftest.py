@@ -35,3 +35,24 @@ def _seed() -> None:
 def data_root() -> Path:
     """The shared data root (``LONGSTREAM_DATA``)."""
     return Path(os.environ["LONGSTREAM_DATA"])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``get(domain) -> Path``: the tiny preset of ``domain`` trained once per session through
+    its CLI (``train --preset tiny``). Shared by every test module: treat it as read-only
+    (copy it before editing its files)."""
+    from longstream.pipelines.registry import get_pipeline
+
+    cache: dict[str, Path] = {}
+
+    def get(domain: str) -> Path:
+        if domain not in cache:
+            out = tmp_path_factory.mktemp(f"tiny-{domain}") / "tiny"
+            rc = get_pipeline(domain, "cli").main(["train", "--preset", "tiny", "--out", str(out), "--quiet"])
+            assert rc == 0, f"{domain}: tiny train failed (exit {rc})"
+            assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+            cache[domain] = out
+        return cache[domain]
+
+    return get

@@ -59,20 +59,10 @@ def _checkpoint(domain: str, trained) -> str:
     return str(trained(domain))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """domain -> dir of a tiny-preset checkpoint trained through the CLI (cached per module)."""
-    cache: dict[str, Path] = {}
-
-    def get(domain: str) -> Path:
-        if domain not in cache:
-            out = tmp_path_factory.mktemp(f"finite-{domain}") / "tiny"
-            rc = get_pipeline(domain, "cli").main(["train", "--preset", "tiny", "--out", str(out), "--quiet"])
-            assert rc == 0, f"{domain}: tiny train failed (exit {rc})"
-            cache[domain] = out
-        return cache[domain]
-
-    return get
+@pytest.fixture
+def trained(tiny_checkpoint):
+    """The session's tiny checkpoint of a domain (tests/conftest.py)."""
+    return tiny_checkpoint
 
 
 def _run(domain: str, argv: list[str], capsys) -> tuple[int, str, list[str]]:

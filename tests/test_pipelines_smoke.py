@@ -47,21 +47,10 @@ def test_standard_files(domain):
     assert callable(get_pipeline(domain, "demo").build_demo)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """domain -> dir of a checkpoint trained with the tiny preset through the CLI (cached per module)."""
-    cache: dict[str, Path] = {}
-
-    def get(domain: str) -> Path:
-        if domain not in cache:
-            out = tmp_path_factory.mktemp(f"smoke-{domain}") / "tiny"
-            rc = get_pipeline(domain, "cli").main(["train", "--preset", "tiny", "--out", str(out), "--quiet"])
-            assert rc == 0, f"{domain}: tiny train failed (exit {rc})"
-            assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
-            cache[domain] = out
-        return cache[domain]
-
-    return get
+@pytest.fixture
+def trained(tiny_checkpoint):
+    """The session's tiny checkpoint of a domain (tests/conftest.py)."""
+    return tiny_checkpoint
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
