@@ -158,7 +158,7 @@ def _unwritable(tmp_path: Path) -> Path:
     pytest.skip("no unwritable location for root on this system")
 
 
-@pytest.mark.parametrize("case", ["directory", "missing-parent", "unwritable"])
+@pytest.mark.parametrize("case", ["directory", "missing-parent", "unwritable", "extensionless-existing"])
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_bad_out_is_one_error_and_nothing_is_written(domain, case, base_ckpt, tmp_path, capsys, monkeypatch):
     work = tmp_path / "work"
@@ -171,10 +171,15 @@ def test_bad_out_is_one_error_and_nothing_is_written(domain, case, base_ckpt, tm
     elif case == "missing-parent":
         out = work / "no" / "such" / "result.out"
         needle = "does not exist"
+    elif case == "extensionless-existing":  # like `--out /etc/passwd`: never replaced
+        out = work / "passwd"
+        out.write_text("root:x:0:0:root:/root:/bin/bash\n")
+        needle = "without an extension"
     else:
         out = _unwritable(tmp_path)
         needle = "cannot write"
     before = _files(work)
+    original = out.read_bytes() if out.is_file() else None
     try:
         rc, err, _ = _cli(domain, ["predict", "--checkpoint", str(base_ckpt(domain)), _example(domain),
                                    "--out", str(out), "--quiet"], capsys)
@@ -184,6 +189,8 @@ def test_bad_out_is_one_error_and_nothing_is_written(domain, case, base_ckpt, tm
     _one_error(domain, rc, err, needle, str(out.name))
     assert _files(work) == before, f"{domain}: a refused --out wrote {_files(work) - before}"
     assert not (work / "no").exists(), f"{domain}: a missing parent was created"
+    if original is not None:
+        assert out.read_bytes() == original, f"{domain}: an existing extension-less file was replaced"
     if case == "unwritable" and (tmp_path / "ro").exists():
         assert not any((tmp_path / "ro").iterdir())
 
@@ -193,7 +200,7 @@ def test_out_names_exactly_the_file_written(domain, base_ckpt, tmp_path, capsys,
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    out = work / "result"  # no suffix: nothing may be appended to it
+    out = work / "result.out"  # an existing result file (a suffix no pipeline uses): replaced, nothing appended
     out.write_text("old contents\n")
     rc, err, stdout = _cli(domain, ["predict", "--checkpoint", str(base_ckpt(domain)), _example(domain),
                                     "--out", str(out), "--quiet"], capsys)
@@ -201,10 +208,10 @@ def test_out_names_exactly_the_file_written(domain, base_ckpt, tmp_path, capsys,
     assert out.is_file() and out.read_text() != "old contents\n", f"{domain}: --out {out} was not (re)written"
     printed = stdout.strip().splitlines()[-1]
     json.loads(printed)
-    extra = _files(work) - {"result"}
+    extra = _files(work) - {"result.out"}
     for name in extra:  # any further file must be one the result names
         assert name in printed, f"{domain}: wrote {name} beside --out without naming it in the result"
-    assert not (work / "result.json").exists() and not (work / "result.csv").exists(), \
+    assert not any((work / f"result.out{s}").exists() or (work / f"result{s}").exists() for s in (".json", ".csv")), \
         f"{domain}: a suffix was appended to --out ({sorted(_files(work))})"
 
 

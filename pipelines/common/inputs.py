@@ -11,7 +11,9 @@ Out: :func:`resolve_out` applies the ``--out`` rule of ``pipelines/CONTRACT.md``
   (``f.csv`` -> ``f.png``) and reports every path it wrote in its result;
 - the parent folder must exist (it is not created: a typo must not make folders);
 - an existing directory where a file is expected is an error;
-- an existing file is replaced atomically (:mod:`longstream.backbones.io` writers);
+- an existing file is replaced atomically (:mod:`longstream.backbones.io` writers), but only
+  when its name has an extension: an existing extension-less file (``/etc/passwd``) is
+  never taken for a result file and is refused;
 - a location that cannot be written (permissions, read-only file system) is one error,
   found by a real probe before any work is done, so nothing is half-written.
 """
@@ -120,6 +122,9 @@ def _check_one(p: Path, flag: str) -> None:
         raise UserError(f"{flag} {shown}: {parent} is not a folder; choose another path")
     if p.exists() and not p.is_file():
         raise UserError(f"{flag} {shown} exists and is not a regular file; choose another path")
+    if p.exists() and not p.suffix:  # e.g. /etc/passwd: not a result file of ours, never replaced
+        raise UserError(f"{flag} {shown} is an existing file without an extension, so it is not replaced; "
+                        f"name the result file with its format's extension (e.g. {p.name}.json) or remove it first")
     try:  # a real probe: os.access is wrong for root and for read-only mounts
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
         os.close(fd)
