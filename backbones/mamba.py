@@ -43,6 +43,20 @@ def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floo
     return dt + torch.log(-torch.expm1(-dt))  # softplus^{-1}(dt)
 
 
+# weights below this many bytes are multiplied single-threaded in a decode step: a threaded GEMV's
+# hand-offs cost more than the product itself (and far more on a loaded machine)
+SMALL_GEMV_BYTES = 4 << 20
+
+
+def _decode_linear(x: Tensor, lin: nn.Linear) -> Tensor:
+    """x (b, i) float32 -> lin(x) (b, o): the compiled single-threaded GEMV for small weights."""
+    w = lin.weight
+    if w.numel() * 4 < SMALL_GEMV_BYTES and w.shape[1] % 8 == 0 and cpu_kernels.has_op("linear_rows"):
+        b = lin.bias if lin.bias is not None else w.new_empty(0)
+        return cpu_kernels.ops().linear_rows(x.contiguous(), w, b)
+    return F.linear(x, w, lin.bias)
+
+
 @register_mixer("M")
 class Mamba(Backbone):
     """Selective SSM mixer, (b, l, d) -> (b, l, d), streamable with O(1) state per token."""
@@ -205,13 +219,13 @@ class Mamba(Backbone):
         (``torch.ops.longstream_ops.mamba_step``); the input state is never modified."""
         if self._step_fused(x_t, state):
             lin = getattr(self, "_lowp_linears", None)  # set by LanguageModel.quantize
-            xz = lin[0](x_t) if lin is not None else F.linear(x_t, self.in_proj.weight, self.in_proj.bias)  # (b, 2e)
+            xz = lin[0](x_t) if lin is not None else _decode_linear(x_t, self.in_proj)  # (b, 2e)
             conv_w, conv_b, dtw_t, A = self._step_consts()
             y, conv_state, h = cpu_kernels.ops().mamba_step(
                 xz.contiguous(), state["conv"].contiguous(), conv_w, conv_b, self.x_proj.weight,
                 dtw_t, self.dt_proj.bias, A, self.D, state["ssm"].contiguous(),
             )  # y (b, e), conv (b, e, k-1), ssm (b, e, n)
-            out = lin[1](y) if lin is not None else F.linear(y, self.out_proj.weight, self.out_proj.bias)
+            out = lin[1](y) if lin is not None else _decode_linear(y, self.out_proj)
             return out, {"conv": conv_state, "ssm": h}
         xi, z = self._in(x_t)  # (b, e)
         u, conv_state = causal_conv1d_update(xi, state["conv"], self._conv_weight(), self.conv1d.bias, "silu")

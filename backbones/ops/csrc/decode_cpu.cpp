@@ -13,13 +13,14 @@
 //   ssm (b, e, n)      SSM state, read only
 // Step per row:  u = silu(conv(x));  [dt_low, B, C] = xproj_w u;  dt = softplus(dtproj dt_low + dt_b)
 //                h = exp(dt A) h + dt u B;  y = (C . h + D u) * silu(z)
+// Single-threaded on purpose: a step is ~10-50 us of work, less than a thread-pool hand-off costs
+// on a busy 2-core machine (the projections around it are the threaded GEMVs).
 // Returns {y (b, e), new conv (b, e, k-1), new ssm (b, e, n)} — the state is never written in
 // place, so a caller may step twice from one state. Needs n % 8 == 0 and e % 8 == 0.
-// Also rms_norm_rows (the RMSNorm of one token per row). Registered as
-// torch.ops.longstream_ops.{mamba_step, rms_norm_rows} (a fragment of the library in scan_cpu.cpp).
+// Also rms_norm_rows (the RMSNorm of one token per row) and linear_rows (a single-threaded GEMV for
+// the small projections). Registered as torch.ops.longstream_ops.{mamba_step, rms_norm_rows, linear_rows} (a fragment of the library in scan_cpu.cpp).
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
@@ -146,9 +147,9 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
       u[c] = acc;
     }
     for (int64_t c = 0; c < E; c += kV) _mm256_storeu_ps(&u[c], dsilu256(_mm256_loadu_ps(&u[c])));
-    // x_dbl = xproj_w u: r + 2n dot products over e, split over threads
-    at::parallel_for(0, R + 2 * N, 8, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) {
+    // x_dbl = xproj_w u: r + 2n dot products over e
+    {
+      for (int64_t j = 0; j < R + 2 * N; ++j) {
         const float* wr = pxw + j * E;
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         int64_t c = 0;
@@ -159,11 +160,12 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
         for (; c < E; c += kV) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(&u[c]), a0);
         xd[j] = dhsum(_mm256_add_ps(a0, a1));
       }
-    });
+    }
     const float* Bv = xd.data() + R;
     const float* Cv = Bv + N;
     // dt = softplus(dt_b + sum_r dt_low[r] * dtproj_wt[r, :]): axpys streaming each row once
-    at::parallel_for(0, E / kV, 64, [&](int64_t g0, int64_t g1) {
+    {
+      const int64_t g0 = 0, g1 = E / kV;
       for (int64_t c = g0 * kV; c < g1 * kV; c += kV) _mm256_storeu_ps(&dt[c], _mm256_loadu_ps(pdb + c));
       for (int64_t r = 0; r < R; ++r) {
         const __m256 a = _mm256_set1_ps(xd[r]);
@@ -172,11 +174,10 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
           _mm256_storeu_ps(&dt[c], _mm256_fmadd_ps(a, _mm256_loadu_ps(wr + c), _mm256_loadu_ps(&dt[c])));
       }
       for (int64_t c = g0 * kV; c < g1 * kV; c += kV) _mm256_storeu_ps(&dt[c], dsoftplus256(_mm256_loadu_ps(&dt[c])));
-    });
-    // the state update and output, split over channel blocks
-    at::parallel_for(0, E / kV, 16, [&](int64_t g0, int64_t g1) {
-      DFtz ftz_task;  // worker threads have their own MXCSR
-      for (int64_t g = g0; g < g1; ++g) {
+    }
+    // the state update and output, per block of 8 channels
+    {
+      for (int64_t g = 0; g < E / kV; ++g) {
         const int64_t c0 = g * kV;
         for (int64_t c = c0; c < c0 + kV; ++c) {
           const __m256 vdt = _mm256_set1_ps(dt[c]), vdu = _mm256_set1_ps(dt[c] * u[c]);
@@ -195,7 +196,7 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
         float* yr = py + b * E + c0;
         _mm256_storeu_ps(yr, _mm256_mul_ps(_mm256_loadu_ps(yr), dsilu256(_mm256_loadu_ps(z + c0))));
       }
-    });
+    }
   }
   return {y, conv_new, ssm_new};
 }
@@ -220,15 +221,56 @@ at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
   return y;
 }
 
+// y = x W^T + bias for a few rows x (b, i), W (o, i), single-threaded: the small projections of a
+// decode step, where a threaded GEMV costs more in hand-offs than it saves (i % 8 == 0).
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  need(x, "x", 2); need(w, "weight", 2);
+  const int64_t Bsz = x.size(0), I = x.size(1), O = w.size(0);
+  TORCH_CHECK(w.size(1) == I && I % kV == 0, "linear_rows needs weight (o, i) with i % 8 == 0");
+  const bool has_b = bias.numel() > 0;
+  if (has_b) need(bias, "bias", 1);
+  auto y = at::empty({Bsz, O}, x.options());
+  const float *px = x.data_ptr<float>(), *pw = w.data_ptr<float>();
+  const float* pb = has_b ? bias.data_ptr<float>() : nullptr;
+  float* py = y.data_ptr<float>();
+  for (int64_t b = 0; b < Bsz; ++b) {
+    const float* xr = px + b * I;
+    int64_t o = 0;
+    for (; o + 4 <= O; o += 4) {  // four output rows share each load of x
+      const float *w0 = pw + o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+      for (int64_t i = 0; i < I; i += kV) {
+        const __m256 xv = _mm256_loadu_ps(xr + i);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), xv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), xv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), xv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), xv, a3);
+      }
+      float* yr = py + b * O + o;
+      yr[0] = dhsum(a0); yr[1] = dhsum(a1); yr[2] = dhsum(a2); yr[3] = dhsum(a3);
+    }
+    for (; o < O; ++o) {
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t i = 0; i < I; i += kV) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(pw + o * I + i), _mm256_loadu_ps(xr + i), a0);
+      py[b * O + o] = dhsum(a0);
+    }
+    if (has_b)
+      for (int64_t j = 0; j < O; ++j) py[b * O + j] += pb[j];
+  }
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
   m.def("mamba_step(Tensor xz, Tensor conv, Tensor conv_w, Tensor conv_b, Tensor xproj_w, Tensor dtproj_wt, "
         "Tensor dt_b, Tensor A, Tensor D, Tensor ssm) -> Tensor[]");
   m.def("rms_norm_rows(Tensor x, Tensor w, float eps) -> Tensor");
+  m.def("linear_rows(Tensor x, Tensor w, Tensor bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("mamba_step", &mamba_step);
   m.impl("rms_norm_rows", &rms_norm_rows);
+  m.impl("linear_rows", &linear_rows);
 }
