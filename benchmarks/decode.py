@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48, help="decoded tokens per timing")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prefill", type=int, nargs="*", default=[512, 2048])
+    ap.add_argument("--prefill-threads", type=int, nargs="*", default=[1], help="thread counts timed for prefill")
     ap.add_argument("--error-steps", type=int, default=32)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "decode"))
     args = ap.parse_args()
@@ -198,7 +199,7 @@ def main() -> None:
         row["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
         res["decode"][str(nt)] = row
         print(f"threads {nt} decode tok/s", {m: row[m]["tok_s"] for m in MODES}, row["loadavg"], flush=True)
-        for L in args.prefill:
+        for L in args.prefill if nt in args.prefill_threads else []:
             ids = torch.randint(0, VOCAB, (1, L), generator=g)
             p = interleaved({"fp32": prefill_fn(lm, ids)}, max(1, args.repeats - 1))["fp32"]
             tps = L / p["time_s"]
