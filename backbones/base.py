@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .ops import cpu_kernels
+
 State = Any  # pytree of tensors (dict / list / tuple / None)
 
 __all__ = [
@@ -83,9 +85,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2 and _rows_fast(x, self.weight):  # one token per row (decoding): one fused call
+            return cpu_kernels.ops().rms_norm_rows(x.contiguous(), self.weight, self.eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.float()).to(x.dtype)
+
+
+def _rows_fast(x: Tensor, w: Tensor) -> bool:
+    """The compiled one-token kernels apply: float32 CPU, no autograd."""
+    return (
+        x.dtype == torch.float32
+        and w.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+        and cpu_kernels.has_op("rms_norm_rows")
+    )
 
 
 def detach_state(state: State) -> State:

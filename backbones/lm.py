@@ -6,7 +6,8 @@ with the embedding and head weights tied (Press & Wolf, "Using the Output Embedd
 to Improve Language Models", 2017) and the vocabulary padded to a multiple of
 ``pad_vocab_size_multiple``. ``generate`` prefills the prompt with one ``forward``
 (chunked prefill is the caller's choice) and then decodes with O(1)-per-token
-``step``. Checkpoints are written and read by :mod:`longstream.backbones.io`
+``step``; :meth:`LanguageModel.quantize` opts decoding in to int8 / bf16 projection and head
+weights (:mod:`longstream.backbones.lowp`). Checkpoints are written and read by :mod:`longstream.backbones.io`
 (``model.safetensors`` + ``config.json`` with its sha256 manifest; the tied head is
 stored once and recorded in ``tied_weights``).
 
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import State
 from .config import BackboneConfig
 from .io import CONFIG_NAME, CheckpointError, load_weights_dir, save_weights_dir, sha256_file
+from .lowp import quantize_decode
 from .registry import backbone_config
 from .stack import SequenceBackbone
 
@@ -135,9 +138,29 @@ class LanguageModel(nn.Module):
         """token (b,) -> (logits (b, vocab_size), new state)."""
         h = self.embedding(token.long())  # (b, d)
         h, state = self.backbone.step(h, state)
-        return self.lm_head(h)[..., : self.vocab_size], state
+        return self._head_last(h), state
 
-    @torch.no_grad()
+    def _head_last(self, h: Tensor) -> Tensor:
+        """h (b, d) -> logits (b, vocab_size); the low-precision head when :meth:`quantize` set one."""
+        lowp = getattr(self, "_lowp_head", None)
+        if lowp is not None and h.dtype == torch.float32 and h.device.type == "cpu" and not (
+            torch.is_grad_enabled() and self.lm_head.weight.requires_grad
+        ):
+            return lowp(h)[..., : self.vocab_size]
+        return F.linear(h, self.lm_head.weight, self.lm_head.bias)[..., : self.vocab_size]
+
+    def quantize(self, mode: str | None = "int8") -> LanguageModel:
+        """Opt in to low-precision decode weights: ``"int8"`` or ``"bf16"`` (``None`` undoes it).
+
+        Mamba's ``in_proj`` / ``out_proj`` and the LM head get an int8 (per-channel scales) or
+        bf16 copy used by ``step`` / ``generate``'s decode loop on CPU without autograd; the SSM
+        state, conv and dt path stay float32, and ``forward`` (prefill, training), the float32
+        parameters and ``state_dict`` are unchanged. See :mod:`longstream.backbones.lowp`.
+        Returns ``self``; call it again after changing the weights."""
+        quantize_decode(self, mode)
+        return self
+
+    @torch.inference_mode()
     def generate(
         self,
         input_ids: Tensor,
@@ -170,7 +193,7 @@ class LanguageModel(nn.Module):
             gen.manual_seed(seed)
         if bb.supports_state:  # prefill; only the last position goes through the head
             h, state = bb(self.embedding(input_ids.long()), None)  # (b, l, d)
-            last = self.lm_head(h[:, -1])[..., : self.vocab_size]  # (b, vocab)
+            last = self._head_last(h[:, -1])  # (b, vocab)
         else:
             state = self.init_state(input_ids.shape[0])
             for t in range(input_ids.shape[1]):

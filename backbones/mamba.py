@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
+from .ops import cpu_kernels
 from .ops.causal_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
 from .ops.selective_scan import selective_scan, selective_scan_ref
 from .registry import register_mixer
@@ -40,6 +41,20 @@ def init_dt_bias(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floo
     dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
     dt = dt.clamp(min=dt_init_floor)
     return dt + torch.log(-torch.expm1(-dt))  # softplus^{-1}(dt)
+
+
+# weights below this many bytes are multiplied single-threaded in a decode step: a threaded GEMV's
+# hand-offs cost more than the product itself (and far more on a loaded machine)
+SMALL_GEMV_BYTES = 4 << 20
+
+
+def _decode_linear(x: Tensor, lin: nn.Linear) -> Tensor:
+    """x (b, i) float32 -> lin(x) (b, o): the compiled single-threaded GEMV for small weights."""
+    w = lin.weight
+    if w.numel() * 4 < SMALL_GEMV_BYTES and w.shape[1] % 8 == 0 and cpu_kernels.has_op("linear_rows"):
+        b = lin.bias if lin.bias is not None else w.new_empty(0)
+        return cpu_kernels.ops().linear_rows(x.contiguous(), w, b)
+    return F.linear(x, w, lin.bias)
 
 
 @register_mixer("M")
@@ -162,8 +177,56 @@ class Mamba(Backbone):
             )
         return self.out_proj(y.to(x.dtype)), {"conv": conv_state, "ssm": ssm_state.float()}
 
+    def _step_consts(self) -> tuple[Tensor, ...]:
+        """Parameter-derived tensors of the fused decode step, cached until a parameter changes:
+        conv weight (e, k), conv bias (e), dt_proj weight transposed (r, e), A = -exp(A_log) (e, n)."""
+        params = (self.conv1d.weight, self.conv1d.bias, self.dt_proj.weight, self.A_log)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cached = getattr(self, "_step_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                consts = (
+                    self._conv_weight().detach().contiguous(),
+                    self.conv1d.bias.detach().contiguous(),
+                    self.dt_proj.weight.detach().t().contiguous(),
+                    (-torch.exp(self.A_log.detach())).contiguous(),
+                )
+            cached = (key, consts)
+            self._step_cache = cached
+        return cached[1]
+
+    def _step_fused(self, x_t: Tensor, state: State) -> bool:
+        """The compiled one-call step applies: float32 CPU, no autograd, widths multiple of 8."""
+        return (
+            x_t.dtype == torch.float32
+            and x_t.device.type == "cpu"
+            and self.A_log.dtype == torch.float32
+            and self.in_proj.weight.dtype == torch.float32
+            and self.conv1d.bias is not None
+            and self.d_inner % 8 == 0
+            and self.d_state % 8 == 0
+            and self.backend in ("auto", "cpp")
+            and not (torch.is_grad_enabled() and any(p.requires_grad for p in (self.A_log, self.in_proj.weight)))
+            and state["ssm"].dtype == torch.float32
+            and state["conv"].dtype == torch.float32
+            and cpu_kernels.has_op("mamba_step")
+        )
+
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        """x_t (b, d) -> (y_t (b, d), new state): one token in O(e n)."""
+        """x_t (b, d) -> (y_t (b, d), new state): one token in O(e n).
+
+        On CPU (float32, no autograd) the work between in_proj and out_proj is one compiled call
+        (``torch.ops.longstream_ops.mamba_step``); the input state is never modified."""
+        if self._step_fused(x_t, state):
+            lin = getattr(self, "_lowp_linears", None)  # set by LanguageModel.quantize
+            xz = lin[0](x_t) if lin is not None else _decode_linear(x_t, self.in_proj)  # (b, 2e)
+            conv_w, conv_b, dtw_t, A = self._step_consts()
+            y, conv_state, h = cpu_kernels.ops().mamba_step(
+                xz.contiguous(), state["conv"].contiguous(), conv_w, conv_b, self.x_proj.weight,
+                dtw_t, self.dt_proj.bias, A, self.D, state["ssm"].contiguous(),
+            )  # y (b, e), conv (b, e, k-1), ssm (b, e, n)
+            out = lin[1](y) if lin is not None else _decode_linear(y, self.out_proj)
+            return out, {"conv": conv_state, "ssm": h}
         xi, z = self._in(x_t)  # (b, e)
         u, conv_state = causal_conv1d_update(xi, state["conv"], self._conv_weight(), self.conv1d.bias, "silu")
         dt, B, C = self._ssm_params(u)  # (b, e), (b, n), (b, n)

@@ -1,8 +1,10 @@
 """Optional compiled CPU kernels (``csrc/scan_cpu.cpp``), JIT-built once and cached.
 
-The C++ file holds the sequential selective-scan recurrence (forward and a chunked
-recompute backward) and a causal depthwise conv1d, vectorised with AVX2 + FMA and split
-over threads with ``at::parallel_for`` (so ``torch.set_num_threads`` governs them).
+The C++ files hold the sequential selective-scan recurrence (forward and a chunked
+recompute backward) and a causal depthwise conv1d (``scan_cpu.cpp``), and the fused
+one-token Mamba decode step (``decode_cpu.cpp``), vectorised with AVX2 + FMA and split
+over threads with ``at::parallel_for`` (so ``torch.set_num_threads`` governs them). Every
+``csrc/*.cpp`` is compiled into the one library.
 
 It is built with ``torch.utils.cpp_extension.load`` on first use (about a minute) into
 ``$LONGSTREAM_CACHE`` (default ``~/.cache/longstream``)/``ext-<hash>``, keyed by the
@@ -22,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "load", "ops"]
+__all__ = ["available", "has_op", "load", "ops"]
 
 _SRC = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
+_SRCS = sorted(_SRC.parent.glob("*.cpp"))  # every kernel source, built into one library
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
@@ -39,7 +42,8 @@ def _cpu_has_avx2() -> bool:
 
 def _build_dir() -> Path:
     h = hashlib.sha256()
-    h.update(_SRC.read_bytes())
+    for src in _SRCS:
+        h.update(src.read_bytes())
     h.update(torch.__version__.encode())
     h.update(platform.machine().encode())
     root = Path(os.environ.get("LONGSTREAM_CACHE", Path.home() / ".cache" / "longstream"))
@@ -72,7 +76,7 @@ def load(verbose: bool = False) -> bool:
 
             cpp_extension.load(
                 name="longstream_cpu_ops",
-                sources=[str(_SRC)],
+                sources=[str(p) for p in _SRCS],
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-Wno-ignored-attributes"],
                 build_directory=str(build_dir),
                 is_python_module=False,
@@ -92,6 +96,14 @@ def load(verbose: bool = False) -> bool:
 def available() -> bool:
     """True when the compiled kernels are built and loaded (builds them on first call)."""
     return load()
+
+
+def has_op(name: str) -> bool:
+    """True when the kernels are available and hold the op ``name`` (e.g. ``"mamba_step"``)."""
+    key = "op:" + name
+    if key not in _STATE:
+        _STATE[key] = load() and hasattr(torch.ops.longstream_ops, name)
+    return bool(_STATE[key])
 
 
 def ops():

@@ -1,0 +1,106 @@
+"""Opt-in low-precision weights for CPU decoding: int8 or bf16 projections and LM head.
+
+Decoding one token of a Mamba language model reads every projection weight once, so on a
+CPU it is bound by memory bandwidth; weights stored in 8 or 16 bits are read 4x / 2x faster.
+Post-training quantisation of selective SSMs follows Quamba (Chiang et al., "Quamba: A
+Post-Training Quantization Recipe for Selective State Space Models", 2024) in spirit: only
+the linear projections (Mamba's ``in_proj`` / ``out_proj``) and the head are quantised,
+while the conv, ``x_proj`` / ``dt_proj``, the SSM recurrence and its state stay float32.
+
+- ``"int8"``: symmetric per-output-channel int8 weights (scale = max|w| / 127), activations
+  quantised per tensor on the fly, int8 GEMM with int32 accumulation (fbgemm's dynamic
+  quantised linear, ``torch.ops.quantized.linear_dynamic``, when this torch has it;
+  otherwise ``torch._weight_int8pack_mm`` on bf16 activations).
+- ``"bf16"``: bfloat16 weights and activations, float32 result.
+
+The low-precision copies serve :meth:`Mamba.step` (its compiled CPU path: float32, no
+autograd) and :meth:`LanguageModel.step` / ``generate``'s decode loop; ``forward`` (training,
+prefill) keeps the float32 parameters, which stay in the module untouched (``state_dict`` and
+checkpoints are unchanged). Re-run ``quantize`` after changing the weights.
+
+Axis legend: b batch, i input width, o output width.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LOWP_MODES", "LowpLinear", "quantize_decode"]
+
+LOWP_MODES = ("int8", "bf16")
+
+
+def _fbgemm_int8() -> bool:
+    try:
+        return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class LowpLinear:
+    """``y = x W^T + bias`` for x (b, i) float32 -> y (b, o) float32 with W held in ``mode``."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, mode: str) -> None:
+        if mode not in LOWP_MODES:
+            raise ValueError(f"low-precision mode must be one of {LOWP_MODES}, got {mode!r}")
+        w = weight.detach().float().cpu()  # (o, i)
+        self.mode = mode
+        self.out_features = w.shape[0]
+        self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
+        self._fn: Callable[[Tensor], Tensor]
+        if mode == "bf16":
+            wb = w.to(torch.bfloat16).contiguous()
+            self.nbytes = wb.numel() * 2
+            self._fn = lambda x: F.linear(x.to(torch.bfloat16), wb).float()
+            return
+        scale = (w.abs().amax(1) / 127.0).clamp(min=1e-12)  # (o,) per output channel
+        self.nbytes = w.numel()
+        if _fbgemm_int8():
+            with warnings.catch_warnings():  # quantised-tensor creation is deprecated upstream
+                warnings.simplefilter("ignore")
+                qw = torch.quantize_per_channel(
+                    w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8
+                )
+                packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+            self.bias = None  # inside the packed op
+            self._fn = lambda x: torch.ops.quantized.linear_dynamic(x, packed)
+        else:
+            q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (o, i)
+            sb = scale.to(torch.bfloat16)
+            self._fn = lambda x: torch._weight_int8pack_mm(x.to(torch.bfloat16), q, sb).float()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        y = self._fn(x.contiguous())  # (b, o)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_decode(lm: nn.Module, mode: str | None) -> int:
+    """Give ``lm``'s Mamba layers and head low-precision decode weights (``None`` removes them).
+
+    Returns the bytes of the low-precision weights (0 when removed)."""
+    from .mamba import Mamba
+
+    if mode is not None and mode not in LOWP_MODES:
+        raise ValueError(f"quantize mode must be one of {LOWP_MODES} or None, got {mode!r}")
+    total = 0
+    for mod in lm.modules():
+        if isinstance(mod, Mamba):
+            if mode is None:
+                mod._lowp_linears = None
+                continue
+            lin_in = LowpLinear(mod.in_proj.weight, mod.in_proj.bias, mode)
+            lin_out = LowpLinear(mod.out_proj.weight, mod.out_proj.bias, mode)
+            mod._lowp_linears = (lin_in, lin_out)
+            total += lin_in.nbytes + lin_out.nbytes
+    head = getattr(lm, "lm_head", None)
+    if mode is None or head is None:
+        lm._lowp_head = None
+    else:
+        lm._lowp_head = LowpLinear(head.weight, head.bias, mode)
+        total += lm._lowp_head.nbytes
+    return total

@@ -1,0 +1,280 @@
+"""Decode benchmark: tokens/s of a mamba-130m-shaped LanguageModel on CPU against llama.cpp.
+
+A ``LanguageModel`` of the state-spaces/mamba-130m shape (d_model 768, 24 Mamba layers,
+vocab 50,280, random weights, float32) is built once; for each thread count (pinned with
+``torch.set_num_threads``) it measures, interleaved in one process (min time over
+``--repeats``; the machine is shared):
+
+- decode tokens/s of ``generate`` after a short prompt (prefill excluded), for
+  ``base`` (the pure-PyTorch ``step``: ~30 small ops per layer, what ``main`` ran before the
+  fused kernel), ``fp32`` (the compiled one-call Mamba step + one-row RMSNorm), and the opt-in
+  low-precision decode weights ``int8`` / ``bf16`` (:meth:`LanguageModel.quantize`);
+- prefill tokens/s (one ``forward`` of the prompt, head on the last token) at 512 and 2,048;
+- a streaming ``step`` with torch's default thread count against one thread (the 130m LM and
+  a d_model 256 Mamba layer), which must not be slower;
+- the logit error of each low-precision mode against float32 (one step after a 64-token
+  prefill: max |diff|, relative L2, and greedy-token agreement over a teacher-forced run).
+
+llama.cpp's figures are cited, not built: measured on this machine with llama.cpp built from
+the sources of the ``llama-cpp-python`` 0.3.36 sdist, the same weights converted by its
+``convert_hf_to_gguf.py``, ``llama-bench`` (issue 12): float32 decode 21.8 tok/s at one thread,
+39.3 at two; bf16 decode 33.8 at one thread; prefill 196 tok/s at 512 and 2,048 tokens.
+
+Writes ``benchmarks/results/decode.json`` and ``.md``. Benchmarks are not tests. Usage::
+
+    nice python benchmarks/decode.py                      # ~3-5 min
+    nice python benchmarks/decode.py --threads 1 --tokens 32 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from longstream.backbones.lm import LanguageModel  # noqa: E402
+from longstream.backbones.mamba import Mamba  # noqa: E402
+from longstream.backbones.ops import cpu_kernels  # noqa: E402
+from longstream.backbones.presets import mamba_130m  # noqa: E402
+
+LLAMA_CPP = {  # tok/s, measured on this machine (issue 12)
+    "decode_fp32": {1: 21.8, 2: 39.3},
+    "decode_bf16": {1: 33.8},
+    "prefill": {512: 196.0, 2048: 196.0},
+}
+VOCAB = 50280
+MODES = ("base", "fp32", "int8", "bf16")
+_FUSED_STEP = Mamba._step_fused
+_ROWS_OP = cpu_kernels.has_op("rms_norm_rows")  # real availability, before set_mode toggles it
+
+
+def set_mode(lm: LanguageModel, mode: str) -> None:
+    """``base``: the pure-PyTorch step (compiled step and row-norm kernels switched off)."""
+    fused = mode != "base"
+    Mamba._step_fused = _FUSED_STEP if fused else (lambda *a, **k: False)  # type: ignore[method-assign]
+    cpu_kernels._STATE["op:rms_norm_rows"] = fused and _ROWS_OP
+    lm.quantize(mode if mode in ("int8", "bf16") else None)
+
+
+def interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
+    """Each fn returns its own elapsed seconds; alternate them, keep the min."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            gc.collect()
+            times[k].append(f())
+    return {k: {"time_s": min(v), "times_s": [round(t, 4) for t in v]} for k, v in times.items()}
+
+
+def decode_fn(lm: LanguageModel, mode: str, prompt: torch.Tensor, n: int) -> Callable[[], float]:
+    def run() -> float:
+        set_mode(lm, mode)
+        with torch.inference_mode():
+            _, st = lm.backbone(lm.embedding(prompt), None)
+            tok = prompt[:, -1]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                logits, st = lm.step(tok, st)
+                tok = logits.argmax(-1)
+            return time.perf_counter() - t0
+
+    return run
+
+
+def prefill_fn(lm: LanguageModel, ids: torch.Tensor) -> Callable[[], float]:
+    def run() -> float:
+        set_mode(lm, "fp32")
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            h, _ = lm.backbone(lm.embedding(ids), None)
+            lm._head_last(h[:, -1])
+            return time.perf_counter() - t0
+
+    return run
+
+
+def layer_step_fn(m: Mamba, n: int) -> Callable[[], float]:
+    x = torch.randn(1, m.d_model)
+
+    def run() -> float:
+        st = m.init_state(1)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                _, st = m.step(x, st)
+            return time.perf_counter() - t0
+
+    return run
+
+
+def logit_error(lm: LanguageModel, prompt: torch.Tensor, n: int) -> dict[str, dict]:
+    """Low-precision modes vs float32: one step after the prompt, and greedy agreement over a
+    teacher-forced continuation (the float32 tokens fed to both)."""
+    out: dict[str, dict] = {}
+    with torch.inference_mode():
+        set_mode(lm, "fp32")
+        _, st0 = lm.backbone(lm.embedding(prompt), None)
+        toks, ref_logits, st, tok = [], [], st0, prompt[:, -1]
+        for _ in range(n):
+            lg, st = lm.step(tok, st)
+            ref_logits.append(lg)
+            tok = lg.argmax(-1)
+            toks.append(tok)
+        for mode in ("int8", "bf16"):
+            set_mode(lm, mode)
+            st, tok, agree, first = st0, prompt[:, -1], 0, None
+            maxabs = rel = 0.0
+            for i in range(n):
+                lg, st = lm.step(tok, st)
+                ref = ref_logits[i]
+                if first is None:
+                    first = {"max_abs": float((lg - ref).abs().max()), "rel_l2": float((lg - ref).norm() / ref.norm())}
+                maxabs = max(maxabs, float((lg - ref).abs().max()))
+                rel = max(rel, float((lg - ref).norm() / ref.norm()))
+                agree += int((lg.argmax(-1) == ref.argmax(-1)).all())
+                tok = toks[i]
+            out[mode] = {"first_step": first, "max_abs_over_run": maxabs, "max_rel_l2_over_run": rel,
+                         "greedy_agreement": agree / n, "steps": n,
+                         "logit_std": float(torch.stack(ref_logits).std())}
+    set_mode(lm, "fp32")
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--tokens", type=int, default=48, help="decoded tokens per timing")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prefill", type=int, nargs="*", default=[512, 2048])
+    ap.add_argument("--prefill-threads", type=int, nargs="*", default=[1], help="thread counts timed for prefill")
+    ap.add_argument("--error-steps", type=int, default=32)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "decode"))
+    args = ap.parse_args()
+
+    default_threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    lm = LanguageModel(VOCAB, mamba_130m()).eval()
+    nparams = sum(p.numel() for p in lm.parameters())
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, VOCAB, (1, 16), generator=g)
+    res: dict = {"meta": {
+        "model": "LanguageModel(mamba_130m preset: d_model 768, 24 x Mamba, vocab 50280), random weights",
+        "params": nparams, "cpu": _cpu_name(), "torch": torch.__version__, "kernels": cpu_kernels.available(),
+        "torch_default_threads": default_threads, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+        "decode_tokens": args.tokens, "repeats": args.repeats, "llama_cpp": LLAMA_CPP,
+    }, "decode": {}, "prefill": {}, "default_threads": {}}
+
+    for nt in args.threads:
+        torch.set_num_threads(nt)
+        r = interleaved({m: decode_fn(lm, m, prompt, args.tokens) for m in MODES}, args.repeats)
+        row = {m: {"tok_s": round(args.tokens / v["time_s"], 2), "times_s": v["times_s"]} for m, v in r.items()}
+        for m in MODES:
+            ref = LLAMA_CPP["decode_bf16" if m in ("int8", "bf16") else "decode_fp32"].get(nt)
+            if ref:
+                row[m]["vs_llama_cpp"] = round(row[m]["tok_s"] / ref, 3)
+        row["fp32_vs_base"] = round(row["fp32"]["tok_s"] / row["base"]["tok_s"], 3)
+        row["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+        res["decode"][str(nt)] = row
+        print(f"threads {nt} decode tok/s", {m: row[m]["tok_s"] for m in MODES}, row["loadavg"], flush=True)
+        for L in args.prefill if nt in args.prefill_threads else []:
+            ids = torch.randint(0, VOCAB, (1, L), generator=g)
+            p = interleaved({"fp32": prefill_fn(lm, ids)}, max(1, args.repeats - 1))["fp32"]
+            tps = L / p["time_s"]
+            res["prefill"].setdefault(str(nt), {})[str(L)] = {
+                "tok_s": round(tps, 1), "vs_llama_cpp_1thread": round(tps / LLAMA_CPP["prefill"][L], 3),
+                "times_s": p["times_s"]}
+            print(f"threads {nt} prefill {L}: {tps:.1f} tok/s", flush=True)
+
+    # default thread count vs one thread for a streaming step (the LM and one small layer)
+    torch.manual_seed(0)
+    small = Mamba(256).eval()
+    for name, fn_of in (("lm_130m_decode", lambda: decode_fn(lm, "fp32", prompt, args.tokens)),
+                        ("mamba_d256_step", lambda: layer_step_fn(small, 256))):
+        fn = fn_of()
+        times = {}
+        for label, nt in (("one_thread", 1), ("default", default_threads)):
+            torch.set_num_threads(nt)
+            times[label] = interleaved({"x": fn}, args.repeats)["x"]["time_s"]
+        n = args.tokens if name.startswith("lm") else 256
+        res["default_threads"][name] = {
+            "tok_s_one_thread": round(n / times["one_thread"], 1), "tok_s_default": round(n / times["default"], 1),
+            "default_over_one": round(times["one_thread"] / times["default"], 3), "default_threads": default_threads}
+        print("default threads", name, res["default_threads"][name], flush=True)
+    torch.set_num_threads(1)
+    res["logit_error"] = logit_error(lm, torch.randint(0, VOCAB, (1, 64), generator=g), args.error_steps)
+    print("logit error", json.dumps(res["logit_error"]), flush=True)
+    res["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
+    Path(args.out + ".md").write_text(render(res))
+    print("wrote", args.out + ".{json,md}")
+
+
+def render(res: dict) -> str:
+    m = res["meta"]
+    lines = [
+        "# Decode benchmark (mamba-130m shape, CPU)", "",
+        f"{m['model']}; {m['params'] / 1e6:.0f}M parameters; CPU {m['cpu']}; torch {m['torch']}; "
+        f"compiled kernels {m['kernels']}; load average {' '.join(m['loadavg_start'])} -> "
+        f"{' '.join(m['loadavg_end'])}. Interleaved timing, min of {m['repeats']} runs of "
+        f"{m['decode_tokens']} tokens. llama.cpp figures cited from issue 12 (measured on this machine, "
+        "`llama-bench`, not rebuilt here).", "",
+        "## Decode tokens/s", "",
+        "| threads | base (PyTorch step) | fp32 (fused) | fp32 / base | llama.cpp fp32 | fp32 / llama.cpp "
+        "| int8 | bf16 | llama.cpp bf16 | int8 / llama.cpp bf16 | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for nt, r in res["decode"].items():
+        lf = LLAMA_CPP["decode_fp32"].get(int(nt))
+        lb = LLAMA_CPP["decode_bf16"].get(int(nt))
+        lines.append(
+            f"| {nt} | {r['base']['tok_s']:.1f} | {r['fp32']['tok_s']:.1f} | {r['fp32_vs_base']:.2f}x | "
+            f"{lf if lf else '—'} | {r['fp32'].get('vs_llama_cpp', float('nan')):.2f}x | {r['int8']['tok_s']:.1f} | "
+            f"{r['bf16']['tok_s']:.1f} | {lb if lb else '—'} | "
+            f"{(str(r['int8']['vs_llama_cpp']) + 'x') if 'vs_llama_cpp' in r['int8'] else '—'} | "
+            f"{' '.join(r['loadavg'])} |")
+    lines += ["", "## Prefill tokens/s (llama.cpp 196 tok/s at 1 thread; bar 2x = 392)", "",
+              "| threads | length | tok/s | / llama.cpp |", "|---|---|---|---|"]
+    for nt, rows in res["prefill"].items():
+        for L, r in rows.items():
+            lines.append(f"| {nt} | {L} | {r['tok_s']:.0f} | {r['vs_llama_cpp_1thread']:.2f}x |")
+    lines += ["", f"## torch default threads ({m['torch_default_threads']}) vs one thread, streaming step", "",
+              "| workload | tok/s 1 thread | tok/s default | default / one |", "|---|---|---|---|"]
+    for name, r in res["default_threads"].items():
+        lines.append(f"| {name} | {r['tok_s_one_thread']} | {r['tok_s_default']} | {r['default_over_one']:.2f}x |")
+    lines += ["", "## Low-precision logit error against float32", "",
+              "| mode | first step max abs | first step rel L2 | max rel L2 over run | greedy agreement | logit std |",
+              "|---|---|---|---|---|---|"]
+    for mode, r in res["logit_error"].items():
+        lines.append(f"| {mode} | {r['first_step']['max_abs']:.4f} | {r['first_step']['rel_l2']:.4f} | "
+                     f"{r['max_rel_l2_over_run']:.4f} | {r['greedy_agreement']:.2f} ({r['steps']} steps) | "
+                     f"{r['logit_std']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("LONGSTREAM_OFFLINE", "1")
+    main()

@@ -1,0 +1,103 @@
+"""Decode fast paths: the compiled one-call Mamba step, the one-row RMSNorm and small GEMV
+against the pure-PyTorch step and the float64 reference; low-precision decode weights
+(``LanguageModel.quantize``) within a bounded logit error, with state_dict unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longstream.backbones.base import RMSNorm
+from longstream.backbones.config import BackboneConfig
+from longstream.backbones.lm import LanguageModel
+from longstream.backbones.mamba import Mamba
+from longstream.backbones.ops import cpu_kernels
+
+torch.set_num_threads(1)
+
+needs_kernels = pytest.mark.skipif(not cpu_kernels.has_op("mamba_step"), reason="compiled CPU kernels unavailable")
+
+
+def close(a, b, atol=2e-5, rtol=1e-4):
+    torch.testing.assert_close(a.double(), b.double(), atol=atol, rtol=rtol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("d_state,bias", [(8, False), (16, True)])
+def test_fused_step_equals_torch_step_and_reference(d_state, bias):
+    torch.manual_seed(0)
+    m = Mamba(24, d_state=d_state, bias=bias).eval()  # e = 48, n % 8 == 0: the fused path applies
+    x = torch.randn(3, 9, 24)
+    st0 = {k: torch.randn_like(v) * 0.5 for k, v in m.init_state(3).items()}
+    with torch.no_grad():
+        assert m._step_fused(x[:, 0], st0)
+        y_ref, st_ref = m.reference(x, st0)  # float64 sequential reference
+        snapshot = {k: v.clone() for k, v in st0.items()}
+        st_f, st_t, ys_f, ys_t = st0, st0, [], []
+        for t in range(x.shape[1]):
+            y_f, st_f = m.step(x[:, t], st_f)
+            ys_f.append(y_f)
+        m._step_fused = lambda *a: False  # the pure-PyTorch step
+        for t in range(x.shape[1]):
+            y_t, st_t = m.step(x[:, t], st_t)
+            ys_t.append(y_t)
+    assert all(torch.equal(snapshot[k], st0[k]) for k in st0), "fused step mutated its input state"
+    close(torch.stack(ys_f, 1), torch.stack(ys_t, 1))
+    close(torch.stack(ys_f, 1), y_ref)
+    for k in st_ref:
+        close(st_f[k], st_ref[k])
+
+
+@needs_kernels
+def test_fused_step_not_used_with_autograd():
+    m = Mamba(16, d_state=8)
+    x = torch.randn(2, 16, requires_grad=True)
+    st = m.init_state(2)
+    assert not m._step_fused(x, st)
+    y, _ = m.step(x, st)
+    y.sum().backward()
+    assert m.in_proj.weight.grad is not None
+
+
+@needs_kernels
+def test_rows_kernels_match_torch():
+    torch.manual_seed(0)
+    norm = RMSNorm(40)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 40) * 3
+    with torch.no_grad():
+        y = norm(x)  # compiled one-row path
+        ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+    close(y, ref)
+    w, b = torch.randn(13, 40), torch.randn(13)
+    close(cpu_kernels.ops().linear_rows(x, w, b), F.linear(x, w, b), atol=1e-4)
+    close(cpu_kernels.ops().linear_rows(x, w, w.new_empty(0)), F.linear(x, w), atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode,tol", [("int8", 0.15), ("bf16", 0.05)])
+def test_quantized_decode_logits_close_and_state_dict_unchanged(mode, tol):
+    torch.manual_seed(0)
+    cfg = BackboneConfig(d_model=64, n_layers=2, pattern="M", mixer_kwargs={"M": {"d_state": 8}})
+    lm = LanguageModel(100, cfg).eval()
+    keys = {k: v.clone() for k, v in lm.state_dict().items()}
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        _, st = lm.backbone(lm.embedding(ids), None)
+        ref, st_ref = lm.step(ids[:, -1], st)
+        lm.quantize(mode)
+        lg, st_q = lm.step(ids[:, -1], st)
+        out = lm.generate(ids, 4)
+        lm.quantize(None)
+        back, _ = lm.step(ids[:, -1], st)
+    assert out.shape == (2, 11)
+    rel = float((lg - ref).norm() / ref.norm())
+    assert 0 < rel < tol, f"{mode} relative logit error {rel}"
+    assert st_q[0]["ssm"].dtype == torch.float32  # the SSM state stays float32
+    torch.testing.assert_close(back, ref)
+    assert set(lm.state_dict()) == set(keys)
+    assert all(torch.equal(lm.state_dict()[k], v) for k, v in keys.items())
+    with pytest.raises(ValueError, match="quantize mode"):
+        lm.quantize("int4")
