@@ -53,6 +53,60 @@ def causal_conv1d_ref(
     return y, xp[:, xp.shape[1] - (k - 1) :].transpose(1, 2)
 
 
+class _ConvFn(torch.autograd.Function):
+    """Training path: causal depthwise conv (+ SiLU) with a hand-written backward, so autograd
+    keeps two (b, l, e) tensors instead of one per tap and the backward is K multiply-adds for
+    dx plus K dot products for dw (no zero-filled slice gradients). The pre-activation comes from
+    the compiled forward kernel when it is available. x (b, l, e), weight (e, k), bias (e,) or
+    None, prev (b, k-1, e) -> y (b, l, e)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, prev: Tensor, silu: bool) -> Tensor:  # type: ignore[override]
+        b, l, e = x.shape
+        k = weight.shape[1]
+        if x.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.available():
+            bias_ = torch.zeros(e) if bias is None else bias.float().contiguous()
+            pre = cpu_kernels.ops().conv_fwd(x.contiguous(), weight.float().contiguous(), bias_, prev.float().contiguous(), False)
+        else:
+            xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)
+            pre = xp[:, k - 1 :] * weight[:, k - 1]
+            if bias is not None:
+                pre = pre + bias
+            for j in range(k - 1):
+                pre = torch.addcmul(pre, xp[:, j : j + l], weight[:, j])
+        ctx.save_for_backward(x, weight, prev, pre)
+        ctx.silu, ctx.has_bias = silu, bias is not None
+        return F.silu(pre) if silu else pre
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, weight, prev, pre = ctx.saved_tensors
+        b, l, e = x.shape
+        k = weight.shape[1]
+        want_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
+        xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)
+        gxp = x.new_zeros(b, k - 1 + l, e) if want_x else None  # grad of xp
+        gw = weight.new_zeros(e, k)
+        gb = weight.new_zeros(e)
+        # time blocks of ~0.5 MB per (b, blk, e) tensor, so the ~3k passes of the backward stay in cache
+        blk = max(64, (1 << 17) // max(1, b * e))
+        for t0 in range(0, l, blk):
+            t1 = min(l, t0 + blk)
+            gp = g[:, t0:t1]
+            if ctx.silu:
+                gp = torch.ops.aten.silu_backward(gp, pre[:, t0:t1])  # (b, blk, e) grad of the pre-activation
+            gb += gp.sum((0, 1))
+            for j in range(k):  # pre[t] = sum_j w[j] xp[t + j]
+                xs = xp[:, t0 + j : t1 + j]
+                gw[:, j] += torch.linalg.vecdot(gp, xs, dim=1).sum(0)
+                if gxp is not None:
+                    gxp[:, t0 + j : t1 + j].addcmul_(gp, weight[:, j])
+        gx = gprev = None
+        if gxp is not None:
+            gx, gprev = gxp[:, k - 1 :], gxp[:, : k - 1]
+        return gx, gw, (gb if ctx.has_bias else None), gprev, None
+
+
 def causal_conv1d(
     x: Tensor,
     weight: Tensor,
@@ -108,6 +162,8 @@ def causal_conv1d(
             x.contiguous(), weight.float().contiguous(), bias_, prev.float().contiguous(), activation is not None
         )
         return y, new_cache
+    if grad and activation in (None, "silu", "swish") and x.device.type == "cpu" and backend in ("auto", "cpp", "torch"):
+        return _ConvFn.apply(x, weight, bias, prev, activation is not None), new_cache
     # pure PyTorch: K shifted multiply-adds, time-major (no transposes)
     if xp is None:
         xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)
