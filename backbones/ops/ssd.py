@@ -100,7 +100,8 @@ class _ChunkScan(torch.autograd.Function):
 
 
 def _ssd_block(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, st: Tensor, T: int
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, st: Tensor, T: int,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One block of whole chunks (l a multiple of T). x (b, l, h, p), dt (b, l, h) after
     softplus, A (h,), B, C (b, l, g, n) per group (shared by the j = h/g heads of a group,
@@ -131,19 +132,39 @@ def _ssd_block(
     # 2. each chunk's own contribution to the state at its end: S^T = (x exp(cs_end - cs))^T B
     to_end = (cs[:, :, -1:] - cs).clamp_(min=_EXP_FLOOR).exp_()  # (b, c, s, h)
     xw = (xdt.reshape(b, c, T, h, p) * to_end[..., None]).view(b, c, T, g, j * p).transpose(2, 3)  # (b, c, g, s, jp)
-    S = torch.bmm(xw.reshape(bcg, T, j * p).transpose(1, 2), Bc)  # (bcg, jp, n) = (b, c, h, p, n)
-    # 3. carry the states across chunks (a short sequential recurrence, exact)
     d = cs[:, :, -1].clamp(min=_EXP_FLOOR).exp().reshape(b, c, h, 1, 1)  # (b, c, h, 1, 1) whole-chunk decay
-    states = _ChunkScan.apply(S.view(b, c, h, p, n), d, st)  # (b, c+1, h, p, n)
-    # 4. contribution of the entering state: y_t += exp(cs_t) C_t . prev
-    prev = states[:, :c].reshape(bcg, j * p, n)  # states entering each chunk
-    y_off = torch.bmm(Cc, prev.transpose(1, 2))  # (bcg, t, jp)
-    y_off = y_off.view(b, c, g, T, j, p).transpose(2, 3).reshape(b, c, T, h, p)  # a view when g = 1
+    e_cs = cs.clamp(min=_EXP_FLOOR).exp()[..., None]  # (b, c, t, h, 1) decay from the chunk start
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C, st)):
+        # 3. carry the states across chunks (a short sequential recurrence, exact)
+        S = torch.bmm(xw.reshape(bcg, T, j * p).transpose(1, 2), Bc)  # (bcg, jp, n) = (b, c, h, p, n)
+        states = _ChunkScan.apply(S.view(b, c, h, p, n), d, st)  # (b, c+1, h, p, n)
+        # 4. contribution of the entering state: y_t += exp(cs_t) C_t . prev
+        prev = states[:, :c].reshape(bcg, j * p, n)  # states entering each chunk
+        y_off = torch.bmm(Cc, prev.transpose(1, 2)).view(b, c, g, T, j, p)  # (b, c, g, t, j, p)
+        y_off = y_off.transpose(2, 3).reshape(b, c, T, h, p)  # a view when g = 1
+        st = states[:, c]
+    else:
+        # 3 + 4 without autograd, one chunk at a time: the (h, p, n) state stays in cache and the
+        # chunk states are never materialised: y_off_k = C_k s^T, then s = d_k s + xw_k^T B_k
+        bg = b * g
+        y_off = x.new_empty(c, bg, T, j * p)
+        Cv, Bv, dv = Cc.view(b, c, g, T, n), Bc.view(b, c, g, T, n), d.view(b, c, g, j, 1, 1)
+        s = st.reshape(bg, j * p, n).clone()
+        for k in range(c):
+            torch.bmm(Cv[:, k].reshape(bg, T, n), s.transpose(1, 2), out=y_off[k])
+            s.view(b, g, j, p, n).mul_(dv[:, k])
+            s.baddbmm_(xw[:, k].reshape(bg, T, j * p).transpose(1, 2), Bv[:, k].reshape(bg, T, n))
+        y_off = y_off.view(c, b, g, T, j, p).permute(1, 0, 3, 2, 4, 5).reshape(b, c, T, h, p)  # a view when b = g = 1
+        st = s.view(b, h, p, n)
     # (in-place adds on fresh tensors are autograd-safe; the order keeps y contiguous in (b, c, t, h, p))
-    y = (y_off * cs.clamp(min=_EXP_FLOOR).exp()[..., None]).add_(y_diag.transpose(2, 3)).view(b, l, h, p)
+    if out is not None:
+        y = torch.mul(y_off, e_cs, out=out.view(b, c, T, h, p))
+    else:
+        y = y_off * e_cs
+    y = y.add_(y_diag.transpose(2, 3)).reshape(b, l, h, p)
     if D is not None:
         y = y.addcmul_(x, D)
-    return y, states[:, c]
+    return y, st
 
 
 def ssd_scan(
@@ -201,9 +222,16 @@ def ssd_scan(
         Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
     ys = []
     step = T * max(1, block_chunks)
+    # without autograd the blocks write into one output (no concatenation)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
+    y_all = xf.new_empty(b, l + pad, h, p) if not grad and l + pad > step else None
     # torch.split, not slicing: its backward concatenates instead of scattering into full-size zeros
-    for xb, dtb, Bb, Cb in zip(*(t.split(step, 1) for t in (xf, dt, Bf, Cf))):
-        y, st = _ssd_block(xb, dtb, Af, Bb, Cb, Df, st, T)
+    for i, (xb, dtb, Bb, Cb) in enumerate(zip(*(t.split(step, 1) for t in (xf, dt, Bf, Cf)))):
+        out = None if y_all is None else y_all[:, i * step : i * step + xb.shape[1]]
+        y, st = _ssd_block(xb, dtb, Af, Bb, Cb, Df, st, T, out)
         ys.append(y)
-    y = (torch.cat(ys, 1) if len(ys) > 1 else ys[0])[:, :l] if ys else xf.new_zeros(b, 0, h, p)
+    if y_all is not None:
+        y = y_all[:, :l]
+    else:
+        y = (torch.cat(ys, 1) if len(ys) > 1 else ys[0])[:, :l] if ys else xf.new_zeros(b, 0, h, p)
     return y.to(dtype), st
