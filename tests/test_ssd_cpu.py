@@ -20,14 +20,17 @@ def close(a, b, atol=2e-5, rtol=1e-4, msg=""):
 def test_conv_backward_gradcheck(silu, l):
     g = torch.Generator().manual_seed(1)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+    args = (r(1, l, 5), r(5, 4), r(5), r(1, 3, 5))
+    assert torch.autograd.gradcheck(lambda x, w, b, p: _ConvFn.apply(x, w, b, p, silu), args)
     args = (r(2, l, 5), r(5, 4), r(5), r(2, 3, 5))
     assert torch.autograd.gradcheck(lambda x, w, b, p: _ConvFn.apply(x, w, b, p, silu), args)
 
 
-def test_conv_training_path_matches_reference():
+@pytest.mark.parametrize("batch", [1, 2])
+def test_conv_training_path_matches_reference(batch):
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 300, 16, generator=g)  # e % 8 == 0: the compiled forward, if built, is used
-    w, b, cache = torch.randn(16, 4, generator=g), torch.randn(16, generator=g), torch.randn(2, 16, 3, generator=g)
+    x = torch.randn(batch, 300, 16, generator=g)  # e % 8 == 0: the compiled forward, if built, is used
+    w, b, cache = torch.randn(16, 4, generator=g), torch.randn(16, generator=g), torch.randn(batch, 16, 3, generator=g)
     fast = [t.clone().requires_grad_() for t in (x, w, b)]
     ref = [t.double().clone().requires_grad_() for t in (x, w, b)]
     y, c = causal_conv1d(*fast, cache, "silu")

@@ -83,28 +83,43 @@ class _ConvFn(torch.autograd.Function):
         x, weight, prev, pre = ctx.saved_tensors
         b, l, e = x.shape
         k = weight.shape[1]
-        want_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
-        xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)
-        gxp = x.new_zeros(b, k - 1 + l, e) if want_x else None  # grad of xp
+        gp = torch.ops.aten.silu_backward(g, pre) if ctx.silu else g.contiguous()  # (b, l, e) grad of pre
+        want_x = ctx.needs_input_grad[0]
+        gx = torch.empty_like(x) if want_x else None
         gw = weight.new_zeros(e, k)
-        gb = weight.new_zeros(e)
-        # time blocks of ~0.5 MB per (b, blk, e) tensor, so the ~3k passes of the backward stay in cache
+        # pre[t] = sum_j w[j] xp[t + j] with xp = [prev, x]: x[s] feeds pre[s + k-1-j] through tap j.
+        # Time blocks of ~0.5 MB per (b, blk, e) tensor, so the ~3k passes of the backward stay in cache.
         blk = max(64, (1 << 17) // max(1, b * e))
         for t0 in range(0, l, blk):
             t1 = min(l, t0 + blk)
-            gp = g[:, t0:t1]
-            if ctx.silu:
-                gp = torch.ops.aten.silu_backward(gp, pre[:, t0:t1])  # (b, blk, e) grad of the pre-activation
-            gb += gp.sum((0, 1))
-            for j in range(k):  # pre[t] = sum_j w[j] xp[t + j]
-                xs = xp[:, t0 + j : t1 + j]
-                gw[:, j] += torch.linalg.vecdot(gp, xs, dim=1).sum(0)
-                if gxp is not None:
-                    gxp[:, t0 + j : t1 + j].addcmul_(gp, weight[:, j])
-        gx = gprev = None
-        if gxp is not None:
-            gx, gprev = gxp[:, k - 1 :], gxp[:, : k - 1]
-        return gx, gw, (gb if ctx.has_bias else None), gprev, None
+            gpb = gp[:, t0:t1]
+            for j in range(k):
+                s0 = t0 + j - (k - 1)  # xp index t0 + j is x index s0
+                if s0 >= 0:
+                    xs = x[:, s0 : s0 + t1 - t0]
+                else:
+                    xs = torch.cat([prev[:, k - 1 + s0 :], x[:, : max(0, t1 - t0 + s0)]], 1)[:, : t1 - t0]
+                gw[:, j] += torch.linalg.vecdot(gpb, xs, dim=1).sum(0)
+            if gx is not None:  # gx[s] = sum_j w[j] gp[s + k-1-j] (gp = 0 past the end)
+                gxb = torch.mul(gpb, weight[:, k - 1], out=gx[:, t0:t1]) if gx.is_contiguous() and b == 1 else None
+                if gxb is None:
+                    gx[:, t0:t1] = gpb * weight[:, k - 1]
+                    gxb = gx[:, t0:t1]
+                for j in range(k - 1):
+                    sh = k - 1 - j
+                    hi = min(t1, l - sh)
+                    if hi > t0:
+                        gxb[:, : hi - t0].addcmul_(gp[:, t0 + sh : hi + sh], weight[:, j])
+        gb = gp.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        gprev = None
+        if ctx.needs_input_grad[3]:  # prev[u] = xp[u] feeds pre[u - j] for j <= u
+            gprev = torch.zeros_like(prev)
+            for u in range(k - 1):
+                for j in range(k):
+                    t = u - j
+                    if 0 <= t < l:
+                        gprev[:, u] += gp[:, t] * weight[:, j]
+        return gx, gw, gb, gprev, None
 
 
 def causal_conv1d(
