@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from longstream.backbones.ops.causal_conv import _ConvFn, causal_conv1d, causal_conv1d_ref
+from longstream.backbones.mamba2 import _GatedRMSNormFn
 from longstream.backbones.ops.ssd import _ChunkScan, ssd_scan, ssd_scan_ref
 
 
@@ -66,3 +67,9 @@ def test_ssd_many_blocks_and_strong_decay(scale):
     close(y, y_ref)
     close(s, s_ref)
     assert torch.isfinite(y).all()
+
+
+def test_gated_rmsnorm_backward_gradcheck():
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, z, w: _GatedRMSNormFn.apply(x, z, w, 3, 1e-5), (r(7, 6), r(7, 6), r(6)))
