@@ -11,7 +11,12 @@ The sequence is cut into chunks of ``chunk_size``. Inside a chunk the output is 
 attention-like matmul with decay matrix ``exp(segsum(dt A))``; across chunks only the
 (p, n) states are carried, one short recurrence per chunk. Chunks are processed in blocks,
 so memory is bounded at any length (never a (b, l, h, p, n) tensor). Everything is plain
-PyTorch matmuls (fast on CPU, differentiable by autograd). :func:`ssd_scan_ref` is the
+PyTorch: every contraction is one batched GEMM on contiguous operands with the heads of a
+group side by side (the (t, s) decay matrix is the only per-head tensor); the cross-chunk
+recurrence is a custom autograd function (a loop of multiply-adds, reversed in the backward);
+without autograd the states are never materialised (one chunk at a time, the state stays in
+cache). Decay exponents are clamped at exp(-60), below float32 resolution, so nothing
+underflows to denormals (which slow x86 arithmetic ~10x). :func:`ssd_scan_ref` is the
 float64 step-by-step reference; on CUDA ``mamba_ssm``'s Triton kernel is used if importable.
 
 Axis legend: b batch, l length, c chunk, t / s positions in a chunk, h heads, p head dim,
