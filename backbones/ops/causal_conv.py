@@ -53,6 +53,75 @@ def causal_conv1d_ref(
     return y, xp[:, xp.shape[1] - (k - 1) :].transpose(1, 2)
 
 
+class _ConvFn(torch.autograd.Function):
+    """Training path: causal depthwise conv (+ SiLU) with a hand-written backward, so autograd
+    keeps two (b, l, e) tensors instead of one per tap and the backward is K multiply-adds for
+    dx plus K dot products for dw (no zero-filled slice gradients). The pre-activation comes from
+    the compiled forward kernel when it is available. x (b, l, e), weight (e, k), bias (e,) or
+    None, prev (b, k-1, e) -> y (b, l, e)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, prev: Tensor, silu: bool) -> Tensor:  # type: ignore[override]
+        b, l, e = x.shape
+        k = weight.shape[1]
+        if x.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.available():
+            bias_ = torch.zeros(e) if bias is None else bias.float().contiguous()
+            pre = cpu_kernels.ops().conv_fwd(x.contiguous(), weight.float().contiguous(), bias_, prev.float().contiguous(), False)
+        else:
+            xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)
+            pre = xp[:, k - 1 :] * weight[:, k - 1]
+            if bias is not None:
+                pre = pre + bias
+            for j in range(k - 1):
+                pre = torch.addcmul(pre, xp[:, j : j + l], weight[:, j])
+        ctx.save_for_backward(x, weight, prev, pre)
+        ctx.silu, ctx.has_bias = silu, bias is not None
+        return F.silu(pre) if silu else pre
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, weight, prev, pre = ctx.saved_tensors
+        b, l, e = x.shape
+        k = weight.shape[1]
+        gp = torch.ops.aten.silu_backward(g, pre) if ctx.silu else g.contiguous()  # (b, l, e) grad of pre
+        want_x = ctx.needs_input_grad[0]
+        gx = torch.empty_like(x) if want_x else None
+        gw = weight.new_zeros(e, k)
+        # pre[t] = sum_j w[j] xp[t + j] with xp = [prev, x]: x[s] feeds pre[s + k-1-j] through tap j.
+        # Time blocks of ~0.5 MB per (b, blk, e) tensor, so the ~3k passes of the backward stay in cache.
+        blk = max(64, (1 << 17) // max(1, b * e))
+        for t0 in range(0, l, blk):
+            t1 = min(l, t0 + blk)
+            gpb = gp[:, t0:t1]
+            for j in range(k):
+                s0 = t0 + j - (k - 1)  # xp index t0 + j is x index s0
+                if s0 >= 0:
+                    xs = x[:, s0 : s0 + t1 - t0]
+                else:
+                    xs = torch.cat([prev[:, k - 1 + s0 :], x[:, : max(0, t1 - t0 + s0)]], 1)[:, : t1 - t0]
+                gw[:, j] += torch.linalg.vecdot(gpb, xs, dim=1).sum(0)
+            if gx is not None:  # gx[s] = sum_j w[j] gp[s + k-1-j] (gp = 0 past the end)
+                gxb = torch.mul(gpb, weight[:, k - 1], out=gx[:, t0:t1]) if gx.is_contiguous() and b == 1 else None
+                if gxb is None:
+                    gx[:, t0:t1] = gpb * weight[:, k - 1]
+                    gxb = gx[:, t0:t1]
+                for j in range(k - 1):
+                    sh = k - 1 - j
+                    hi = min(t1, l - sh)
+                    if hi > t0:
+                        gxb[:, : hi - t0].addcmul_(gp[:, t0 + sh : hi + sh], weight[:, j])
+        gb = gp.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        gprev = None
+        if ctx.needs_input_grad[3]:  # prev[u] = xp[u] feeds pre[u - j] for j <= u
+            gprev = torch.zeros_like(prev)
+            for u in range(k - 1):
+                for j in range(k):
+                    t = u - j
+                    if 0 <= t < l:
+                        gprev[:, u] += gp[:, t] * weight[:, j]
+        return gx, gw, gb, gprev, None
+
+
 def causal_conv1d(
     x: Tensor,
     weight: Tensor,
@@ -108,6 +177,8 @@ def causal_conv1d(
             x.contiguous(), weight.float().contiguous(), bias_, prev.float().contiguous(), activation is not None
         )
         return y, new_cache
+    if grad and activation in (None, "silu", "swish") and x.device.type == "cpu" and backend in ("auto", "cpp", "torch"):
+        return _ConvFn.apply(x, weight, bias, prev, activation is not None), new_cache
     # pure PyTorch: K shifted multiply-adds, time-major (no transposes)
     if xp is None:
         xp = torch.cat([prev, x], 1)  # (b, k-1+l, e)

@@ -11,7 +11,12 @@ The sequence is cut into chunks of ``chunk_size``. Inside a chunk the output is 
 attention-like matmul with decay matrix ``exp(segsum(dt A))``; across chunks only the
 (p, n) states are carried, one short recurrence per chunk. Chunks are processed in blocks,
 so memory is bounded at any length (never a (b, l, h, p, n) tensor). Everything is plain
-PyTorch matmuls (fast on CPU, differentiable by autograd). :func:`ssd_scan_ref` is the
+PyTorch: every contraction is one batched GEMM on contiguous operands with the heads of a
+group side by side (the (t, s) decay matrix is the only per-head tensor); the cross-chunk
+recurrence is a custom autograd function (a loop of multiply-adds, reversed in the backward);
+without autograd the states are never materialised (one chunk at a time, the state stays in
+cache). Decay exponents are clamped at exp(-60), below float32 resolution, so nothing
+underflows to denormals (which slow x86 arithmetic ~10x). :func:`ssd_scan_ref` is the
 float64 step-by-step reference; on CUDA ``mamba_ssm``'s Triton kernel is used if importable.
 
 Axis legend: b batch, l length, c chunk, t / s positions in a chunk, h heads, p head dim,
@@ -26,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ssd_scan", "ssd_scan_ref"]
+
+_EXP_FLOOR = -60.0  # exp(-60) = 8.8e-27
 
 
 def _prep(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool) -> Tensor:
@@ -66,43 +73,103 @@ def ssd_scan_ref(
     return y, st
 
 
-def _ssd_block(x: Tensor, a: Tensor, B: Tensor, C: Tensor, st: Tensor, T: int) -> tuple[Tensor, Tensor]:
-    """One block of whole chunks. x (b, l, h, p) already multiplied by dt; a = dt*A (b, l, h);
-    B, C (b, l, g, n) per group (shared by the h/g heads of a group); st (b, h, p, n).
-    l is a multiple of T. Heads are split as h = (g, j), j the head within its group."""
+class _ChunkScan(torch.autograd.Function):
+    """Carry states across chunks: ``s_{k+1} = d_k s_k + S_k``. Returns one buffer of all
+    states ``(s_0, ..., s_c)``: ``[:, :c]`` are the states entering each chunk, ``[:, c]`` the
+    state leaving the block. A loop of c in-cache multiply-adds (2 flops per state entry per
+    chunk, against 2T for the GEMM that made S); the backward runs it in reverse and gets the
+    decay gradients in one vectorised reduction. S (b, c, h, p, n), d (b, c, h, 1, 1),
+    s0 (b, h, p, n) -> (b, c+1, h, p, n)."""
+
+    @staticmethod
+    def forward(ctx, S: Tensor, d: Tensor, s0: Tensor) -> Tensor:  # type: ignore[override]
+        b, c = S.shape[:2]
+        buf = S.new_empty(b, c + 1, *S.shape[2:])
+        buf[:, 0] = s0
+        for k in range(c):
+            torch.addcmul(S[:, k], buf[:, k], d[:, k], out=buf[:, k + 1])
+        ctx.save_for_backward(buf, d)
+        return buf
+
+    @staticmethod
+    def backward(ctx, g_buf: Tensor):  # type: ignore[override]
+        buf, d = ctx.saved_tensors
+        c = d.shape[1]
+        gS = torch.empty_like(buf[:, 1:])
+        G = g_buf[:, c]  # grad of s_{k+1}
+        for k in range(c - 1, -1, -1):
+            gS[:, k] = G
+            G = torch.addcmul(g_buf[:, k], G, d[:, k])
+        gd = (gS * buf[:, :c]).sum((3, 4), keepdim=True)  # (b, c, h, 1, 1)
+        return gS, gd, G
+
+
+def _ssd_block(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, st: Tensor, T: int,
+    out: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One block of whole chunks (l a multiple of T). x (b, l, h, p), dt (b, l, h) after
+    softplus, A (h,), B, C (b, l, g, n) per group (shared by the j = h/g heads of a group,
+    h = (g, j)), D (h, 1) / (h, p) or None, st the entering state (b, h, p, n).
+
+    Every contraction is one batched GEMM over (b, c, g) with the heads of a group side by side
+    ((j p, T) @ (T, n) for the chunk states, (T, n) @ (n, j p) for the output of the entering
+    states); only the (t, s) decay matrix and its product with x are per head. Decay exponents
+    are clamped at ``_EXP_FLOOR``: terms below exp(-60) are invisible in float32, and letting them
+    underflow to denormals slows every later multiply and GEMM on x86 by up to ~10x."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     j, c = h // g, l // T
-    xc = x.reshape(b, c, T, g, j, p)
-    Bc = B.reshape(b, c, T, g, n)
-    Cc = C.reshape(b, c, T, g, n)
-    cs = torch.cumsum(a.reshape(b, c, T, g, j).permute(0, 3, 4, 1, 2), -1)  # (b, g, j, c, t)
-    # 1. within chunks: y_t += sum_{s<=t} (C_t . B_s) exp(cs_t - cs_s) x_s ; C.B is shared by a group's heads
-    CB = torch.einsum("bctgn,bcsgn->bgcts", Cc, Bc)  # (b, g, c, t, s)
-    seg = cs[..., :, None] - cs[..., None, :]  # (b, g, j, c, t, s)
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    scores = torch.exp(seg.masked_fill_(~causal, float("-inf"))) * CB[:, :, None]  # (b, g, j, c, t, s)
-    y = torch.einsum("bgjcts,bcsgjp->bctgjp", scores, xc)
-    # 2. each chunk's own contribution to the state at its end
-    to_end = torch.exp(cs[..., -1:] - cs)  # (b, g, j, c, t)
-    xw = xc * to_end.permute(0, 3, 4, 1, 2)[..., None]  # (b, c, t, g, j, p)
-    chunk_states = torch.einsum("bctgn,bctgjp->bcgjpn", Bc, xw).reshape(b, c, h, p, n)
-    # 3. carry states across chunks, all at once: the state entering chunk i is
-    #    sum_{k<i} exp(a_{k+1} + ... + a_{i-1}) S_k + exp(a_0 + ... + a_{i-1}) st, with a_k a chunk's total
-    #    log decay and S_k its own contribution. Segment sums are reverse cumsums of masked copies
-    #    (no differences of large cumsums, so no cancellation).
-    tot = cs[..., -1].reshape(b, h, c)  # (b, h, c)
-    seg_c = tot[..., None, :].expand(b, h, c + 1, c).tril(-1).flip(-1).cumsum(-1).flip(-1)  # (b, h, i, k)
-    # seg_c[..., i, k] = a_k + ... + a_{i-1} for k < i (0 otherwise); S_k's weight is exp(seg_c[i, k+1])
-    seg_next = torch.cat([seg_c[..., 1:], seg_c.new_zeros(b, h, c + 1, 1)], -1)
-    w = torch.exp(seg_next).tril(-1)  # (b, h, i, k), i = 0..c (c: the state leaving the block)
-    w0 = torch.exp(seg_c[..., 0])  # (b, h, i): decay of the block's entering state up to chunk i
-    states = torch.einsum("bhik,bkhpn->bihpn", w, chunk_states) + w0.permute(0, 2, 1)[..., None, None] * st[:, None]
-    prev = states[:, :c].reshape(b, c, g, j, p, n)  # state entering each chunk
-    st = states[:, c]
-    # 4. contribution of the entering state: y_t += exp(cs_t) C_t . prev
-    y_off = torch.einsum("bctgn,bcgjpn->bctgjp", Cc, prev) * torch.exp(cs).permute(0, 3, 4, 1, 2)[..., None]
-    return (y + y_off).reshape(b, l, h, p), st
+    bcg = b * c * g
+    xdt = x * dt[..., None]  # (b, l, h, p)
+    cs = (dt * A).reshape(b, c, T, h).cumsum(2)  # (b, c, t, h) log decay from the chunk start to t (inclusive)
+    Cc = C.reshape(b, c, T, g, n).transpose(2, 3).reshape(bcg, T, n)  # (bcg, t, n); a view when g = 1
+    Bc = B.reshape(b, c, T, g, n).transpose(2, 3).reshape(bcg, T, n)  # (bcg, s, n)
+    # 1. within chunks: y_t += sum_{s<=t} (C_t . B_s) exp(cs_t - cs_s) x_s. The causal mask rides on
+    #    C.B (per group); the per-head exponent is clamped to [floor, 0], so s > t gives exp(0) * 0.
+    causal = torch.ones(T, T, dtype=x.dtype, device=x.device).tril()
+    CB = (torch.bmm(Cc, Bc.transpose(1, 2)) * causal).view(b, c, g, 1, T, T)  # (b, c, g, 1, t, s)
+    csT = cs.transpose(2, 3).contiguous()  # (b, c, h, t); contiguous, so seg and scores are too
+    seg = (csT[..., :, None] - csT[..., None, :]).clamp_(_EXP_FLOOR, 0.0).exp_()  # (b, c, h, t, s)
+    scores = seg.view(b, c, g, j, T, T) * CB  # (b, c, g, j, t, s) contiguous
+    xh = xdt.reshape(b, c, T, h, p).transpose(2, 3).reshape(b * c * h, T, p)  # (bch, s, p): one copy
+    y_diag = torch.bmm(scores.view(b * c * h, T, T), xh).view(b, c, h, T, p)  # (b, c, h, t, p)
+    # 2. each chunk's own contribution to the state at its end: S^T = (x exp(cs_end - cs))^T B
+    to_end = (cs[:, :, -1:] - cs).clamp_(min=_EXP_FLOOR).exp_()  # (b, c, s, h)
+    xw = (xdt.reshape(b, c, T, h, p) * to_end[..., None]).view(b, c, T, g, j * p).transpose(2, 3)  # (b, c, g, s, jp)
+    d = cs[:, :, -1].clamp(min=_EXP_FLOOR).exp().reshape(b, c, h, 1, 1)  # (b, c, h, 1, 1) whole-chunk decay
+    e_cs = cs.clamp(min=_EXP_FLOOR).exp()[..., None]  # (b, c, t, h, 1) decay from the chunk start
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C, st)):
+        # 3. carry the states across chunks (a short sequential recurrence, exact)
+        S = torch.bmm(xw.reshape(bcg, T, j * p).transpose(1, 2), Bc)  # (bcg, jp, n) = (b, c, h, p, n)
+        states = _ChunkScan.apply(S.view(b, c, h, p, n), d, st)  # (b, c+1, h, p, n)
+        # 4. contribution of the entering state: y_t += exp(cs_t) C_t . prev
+        prev = states[:, :c].reshape(bcg, j * p, n)  # states entering each chunk
+        y_off = torch.bmm(Cc, prev.transpose(1, 2)).view(b, c, g, T, j, p)  # (b, c, g, t, j, p)
+        y_off = y_off.transpose(2, 3).reshape(b, c, T, h, p)  # a view when g = 1
+        st = states[:, c]
+    else:
+        # 3 + 4 without autograd, one chunk at a time: the (h, p, n) state stays in cache and the
+        # chunk states are never materialised: y_off_k = C_k s^T, then s = d_k s + xw_k^T B_k
+        bg = b * g
+        y_off = x.new_empty(c, bg, T, j * p)
+        Cv, Bv, dv = Cc.view(b, c, g, T, n), Bc.view(b, c, g, T, n), d.view(b, c, g, j, 1, 1)
+        s = st.reshape(bg, j * p, n).clone()
+        for k in range(c):
+            torch.bmm(Cv[:, k].reshape(bg, T, n), s.transpose(1, 2), out=y_off[k])
+            s.view(b, g, j, p, n).mul_(dv[:, k])
+            s.baddbmm_(xw[:, k].reshape(bg, T, j * p).transpose(1, 2), Bv[:, k].reshape(bg, T, n))
+        y_off = y_off.view(c, b, g, T, j, p).permute(1, 0, 3, 2, 4, 5).reshape(b, c, T, h, p)  # a view when b = g = 1
+        st = s.view(b, h, p, n)
+    # (in-place adds on fresh tensors are autograd-safe; the order keeps y contiguous in (b, c, t, h, p))
+    if out is not None:
+        y = torch.mul(y_off, e_cs, out=out.view(b, c, T, h, p))
+    else:
+        y = y_off * e_cs
+    y = y.add_(y_diag.transpose(2, 3)).reshape(b, l, h, p)
+    if D is not None:
+        y = y.addcmul_(x, D)
+    return y, st
 
 
 def ssd_scan(
@@ -117,7 +184,7 @@ def ssd_scan(
     dt_softplus: bool = False,
     initial_state: Tensor | None = None,
     *,
-    block_chunks: int = 64,
+    block_chunks: int = 16,
     cpu_chunk: int = 64,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
@@ -149,24 +216,27 @@ def ssd_scan(
             raise RuntimeError("backend='cuda' needs mamba_ssm")
     dtype = x.dtype
     dt = _prep(dt, dt_bias, dt_softplus)  # (b, l, h) float32
-    xf = x.float()
+    xf, Af, Bf, Cf = x.float(), A.float(), B.float(), C.float()
+    Df = None if D is None else (D.float()[:, None] if D.dim() == 1 else D.float())  # (h, 1) / (h, p)
     st = x.new_zeros(b, h, p, n, dtype=torch.float32) if initial_state is None else initial_state.float()
+    st = st.contiguous()
     T = min(int(chunk_size), int(cpu_chunk)) if x.device.type == "cpu" else int(chunk_size)
     pad = (-l) % T
-    xdt = xf * dt[..., None]
-    a = dt * A.float()  # (b, l, h)
-    Bh, Ch = B.float(), C.float()  # (b, l, g, n)
     if pad:  # padded steps have dt = 0: no decay, no input, so the final state is unchanged
-        xdt, a = F.pad(xdt, (0, 0, 0, 0, 0, pad)), F.pad(a, (0, 0, 0, pad))
-        Bh, Ch = F.pad(Bh, (0, 0, 0, 0, 0, pad)), F.pad(Ch, (0, 0, 0, 0, 0, pad))
+        xf, dt = F.pad(xf, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+        Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
     ys = []
     step = T * max(1, block_chunks)
-    for s0 in range(0, l + pad, step):
-        s1 = min(l + pad, s0 + step)
-        y, st = _ssd_block(xdt[:, s0:s1], a[:, s0:s1], Bh[:, s0:s1], Ch[:, s0:s1], st, T)
+    # without autograd the blocks write into one output (no concatenation)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
+    y_all = xf.new_empty(b, l + pad, h, p) if not grad and l + pad > step else None
+    # torch.split, not slicing: its backward concatenates instead of scattering into full-size zeros
+    for i, (xb, dtb, Bb, Cb) in enumerate(zip(*(t.split(step, 1) for t in (xf, dt, Bf, Cf)))):
+        out = None if y_all is None else y_all[:, i * step : i * step + xb.shape[1]]
+        y, st = _ssd_block(xb, dtb, Af, Bb, Cb, Df, st, T, out)
         ys.append(y)
-    y = torch.cat(ys, 1)[:, :l] if ys else xf.new_zeros(b, 0, h, p)
-    if D is not None:
-        Df = D.float()
-        y = y + xf * (Df[:, None] if Df.dim() == 1 else Df)
+    if y_all is not None:
+        y = y_all[:, :l]
+    else:
+        y = (torch.cat(ys, 1) if len(ys) > 1 else ys[0])[:, :l] if ys else xf.new_zeros(b, 0, h, p)
     return y.to(dtype), st
