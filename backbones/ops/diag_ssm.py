@@ -77,33 +77,33 @@ def diag_ssm_chunked(
     T = chunk or default_chunk(L, N)
     J = -(-L // T)
     dev = u.device
-    # ---- per-channel tables (independent of the batch), all from a^t, t = 0..T ----
+    # ---- per-channel tables (independent of the batch), all from a^t, t < T ----
     # b and c are folded into the tables (complex broadcasts over (B, H, J, N) are slow on CPU)
-    re, im = _powers_ri(log_a, torch.arange(T + 1, device=dev))  # (H, N, T+1)
-    br, bi, cr, ci = (z[..., None].to(rdt) for z in (b.real, b.imag, c.real, c.imag))  # (H, N, 1)
-    bre, bim = br * re[..., :T] - bi * im[..., :T], br * im[..., :T] + bi * re[..., :T]  # b a^t, t < T
-    k = (cr * bre - ci * bim).sum(1)  # (H, T): K[l] = Re(sum_n c b a^l)
+    re, im = _powers_ri(log_a, torch.arange(T, device=dev))  # (H, N, T)
+    coef = torch.stack([b, c * torch.exp(log_a)], 1)  # (H, 2, N): [b; c a]
+    fr, fi = coef.real[..., None].to(rdt), coef.imag[..., None].to(rdt)  # (H, 2, N, 1)
+    pr = fr * re[:, None] - fi * im[:, None]  # (H, 2, N, T): Re [b a^t; c a^(t+1)]
+    pi = fr * im[:, None] + fi * re[:, None]  # Im
+    cr, ci = c.real[..., None].to(rdt), c.imag[..., None].to(rdt)  # (H, N, 1)
+    k = (cr * pr[:, 0] - ci * pi[:, 0]).sum(1)  # (H, T): K[l] = Re(sum_n c b a^l)
     kw = torch.nn.functional.pad(k, (T - 1, 0)).unfold(-1, T, 1)  # (H, T, T): kw[i, t] = K[t - (T-1-i)], 0 if < 0
     toep = kw.flip(1)  # (H, T_s, T_t): K[t-s] for t >= s, else 0
-    Vr = torch.stack([bre, bim], 2).flip(-1).flatten(1, 2).transpose(1, 2)  # (H, T, 2N): b a^(T-1-s), pairs
-    cre = cr * re[..., 1:] - ci * im[..., 1:]  # Re(c a^(t+1)), (H, N, T)
-    cim = cr * im[..., 1:] + ci * re[..., 1:]
-    Vo = torch.stack([cre, -cim], 2).flatten(1, 2)  # (H, 2N, T): Re(c a^(t+1) X) = [Re X, Im X] . [Re, -Im]
+    Vr = torch.stack([pr[:, 0], pi[:, 0]], 2).flip(-1).flatten(1, 2).transpose(1, 2)  # (H, T, 2N): b a^(T-1-s)
+    Vo = torch.stack([pr[:, 1], -pi[:, 1]], 2).flatten(1, 2)  # (H, 2N, T): Re(c a^(t+1) X) = [Re X, Im X] . [Re, -Im]
     # ---- chunk-end states from each chunk's own input ----
     ut = torch.nn.functional.pad(u.to(rdt), (0, J * T - L))  # (B, H, J T), zero tail
     ut = ut.view(B, H, J, T).transpose(0, 1).reshape(H, B * J, T)  # (H, B J, T)
-    s = torch.bmm(ut, Vr).view(H, B, J, N, 2).permute(2, 1, 0, 3, 4).contiguous()  # (J, B, H, N, 2)
-    s = torch.view_as_complex(s)  # (J, B, H, N): S_j = b sum_s a^(T-1-s) u[jT+s]
+    s = torch.view_as_complex(torch.bmm(ut, Vr).view(H, B, J, N, 2))  # (H, B, J, N): S_j = b sum_s a^(T-1-s) u[jT+s]
     # ---- states entering each chunk: X_0 = x0, X_{j+1} = a^T X_j + S_j (J small steps) ----
-    aT = _power(log_a, T)  # (H, N)
-    xj = torch.zeros(B, H, N, dtype=cdt, device=dev) if x0 is None else x0.to(cdt)
+    aT = _power(log_a, T)[:, None]  # (H, 1, N)
+    xj = torch.zeros(H, B, N, dtype=cdt, device=dev) if x0 is None else x0.to(cdt).transpose(0, 1)  # (H, B, N)
     states = [xj]
-    for sj in s.unbind(0)[: J - 1]:  # unbind, not s[j]: one gradient buffer for all steps, not one each
-        xj = aT * xj + sj
+    for sj in s.unbind(2)[: J - 1]:  # unbind, not s[:, :, j]: one gradient buffer for all steps, not one each
+        xj = torch.addcmul(sj, aT, xj)  # a^T X_j + S_j in one op
         states.append(xj)
-    X = torch.stack(states, 2)  # (B, H, J, N)
+    X = torch.stack(states, 2)  # (H, B, J, N)
     # ---- free response of the entering states: Re(c a^(t+1) X_j) ----
-    w = torch.view_as_real(X).transpose(0, 1).reshape(H, B * J, 2 * N)  # (H, B J, 2N)
+    w = torch.view_as_real(X).reshape(H, B * J, 2 * N)  # (H, B J, 2N)
     y = torch.baddbmm(torch.bmm(ut, toep), w, Vo)  # (H, B J, T): intra-chunk + free response
     y = y.view(H, B, J * T).transpose(0, 1)[..., :L]  # (B, H, L)
     # ---- final state: a^r X_{J-1} + b sum_{s<r} a^(r-1-s) u[(J-1)T + s], r valid in the last chunk ----
@@ -111,7 +111,7 @@ def diag_ssm_chunked(
     last = u[..., (J - 1) * T :].to(rdt)  # (B, H, r)
     acc = torch.einsum("bhs,hsk->bhk", last, Vr[:, T - r :])  # (B, H, 2N): Vr[T-r+s] = b a^(r-1-s)
     xl = torch.view_as_complex(acc.reshape(B, H, N, 2))
-    return y, xl + _power(log_a, r) * xj
+    return y, xl + _power(log_a, r) * xj.transpose(0, 1)
 
 
 def diag_ssm_reference(
