@@ -110,12 +110,12 @@ class S4D(Backbone):
         """
         B, H, L = u.shape
         log_dA, dB, C = self.discrete()
-        y, x = diag_ssm_chunked(u, log_dA, dB, 2 * C, x0)  # (B, H, L), (B, H, N/2)
+        y, x = diag_ssm_chunked(u, log_dA, dB, 2 * C, x0, skip=self.D.float())  # (B, H, L), (B, H, N/2)
         if lengths is not None:  # state after each row's last valid token: right-align the rows
             x = ssm_final_state(right_align(u, lengths), dB, log_dA)
             if x0 is not None:
                 x = x + x0 * torch.exp(log_dA[None] * lengths.view(B, 1, 1).to(log_dA.real.dtype))
-        return y + u * self.D.float()[:, None], x
+        return y, x
 
     def _out(self, y: Tensor) -> Tensor:
         """GELU -> dropout -> Linear(D, 2D) -> GLU on channels-last ``y``."""

@@ -97,3 +97,12 @@ def test_memory_does_not_hold_state_per_token():
     assert sum(saved) < 0.25 * H * N * L * 2  # an (H, N, L) complex tensor would be 2 H N L reals
     y.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+
+
+def test_skip_is_feed_through():
+    log_a, b, c = _ssm(seed=5)
+    u, d = torch.randn(2, 3, 70), torch.randn(3)
+    y0, x0 = diag_ssm_chunked(u, log_a, b, c, chunk=16)
+    y1, x1 = diag_ssm_chunked(u, log_a, b, c, skip=d, chunk=16)
+    torch.testing.assert_close(y1, y0 + d[:, None] * u, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x1, x0)

@@ -11,14 +11,15 @@ state passed between chunks. For an LTI diagonal SSM
 with chunks of T steps, chunk j (tokens ``jT .. jT+T-1``) entering with state ``X_j``:
 
 - intra-chunk: ``y[jT+t] += sum_{s<=t} K[t-s] u[jT+s]``: one (T x T) Toeplitz matmul,
-- chunk state: ``S_j = b sum_s a^(T-1-s) u[jT+s]``  (the same matmul, 2N more columns),
+- chunk state: ``S_j = b sum_s a^(T-1-s) u[jT+s]``: one (T x 2N) matmul,
 - between chunks: ``X_{j+1} = a^T X_j + S_j``: J = L/T small steps on (B, H, N) (a
   loop touches each state once; a parallel doubling scan moved ~log2(J) times more data),
 - free response: ``y[jT+t] += Re(sum_n c_n a^(t+1) X_j)``: one (2N x T) matmul.
 
 Work is O(B H L (T + 4N)) multiply-adds, all in batched matmuls (no FFT, no log L
 factor), memory O(B H L + B H N L / T), and the autograd graph holds the same tensors
-(no (H, N, L) tensor anywhere). Every power ``a^k`` is evaluated from its own exponent.
+(no (H, N, L) tensor anywhere). Every power ``a^k`` is evaluated from its own exponent;
+``b`` and ``c`` are folded into the small per-channel tables (``b a^t``, ``c a^(t+1)``).
 The output equals :func:`fftconv.fft_causal_conv` with :func:`fftconv.ssm_kernel` plus
 :func:`fftconv.ssm_free_response` and the state :func:`fftconv.ssm_final_state`; the
 float64 sequential recurrence :func:`diag_ssm_reference` is what the tests compare to.
@@ -55,15 +56,23 @@ def _power(log_a: Tensor, k: int) -> Tensor:
 
 
 def diag_ssm_chunked(
-    u: Tensor, log_a: Tensor, b: Tensor, c: Tensor, x0: Tensor | None = None, *, chunk: int | None = None
+    u: Tensor,
+    log_a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    x0: Tensor | None = None,
+    *,
+    skip: Tensor | None = None,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run ``x_t = a x_{t-1} + b u_t, y_t = Re(sum_n c_n x_t)`` over ``u`` in chunks.
+    """Run ``x_t = a x_{t-1} + b u_t, y_t = Re(sum_n c_n x_t) (+ skip u_t)`` over ``u`` in chunks.
 
     Args:
         u: input ``(B, H, L)`` real.
         log_a: ``log a`` ``(H, N)`` complex (``Re < 0`` for a stable SSM).
         b, c: ``(H, N)`` complex (any factor 2 for conjugate pairs goes into ``c``).
         x0: state before the first token ``(B, H, N)`` complex, or None for zeros.
+        skip: optional ``(H,)`` real feed-through ``D`` (folded into the kernel's tap 0: free).
         chunk: chunk length T (default :func:`default_chunk`).
     Returns:
         ``(y (B, H, L) real, x_L (B, H, N) complex)``: outputs and the state after token L-1.
@@ -86,6 +95,8 @@ def diag_ssm_chunked(
     pi = fr * im[:, None] + fi * re[:, None]  # Im
     cr, ci = c.real[..., None].to(rdt), c.imag[..., None].to(rdt)  # (H, N, 1)
     k = (cr * pr[:, 0] - ci * pi[:, 0]).sum(1)  # (H, T): K[l] = Re(sum_n c b a^l)
+    if skip is not None:
+        k = torch.cat([k[:, :1] + skip.to(rdt)[:, None], k[:, 1:]], 1)  # D u_t is tap 0 of the convolution
     kw = torch.nn.functional.pad(k, (T - 1, 0)).unfold(-1, T, 1)  # (H, T, T): kw[i, t] = K[t - (T-1-i)], 0 if < 0
     toep = kw.flip(1)  # (H, T_s, T_t): K[t-s] for t >= s, else 0
     Vr = torch.stack([pr[:, 0], pi[:, 0]], 2).flip(-1).flatten(1, 2).transpose(1, 2)  # (H, T, 2N): b a^(T-1-s)
