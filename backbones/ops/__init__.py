@@ -5,6 +5,7 @@
 - :mod:`.causal_conv`: causal depthwise conv1d with a streaming cache.
 - :mod:`.ssd`: Mamba-2's chunked SSD scan.
 - :mod:`.fftconv`: FFT long convolutions (S4D, Hyena, long conv).
+- :mod:`.diag_ssm`: chunked diagonal LTI SSM (S4D's sequence mode: Toeplitz + state matmuls).
 - :mod:`.cpu_kernels`: JIT build / load of the C++ CPU kernels (optional).
 - :mod:`.cuda`: lazy dispatch to ``mamba_ssm`` / ``causal_conv1d`` for CUDA tensors.
 

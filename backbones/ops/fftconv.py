@@ -242,84 +242,122 @@ def _powers_ri(log_a: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     real part of ``t log a`` is clamped so ``exp`` never takes its denormal slow path.
     """
     tt = t.to(log_a.real.dtype)
-    mag = torch.exp((log_a.real[..., None] * tt).clamp(min=_LOG_FLOOR))  # (..., N, T)
-    ph = log_a.imag[..., None] * tt
+    re, im = log_a.real.contiguous(), log_a.imag.contiguous()  # strided views make the ops below ~3x slower
+    mag = torch.exp((re[..., None] * tt).clamp(min=_LOG_FLOOR))  # (..., N, T)
+    ph = im[..., None] * tt
+    ph = ph - (2 * torch.pi) * torch.round(ph * (0.5 / torch.pi))  # into [-pi, pi]: cos/sin of large args is ~6x slower
     return mag * torch.cos(ph), mag * torch.sin(ph)
 
 
-def ssm_kernel(c: Tensor, log_a: Tensor, length: int, *, block: int = 8192) -> Tensor:
+def _tile_len(length: int) -> int:
+    """Tile length T of the two-level power table: a power of two near sqrt(length), 16..1024."""
+    return 1 << min(10, max(4, (max(length, 1).bit_length() + 1) // 2))
+
+
+def _tiled_powers(
+    log_a: Tensor, length: int, tile: int | None, *, reverse: bool = False
+) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """Two-level table of ``a ** l`` for ``l = j T + t < J T`` (J T >= length).
+
+    Returns ``(V (..., 2N, T), Pr (..., N, J), Pi (..., N, J), T, J)``: ``V = [Re a^t; Im a^t]``
+    for ``t < T`` stacked on the mode axis and ``P = a^(j T)``. Every power comes from its own
+    exponent (no repeated products, so no error growth in l), only ``N (T + J)`` of them per
+    channel (float32 phases ``l Im(log a)`` lose ~``l |Im log a|`` ulps, but ``|a|^l`` decays
+    at least as fast wherever that matters, as in a direct evaluation). Any ``a^l`` is then
+    ``P_j V_t``, so sums over ``(n, l)`` become matmuls.
+    ``reverse`` lists both tables in decreasing exponent (``t -> T-1-t``, ``j -> J-1-j``).
+    """
+    T = tile or _tile_len(length)
+    J = max(1, -(-length // T))
+    t, j = torch.arange(T, device=log_a.device), torch.arange(J, device=log_a.device)
+    if reverse:
+        t, j = t.flip(0), j.flip(0)
+    vr, vi = _powers_ri(log_a, t)  # (..., N, T)
+    pr, pi = _powers_ri(log_a, j * T)  # (..., N, J)
+    return torch.cat([vr, vi], -2), pr, pi, T, J
+
+
+def _power_weighted_kernel(w: Tensor, V: Tensor, pr: Tensor, pi: Tensor, length: int) -> Tensor:
+    """``Re(sum_n w_n a_n^l)`` for l < length from the tiled table; w (..., H, N) -> (..., H, length).
+
+    With ``l = j T + t``: ``Re(w a^(jT) a^t) = Re(w P_j) Re(a^t) - Im(w P_j) Im(a^t)``, one
+    (J, 2N) x (2N, T) matmul per channel: O(H N L) multiply-adds, no (H, N, L) tensor.
+    """
+    wr, wi = w.real[..., None], w.imag[..., None]  # (..., H, N, 1)
+    W = torch.cat([wr * pr - wi * pi, -(wr * pi + wi * pr)], -2)  # (..., H, 2N, J): [Re wP; -Im wP]
+    k = torch.matmul(W.transpose(-1, -2), V)  # (..., H, J, T)
+    return k.flatten(-2)[..., :length]
+
+
+def _power_weighted_sum(u: Tensor, V: Tensor, pr: Tensor, pi: Tensor) -> Tensor:
+    """``sum_s a_n^(L-1-s) u[..., s]`` (the state after u, zero start) for u (B, H, L): (B, H, N) complex.
+
+    Takes the ``reverse`` table of :func:`_tiled_powers`; u is zero-padded at the front to J T,
+    so its tile ``(j, t)`` carries ``a^((J-1-j) T + T-1-t)``. Transpose of the kernel product.
+    """
+    B, H, L = u.shape
+    N, J = pr.shape[-2], pr.shape[-1]
+    T = V.shape[-1]
+    ut = F.pad(u.to(V.dtype), (J * T - L, 0)).view(B, H, J, T).transpose(0, 1).reshape(H, B * J, T)
+    s = torch.bmm(ut, V.transpose(-1, -2)).view(H, B, J, 2 * N).transpose(0, 1)  # (B, H, J, 2N)
+    sr, si = s[..., :N], s[..., N:]  # per tile: sum_t a^(T-1-t) u
+    prt, pit = pr.transpose(-1, -2), pi.transpose(-1, -2)  # (H, J, N)
+    acc_r = (sr * prt - si * pit).sum(-2)  # (B, H, N)
+    acc_i = (sr * pit + si * prt).sum(-2)
+    return torch.complex(acc_r, acc_i)
+
+
+def ssm_kernel(c: Tensor, log_a: Tensor, length: int, *, block: int | None = None) -> Tensor:
     """Convolution kernel ``K[h, l] = Re(sum_n c[h, n] a[h, n]^l)`` for l < length: (H, length).
 
     ``c`` already includes the input scaling ``b`` (and any factor 2 for conjugate pairs).
-    Built in length blocks so no (H, N, L) tensor exists for huge L.
+    Computed from a two-level power table (``block`` = its tile length, default ~sqrt(L)):
+    O(H N L) multiply-adds in matmuls, O(H L + H N sqrt(L)) memory, and the same for autograd.
     """
-    H, N = log_a.shape
-    parts = []
-    for l0 in range(0, length, block):
-        t = torch.arange(l0, min(length, l0 + block), device=log_a.device)
-        vr, vi = _powers_ri(log_a, t)  # (H, N, T) each
-        parts.append(torch.einsum("hn,hnl->hl", c.real, vr) - torch.einsum("hn,hnl->hl", c.imag, vi))
-    if not parts:
-        return torch.zeros(H, 0, device=log_a.device, dtype=log_a.real.dtype)
-    return torch.cat(parts, -1)
+    if length <= 0:
+        return torch.zeros(log_a.shape[:-1] + (0,), device=log_a.device, dtype=log_a.real.dtype)
+    V, pr, pi, _, _ = _tiled_powers(log_a, length, block)
+    return _power_weighted_kernel(c, V, pr, pi, length)
 
 
 def ssm_free_response(
-    x0: Tensor, c: Tensor, log_a: Tensor, length: int, *, offset: int = 1, block: int = 8192
+    x0: Tensor, c: Tensor, log_a: Tensor, length: int, *, offset: int = 1, block: int | None = None
 ) -> Tensor:
     """Unforced output from state ``x0`` (B, H, N): ``Re(sum_n c a^(t+offset) x0)`` for t < length, (B, H, T)."""
-    w = x0 * c  # (B, H, N) complex
-    parts = []
-    for l0 in range(0, length, block):
-        t = torch.arange(l0 + offset, min(length, l0 + block) + offset, device=log_a.device)
-        vr, vi = _powers_ri(log_a, t)
-        parts.append(torch.einsum("bhn,hnl->bhl", w.real, vr) - torch.einsum("bhn,hnl->bhl", w.imag, vi))
-    return torch.cat(parts, -1)
+    if length <= 0:
+        return torch.zeros(x0.shape[:-1] + (0,), device=x0.device, dtype=log_a.real.dtype)
+    V, pr, pi, _, _ = _tiled_powers(log_a, length, block)
+    w = x0 * c * ssm_powers(log_a, torch.tensor([offset], device=log_a.device))[..., 0]  # (B, H, N)
+    return _power_weighted_kernel(w, V, pr, pi, length)
 
 
 def ssm_final_state(
-    u: Tensor, b: Tensor, log_a: Tensor, x0: Tensor | None = None, *, block: int = 8192
+    u: Tensor, b: Tensor, log_a: Tensor, x0: Tensor | None = None, *, block: int | None = None
 ) -> Tensor:
     """State after the chunk: ``x_T = a^T x0 + sum_t a^(T-1-t) b u_t``; u (B, H, T) -> (B, H, N) complex."""
-    B, H, T = u.shape
-    N = log_a.shape[-1]
-    cdt = log_a.dtype
-    x = torch.zeros(B, H, N, dtype=cdt, device=u.device) if x0 is None else x0.to(cdt)
-    for l0 in range(0, T, block):
-        l1 = min(T, l0 + block)
-        n = l1 - l0
-        t = torch.arange(n - 1, -1, -1, device=u.device)  # exponents T_b-1-t
-        vr, vi = _powers_ri(log_a, t)  # (H, N, n)
-        decay = ssm_powers(log_a, torch.tensor([n], device=u.device))[..., 0]  # (H, N)
-        uc = u[..., l0:l1].to(vr.dtype)
-        acc = torch.complex(torch.einsum("bhl,hnl->bhn", uc, vr), torch.einsum("bhl,hnl->bhn", uc, vi))
-        x = x * decay + b * acc
+    T = u.shape[-1]
+    V, pr, pi, _, _ = _tiled_powers(log_a, T, block, reverse=True)
+    x = b * _power_weighted_sum(u, V, pr, pi)
+    if x0 is not None:
+        x = x + x0.to(x.dtype) * ssm_powers(log_a, torch.tensor([T], device=u.device))[..., 0]
     return x
 
 
 def ssm_kernel_and_state(
-    c: Tensor, b: Tensor, log_a: Tensor, u: Tensor, *, block: int = 8192
+    c: Tensor, b: Tensor, log_a: Tensor, u: Tensor, *, block: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Kernel of length T and the state after ``u`` (B, H, T) from one pass over the powers.
+    """Kernel of length T and the state after ``u`` (B, H, T) from one power table.
 
     ``K[h, l] = Re(sum_n c a^l)`` and ``x_T = b sum_l a^l u[T-1-l]`` (zero initial state)
-    share every power ``a^l``, so they are built together (half the transcendental work of
-    :func:`ssm_kernel` + :func:`ssm_final_state`).
+    share every power ``a^l``, so they are built from the same tiled table.
     """
-    B, H, T = u.shape
-    uf = u.flip(-1)  # uf[l] = u[T-1-l]
-    parts = []
-    acc_r = u.new_zeros(B, H, log_a.shape[-1], dtype=log_a.real.dtype)
-    acc_i = torch.zeros_like(acc_r)
-    for l0 in range(0, T, block):
-        l1 = min(T, l0 + block)
-        vr, vi = _powers_ri(log_a, torch.arange(l0, l1, device=u.device))  # (H, N, n)
-        parts.append(torch.einsum("hn,hnl->hl", c.real, vr) - torch.einsum("hn,hnl->hl", c.imag, vi))
-        ub = uf[..., l0:l1].to(vr.dtype)
-        acc_r = acc_r + torch.einsum("bhl,hnl->bhn", ub, vr)
-        acc_i = acc_i + torch.einsum("bhl,hnl->bhn", ub, vi)
-    K = torch.cat(parts, -1) if parts else u.new_zeros(H, 0)
-    return K, b * torch.complex(acc_r, acc_i)
+    T = u.shape[-1]
+    if T == 0:
+        return ssm_kernel(c, log_a, 0), b * torch.zeros(u.shape[:2] + log_a.shape[-1:], dtype=log_a.dtype)
+    V, pr, pi, tile, J = _tiled_powers(log_a, T, block)
+    K = _power_weighted_kernel(c, V, pr, pi, T)
+    # the state needs the same powers in decreasing order: flip the small tables, not u
+    return K, b * _power_weighted_sum(u, V.flip(-1), pr.flip(-1), pi.flip(-1))
 
 
 def causal_fft_len(length: int) -> int:
