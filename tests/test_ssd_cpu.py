@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longstream.backbones.ops.causal_conv import _ConvFn, causal_conv1d, causal_conv1d_ref
 from longstream.backbones.mamba2 import _GatedRMSNormFn
+from longstream.backbones.ops.causal_conv import _ConvFn, causal_conv1d, causal_conv1d_ref
 from longstream.backbones.ops.ssd import _ChunkScan, ssd_scan, ssd_scan_ref
 
 
