@@ -185,7 +185,8 @@ def test_wheel_installs_only_the_namespace(wheel):
         assert f"longstream/{t}/__init__.py" in names
     assert "longstream/__init__.py" in names  # apps/api/__init__.py, the Python API
     assert not [n for n in names if n.startswith("longstream/apps/api/")], "the API ships twice"
-    assert "longstream/backbones/ops/csrc/scan_cpu.cpp" in names
+    for src in ("scan_cpu.cpp", "decode_cpu.cpp", "avx2_math.h"):  # the kernel sources build from the install
+        assert f"longstream/backbones/ops/csrc/{src}" in names, src
     assert "longstream/pipelines/CONTRACT.md" in names
     data = [rel for rel in _tracked() if rel.split("/")[0] in DATA_DIRS]
     assert any(rel.endswith("model.safetensors") for rel in data) and any(rel.startswith("demos/") for rel in data)

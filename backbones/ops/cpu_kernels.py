@@ -28,6 +28,7 @@ __all__ = ["available", "has_op", "load", "ops"]
 
 _SRC = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
 _SRCS = sorted(_SRC.parent.glob("*.cpp"))  # every kernel source, built into one library
+_HEADERS = sorted(_SRC.parent.glob("*.h"))  # shared by them (part of the cache key)
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
@@ -42,7 +43,7 @@ def _cpu_has_avx2() -> bool:
 
 def _build_dir() -> Path:
     h = hashlib.sha256()
-    for src in _SRCS:
+    for src in (*_SRCS, *_HEADERS):
         h.update(src.read_bytes())
     h.update(torch.__version__.encode())
     h.update(platform.machine().encode())

@@ -31,78 +31,7 @@ namespace {
 
 constexpr int kV = 8;  // floats per AVX2 register
 
-// exp(x): Cephes expf polynomial (relative error ~1e-7), x clamped to [-80, 88]; the same
-// approximation as scan_cpu.cpp (kept local: each .cpp is its own translation unit).
-static inline __m256 dexp256(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-80.0f)), _mm256_set1_ps(88.0f));
-  __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-// log(x) for x > 0: Cephes logf polynomial (as in scan_cpu.cpp).
-static inline __m256 dlog256(__m256 x) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  __m256i emm0 = _mm256_srli_epi32(_mm256_castps_si256(x), 23);
-  x = _mm256_or_ps(_mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(~0x7f800000))), _mm256_set1_ps(0.5f));
-  __m256 e = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(emm0, _mm256_set1_epi32(0x7f))), one);
-  __m256 mask = _mm256_cmp_ps(x, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OS);
-  __m256 tmp = _mm256_and_ps(x, mask);
-  x = _mm256_sub_ps(x, one);
-  e = _mm256_sub_ps(e, _mm256_and_ps(one, mask));
-  x = _mm256_add_ps(x, tmp);
-  __m256 z = _mm256_mul_ps(x, x);
-  __m256 y = _mm256_set1_ps(7.0376836292E-2f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.1514610310E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.1676998740E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.2420140846E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.4249322787E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-1.6668057665E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(2.0000714765E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(-2.4999993993E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(3.3333331174E-1f));
-  y = _mm256_mul_ps(_mm256_mul_ps(y, x), z);
-  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
-  y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
-  x = _mm256_add_ps(x, y);
-  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), x);
-}
-
-// softplus(x) = max(x, 0) + log(1 + exp(-|x|))
-static inline __m256 dsoftplus256(__m256 x) {
-  const __m256 negabs = _mm256_min_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), x));
-  const __m256 l = dlog256(_mm256_add_ps(_mm256_set1_ps(1.0f), dexp256(negabs)));
-  return _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), l);
-}
-
-static inline __m256 dsilu256(__m256 x) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  return _mm256_div_ps(x, _mm256_add_ps(one, dexp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
-}
-
-static inline float dhsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-  return _mm_cvtss_f32(s);
-}
-
-// Flush denormals to zero while a step runs (restores the caller's mode): decayed states that
-// underflow must not hit slow denormal arithmetic.
-struct DFtz {
-  unsigned int saved;
-  DFtz() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }
-  ~DFtz() { _mm_setcsr(saved); }
-};
+#include "avx2_math.h"  // exp256, log256, softplus256, silu256, hsum256, FtzGuard
 
 void need(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == dim,
@@ -131,7 +60,7 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
   const float* ph = ssm.data_ptr<float>();
   float *py = y.data_ptr<float>(), *pcn = conv_new.data_ptr<float>(), *phn = ssm_new.data_ptr<float>();
   for (int64_t b = 0; b < Bsz; ++b) {
-    DFtz ftz;
+    FtzGuard ftz;
     const float* x = pxz + b * 2 * E;
     const float* z = x + E;
     // conv (scalar over the k taps) + shifted window, then SiLU vectorised
@@ -146,7 +75,7 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
       if (K > 1) wn[K - 2] = x[c];
       u[c] = acc;
     }
-    for (int64_t c = 0; c < E; c += kV) _mm256_storeu_ps(&u[c], dsilu256(_mm256_loadu_ps(&u[c])));
+    for (int64_t c = 0; c < E; c += kV) _mm256_storeu_ps(&u[c], silu256(_mm256_loadu_ps(&u[c])));
     // x_dbl = xproj_w u: r + 2n dot products over e
     {
       for (int64_t j = 0; j < R + 2 * N; ++j) {
@@ -158,7 +87,7 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
           a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c + kV), _mm256_loadu_ps(&u[c + kV]), a1);
         }
         for (; c < E; c += kV) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(&u[c]), a0);
-        xd[j] = dhsum(_mm256_add_ps(a0, a1));
+        xd[j] = hsum256(_mm256_add_ps(a0, a1));
       }
     }
     const float* Bv = xd.data() + R;
@@ -173,7 +102,7 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
         for (int64_t c = g0 * kV; c < g1 * kV; c += kV)
           _mm256_storeu_ps(&dt[c], _mm256_fmadd_ps(a, _mm256_loadu_ps(wr + c), _mm256_loadu_ps(&dt[c])));
       }
-      for (int64_t c = g0 * kV; c < g1 * kV; c += kV) _mm256_storeu_ps(&dt[c], dsoftplus256(_mm256_loadu_ps(&dt[c])));
+      for (int64_t c = g0 * kV; c < g1 * kV; c += kV) _mm256_storeu_ps(&dt[c], softplus256(_mm256_loadu_ps(&dt[c])));
     }
     // the state update and output, per block of 8 channels
     {
@@ -186,15 +115,15 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
           const float* ar = pA + c * N;
           __m256 s = _mm256_setzero_ps();
           for (int64_t i = 0; i < N; i += kV) {
-            __m256 h = _mm256_mul_ps(_mm256_loadu_ps(hr + i), dexp256(_mm256_mul_ps(vdt, _mm256_loadu_ps(ar + i))));
+            __m256 h = _mm256_mul_ps(_mm256_loadu_ps(hr + i), exp256(_mm256_mul_ps(vdt, _mm256_loadu_ps(ar + i))));
             h = _mm256_fmadd_ps(vdu, _mm256_loadu_ps(Bv + i), h);
             _mm256_storeu_ps(hn + i, h);
             s = _mm256_fmadd_ps(h, _mm256_loadu_ps(Cv + i), s);
           }
-          py[b * E + c] = dhsum(s) + pD[c] * u[c];
+          py[b * E + c] = hsum256(s) + pD[c] * u[c];
         }
         float* yr = py + b * E + c0;
-        _mm256_storeu_ps(yr, _mm256_mul_ps(_mm256_loadu_ps(yr), dsilu256(_mm256_loadu_ps(z + c0))));
+        _mm256_storeu_ps(yr, _mm256_mul_ps(_mm256_loadu_ps(yr), silu256(_mm256_loadu_ps(z + c0))));
       }
     }
   }
@@ -247,12 +176,12 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
         a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), xv, a3);
       }
       float* yr = py + b * O + o;
-      yr[0] = dhsum(a0); yr[1] = dhsum(a1); yr[2] = dhsum(a2); yr[3] = dhsum(a3);
+      yr[0] = hsum256(a0); yr[1] = hsum256(a1); yr[2] = hsum256(a2); yr[3] = hsum256(a3);
     }
     for (; o < O; ++o) {
       __m256 a0 = _mm256_setzero_ps();
       for (int64_t i = 0; i < I; i += kV) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(pw + o * I + i), _mm256_loadu_ps(xr + i), a0);
-      py[b * O + o] = dhsum(a0);
+      py[b * O + o] = hsum256(a0);
     }
     if (has_b)
       for (int64_t j = 0; j < O; ++j) py[b * O + j] += pb[j];
