@@ -126,3 +126,10 @@ def test_ssd_training_path_matches_reference(handwritten, monkeypatch):
     ((yr * wy.double()).sum() + (sr * ws.double()).sum()).backward()
     for k in base:
         close(fast[k].grad, ref[k].grad, atol=1e-4, rtol=1e-4, msg=f"grad of {k}")
+
+
+def test_ssd_whole_scan_backward_gradcheck():
+    """The whole-sequence node (three blocks of two chunks, the state threaded through them)."""
+    g = torch.Generator().manual_seed(8)
+    args = _block_args(g, 2, 6, 2, 4, 2, 2, 3, (4, 1))
+    assert torch.autograd.gradcheck(lambda *a: ssd_mod._SSDScanFn.apply(*a, 2, 4), args)

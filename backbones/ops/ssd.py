@@ -193,82 +193,127 @@ class _SSDBlockFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, g_st):  # type: ignore[override]
         x, dt, A, B, C, D, st = ctx.saved_tensors
-        T = ctx.T
-        b, l, h, p = x.shape
-        g, n = B.shape[2], B.shape[3]
-        j, c = h // g, l // T
-        bcg, jp = b * c * g, j * p
-        gy = gy.contiguous()
-        # recompute the forward's factors (same expressions as _ssd_block)
-        xdt = x * dt[..., None]  # (b, l, h, p)
-        cs = (dt * A).reshape(b, c, T, h).cumsum(2)  # (b, c, t, h)
-        Cc = C.reshape(b, c, T, g, n).transpose(2, 3).reshape(bcg, T, n)  # (bcg, t, n)
-        Bc = B.reshape(b, c, T, g, n).transpose(2, 3).reshape(bcg, T, n)  # (bcg, s, n)
-        causal = torch.ones(T, T, dtype=x.dtype, device=x.device).tril()
-        CB = (torch.bmm(Cc, Bc.transpose(1, 2)) * causal).view(b, c, g, 1, T, T)  # (b, c, g, 1, t, s)
-        csT = cs.transpose(2, 3).contiguous()  # (b, c, h, t)
-        seg = (csT[..., :, None] - csT[..., None, :]).clamp_(_EXP_FLOOR, 0.0).exp_().view(b, c, g, j, T, T)
-        scores = seg * CB  # (b, c, g, j, t, s)
-        xh = xdt.reshape(b, c, T, h, p).transpose(2, 3).reshape(b * c * h, T, p)  # (bch, s, p)
-        gyh = gy.reshape(b, c, T, h, p).transpose(2, 3).reshape(b * c * h, T, p)  # (bch, t, p)
-        # 1. within chunks: y_diag = scores @ xdt
-        g_xh = torch.bmm(scores.view(b * c * h, T, T).transpose(1, 2), gyh)  # (bch, s, p)
-        g_sc = torch.bmm(gyh, xh.transpose(1, 2)).view(b, c, g, j, T, T)  # (b, c, g, j, t, s)
-        g_seg = g_sc.mul_(seg)  # (b, c, g, j, t, s) d loss / d seg
-        g_CB = g_seg.sum(3).reshape(bcg, T, T).mul_(causal)  # (bcg, t, s)
-        g_Cc = torch.bmm(g_CB, Bc)  # (bcg, t, n)
-        g_Bc = torch.bmm(g_CB.transpose(1, 2), Cc)  # (bcg, s, n)
-        g_diff = g_seg.mul_(CB).view(b, c, h, T, T)  # d loss / d (cs_t - cs_s) = g_seg * seg
-        g_csT = g_diff.sum(4) - g_diff.sum(3)  # (b, c, h, t)
-        g_cs = g_csT.transpose(2, 3).contiguous()  # (b, c, t, h)
-        del seg, scores, g_sc, g_seg, g_diff, CB
-        # 2. chunk states S_k = xw_k^T B_k, recurrence s_{k+1} = d_k s_k + S_k (recomputed)
-        to_end = (cs[:, :, -1:] - cs).clamp_(min=_EXP_FLOOR).exp_()  # (b, c, s, h)
-        xdt5 = xdt.view(b, c, T, h, p)
-        xw = (xdt5 * to_end[..., None]).view(b, c, T, g, jp).transpose(2, 3).reshape(bcg, T, jp)  # (bcg, s, jp)
-        S = torch.bmm(xw.transpose(1, 2), Bc).view(b, c, h, p, n)
-        d = cs[:, :, -1].clamp(min=_EXP_FLOOR).exp().reshape(b, c, h, 1, 1)
-        states = _chunk_states(S, d, st)  # (b, c+1, h, p, n)
-        prev = states[:, :c].reshape(bcg, jp, n)
-        # 3. entering-state output y_off = exp(cs_t) C_t . prev
-        e_cs = cs.clamp(min=_EXP_FLOOR).exp()  # (b, c, t, h)
-        yo = torch.bmm(Cc, prev.transpose(1, 2)).view(b, c, g, T, j, p).transpose(2, 3).reshape(b, c, T, h, p)
-        gy5 = gy.view(b, c, T, h, p)
-        g_cs += torch.linalg.vecdot(gy5, yo).mul_(e_cs)
-        g_yo = (gy5 * e_cs[..., None]).view(b, c, T, g, jp).transpose(2, 3).reshape(bcg, T, jp)  # (bcg, t, jp)
-        g_Cc.baddbmm_(g_yo, prev)
-        g_prev = torch.bmm(g_yo.transpose(1, 2), Cc).view(b, c, h, p, n)  # (b, c, h, p, n)
-        # reverse recurrence: gS_k = G_{k+1}, gd_k = <G_{k+1}, s_k>, G_k = g_prev_k + d_k G_{k+1}
-        gS = torch.empty_like(S)
-        G = g_st.contiguous() if g_st is not None else torch.zeros_like(st)
-        for k in range(c - 1, -1, -1):
-            gS[:, k] = G
-            G = torch.addcmul(g_prev[:, k], G, d[:, k])
-        gd = torch.linalg.vecdot(gS.flatten(3), states[:, :c].flatten(3))  # (b, c, h)
-        g_cs[:, :, -1] += gd * d.view(b, c, h)
-        gS = gS.view(bcg, jp, n)
-        g_xw = torch.bmm(Bc, gS.transpose(1, 2)).view(b, c, g, T, j, p).transpose(2, 3).reshape(b, c, T, h, p)
-        g_Bc.baddbmm_(xw, gS)
-        g_te = torch.linalg.vecdot(g_xw, xdt5).mul_(to_end)  # (b, c, s, h): d loss / d (cs_end - cs_s)
-        g_cs -= g_te
-        g_cs[:, :, -1] += g_te.sum(2)
-        g_xdt = g_xw.mul_(to_end[..., None])  # (b, c, s, h, p)
-        g_xdt += g_xh.view(b, c, h, T, p).transpose(2, 3)
-        g_xdt = g_xdt.view(b, l, h, p)
-        # 4. cumsum, a = dt A, xdt = x dt, D
-        g_a = g_cs.flip(2).cumsum(2).flip(2).reshape(b, l, h)
-        g_dt = g_a * A + torch.linalg.vecdot(g_xdt, x)
-        g_A = (g_a * dt).sum((0, 1)) if ctx.needs_input_grad[2] else None
-        g_x = g_xdt.mul_(dt[..., None])
-        g_D = None
-        if D is not None:
-            g_x.addcmul_(gy, D)
-            if ctx.needs_input_grad[5]:
-                g_D = (gy * x).sum((0, 1))
-                g_D = g_D.sum(-1, keepdim=True) if D.shape[-1] == 1 else g_D
-        g_B = g_Bc.view(b, c, g, T, n).transpose(2, 3).reshape(b, l, g, n)
-        g_C = g_Cc.view(b, c, g, T, n).transpose(2, 3).reshape(b, l, g, n)
-        return g_x, g_dt, g_A, g_B, g_C, g_D, G, None
+        return (*_block_backward(gy, g_st, x, dt, A, B, C, D, st, ctx.T, ctx.needs_input_grad[2],
+                                 ctx.needs_input_grad[5]), None)
+
+
+class _SSDScanFn(torch.autograd.Function):
+    """The whole (padded) sequence, blocks of ``step`` positions, as one autograd node: the
+    forward writes every block into one output and saves the inputs plus the state entering each
+    block (b, h, p, n); the backward runs :func:`_block_backward` over the blocks in reverse and
+    writes into whole-sequence gradients (no concatenations, no per-block graph)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, st, T, step):  # type: ignore[override]
+        sts = []
+        with torch.no_grad():
+            y = torch.empty_like(x)
+            for i in range(0, x.shape[1], step):
+                sts.append(st)
+                sl = slice(i, i + step)
+                _, st = _ssd_block(x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], D, st, T, y[:, sl])
+        ctx.save_for_backward(x, dt, A, B, C, D, torch.stack(sts))
+        ctx.T, ctx.step = T, step
+        return y, st
+
+    @staticmethod
+    def backward(ctx, gy, g_st):  # type: ignore[override]
+        x, dt, A, B, C, D, sts = ctx.saved_tensors
+        need_A, need_D = ctx.needs_input_grad[2], ctx.needs_input_grad[5]
+        g_x, g_dt, g_B, g_C = (torch.empty_like(t) for t in (x, dt, B, C))
+        g_A = torch.zeros_like(A) if need_A else None
+        g_D = torch.zeros_like(D) if need_D else None
+        G = g_st
+        for k in range(sts.shape[0] - 1, -1, -1):
+            sl = slice(k * ctx.step, (k + 1) * ctx.step)
+            gx, gdt, gA, gB, gC, gD, G = _block_backward(
+                gy[:, sl], G, x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], D, sts[k], ctx.T, need_A, need_D)
+            g_x[:, sl], g_dt[:, sl], g_B[:, sl], g_C[:, sl] = gx, gdt, gB, gC
+            if need_A:
+                g_A += gA
+            if need_D:
+                g_D += gD
+        return g_x, g_dt, g_A, g_B, g_C, g_D, G, None, None
+
+
+def _block_backward(gy, g_st, x, dt, A, B, C, D, st, T, need_A, need_D):
+    """Gradients of one block of :func:`_ssd_block` (see :class:`_SSDBlockFn`): returns those of
+    (x, dt, A, B, C, D, entering state); g_st (b, h, p, n) or None is that of the leaving state."""
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    j, c = h // g, l // T
+    bcg, jp = b * c * g, j * p
+    gy = gy.contiguous()
+    # recompute the forward's factors (same expressions as _ssd_block)
+    xdt = x * dt[..., None]  # (b, l, h, p)
+    cs = (dt * A).reshape(b, c, T, h).cumsum(2)  # (b, c, t, h)
+    Cc = C.reshape(b, c, T, g, n).transpose(2, 3).reshape(bcg, T, n)  # (bcg, t, n)
+    Bc = B.reshape(b, c, T, g, n).transpose(2, 3).reshape(bcg, T, n)  # (bcg, s, n)
+    causal = torch.ones(T, T, dtype=x.dtype, device=x.device).tril()
+    CB = (torch.bmm(Cc, Bc.transpose(1, 2)) * causal).view(b, c, g, 1, T, T)  # (b, c, g, 1, t, s)
+    csT = cs.transpose(2, 3).contiguous()  # (b, c, h, t)
+    seg = (csT[..., :, None] - csT[..., None, :]).clamp_(_EXP_FLOOR, 0.0).exp_().view(b, c, g, j, T, T)
+    scores = seg * CB  # (b, c, g, j, t, s)
+    xh = xdt.reshape(b, c, T, h, p).transpose(2, 3).reshape(b * c * h, T, p)  # (bch, s, p)
+    gyh = gy.reshape(b, c, T, h, p).transpose(2, 3).reshape(b * c * h, T, p)  # (bch, t, p)
+    # 1. within chunks: y_diag = scores @ xdt
+    g_xh = torch.bmm(scores.view(b * c * h, T, T).transpose(1, 2), gyh)  # (bch, s, p)
+    g_sc = torch.bmm(gyh, xh.transpose(1, 2)).view(b, c, g, j, T, T)  # (b, c, g, j, t, s)
+    g_seg = g_sc.mul_(seg)  # (b, c, g, j, t, s) d loss / d seg
+    g_CB = g_seg.sum(3).reshape(bcg, T, T).mul_(causal)  # (bcg, t, s)
+    g_Cc = torch.bmm(g_CB, Bc)  # (bcg, t, n)
+    g_Bc = torch.bmm(g_CB.transpose(1, 2), Cc)  # (bcg, s, n)
+    g_diff = g_seg.mul_(CB).view(b, c, h, T, T)  # d loss / d (cs_t - cs_s) = g_seg * seg
+    g_csT = g_diff.sum(4) - g_diff.sum(3)  # (b, c, h, t)
+    g_cs = g_csT.transpose(2, 3).contiguous()  # (b, c, t, h)
+    del seg, scores, g_sc, g_seg, g_diff, CB
+    # 2. chunk states S_k = xw_k^T B_k, recurrence s_{k+1} = d_k s_k + S_k (recomputed)
+    to_end = (cs[:, :, -1:] - cs).clamp_(min=_EXP_FLOOR).exp_()  # (b, c, s, h)
+    xdt5 = xdt.view(b, c, T, h, p)
+    xw = (xdt5 * to_end[..., None]).view(b, c, T, g, jp).transpose(2, 3).reshape(bcg, T, jp)  # (bcg, s, jp)
+    S = torch.bmm(xw.transpose(1, 2), Bc).view(b, c, h, p, n)
+    d = cs[:, :, -1].clamp(min=_EXP_FLOOR).exp().reshape(b, c, h, 1, 1)
+    states = _chunk_states(S, d, st)  # (b, c+1, h, p, n)
+    prev = states[:, :c].reshape(bcg, jp, n)
+    # 3. entering-state output y_off = exp(cs_t) C_t . prev
+    e_cs = cs.clamp(min=_EXP_FLOOR).exp()  # (b, c, t, h)
+    yo = torch.bmm(Cc, prev.transpose(1, 2)).view(b, c, g, T, j, p).transpose(2, 3).reshape(b, c, T, h, p)
+    gy5 = gy.view(b, c, T, h, p)
+    g_cs += torch.linalg.vecdot(gy5, yo).mul_(e_cs)
+    g_yo = (gy5 * e_cs[..., None]).view(b, c, T, g, jp).transpose(2, 3).reshape(bcg, T, jp)  # (bcg, t, jp)
+    g_Cc.baddbmm_(g_yo, prev)
+    g_prev = torch.bmm(g_yo.transpose(1, 2), Cc).view(b, c, h, p, n)  # (b, c, h, p, n)
+    # reverse recurrence: gS_k = G_{k+1}, gd_k = <G_{k+1}, s_k>, G_k = g_prev_k + d_k G_{k+1}
+    gS = torch.empty_like(S)
+    G = g_st.contiguous() if g_st is not None else torch.zeros_like(st)
+    for k in range(c - 1, -1, -1):
+        gS[:, k] = G
+        G = torch.addcmul(g_prev[:, k], G, d[:, k])
+    gd = torch.linalg.vecdot(gS.flatten(3), states[:, :c].flatten(3))  # (b, c, h)
+    g_cs[:, :, -1] += gd * d.view(b, c, h)
+    gS = gS.view(bcg, jp, n)
+    g_xw = torch.bmm(Bc, gS.transpose(1, 2)).view(b, c, g, T, j, p).transpose(2, 3).reshape(b, c, T, h, p)
+    g_Bc.baddbmm_(xw, gS)
+    g_te = torch.linalg.vecdot(g_xw, xdt5).mul_(to_end)  # (b, c, s, h): d loss / d (cs_end - cs_s)
+    g_cs -= g_te
+    g_cs[:, :, -1] += g_te.sum(2)
+    g_xdt = g_xw.mul_(to_end[..., None])  # (b, c, s, h, p)
+    g_xdt += g_xh.view(b, c, h, T, p).transpose(2, 3)
+    g_xdt = g_xdt.view(b, l, h, p)
+    # 4. cumsum, a = dt A, xdt = x dt, D
+    g_a = g_cs.flip(2).cumsum(2).flip(2).reshape(b, l, h)
+    g_dt = g_a * A + torch.linalg.vecdot(g_xdt, x)
+    g_A = (g_a * dt).sum((0, 1)) if need_A else None
+    g_x = g_xdt.mul_(dt[..., None])
+    g_D = None
+    if D is not None:
+        g_x.addcmul_(gy, D)
+        if need_D:
+            g_D = (gy * x).sum((0, 1))
+            g_D = g_D.sum(-1, keepdim=True) if D.shape[-1] == 1 else g_D
+    g_B = g_Bc.view(b, c, g, T, n).transpose(2, 3).reshape(b, l, g, n)
+    g_C = g_Cc.view(b, c, g, T, n).transpose(2, 3).reshape(b, l, g, n)
+    return g_x, g_dt, g_A, g_B, g_C, g_D, G
 
 
 def _chunk_states(S: Tensor, d: Tensor, s0: Tensor) -> Tensor:
@@ -340,12 +385,12 @@ def ssd_scan(
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
     y_all = xf.new_empty(b, l + pad, h, p) if not grad and l + pad > step else None
     # torch.split, not slicing: its backward concatenates instead of scattering into full-size zeros
+    if grad and _HANDWRITTEN_BACKWARD and l + pad > 0:
+        y, st = _SSDScanFn.apply(xf, dt, Af, Bf, Cf, Df, st, T, step)
+        return y[:, :l].to(dtype), st
     for i, (xb, dtb, Bb, Cb) in enumerate(zip(*(t.split(step, 1) for t in (xf, dt, Bf, Cf)))):
-        if grad and _HANDWRITTEN_BACKWARD:
-            y, st = _SSDBlockFn.apply(xb, dtb, Af, Bb, Cb, Df, st, T)
-        else:
-            out = None if y_all is None else y_all[:, i * step : i * step + xb.shape[1]]
-            y, st = _ssd_block(xb, dtb, Af, Bb, Cb, Df, st, T, out)
+        out = None if y_all is None else y_all[:, i * step : i * step + xb.shape[1]]
+        y, st = _ssd_block(xb, dtb, Af, Bb, Cb, Df, st, T, out)
         ys.append(y)
     if y_all is not None:
         y = y_all[:, :l]
