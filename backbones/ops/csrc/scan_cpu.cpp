@@ -125,33 +125,74 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
   return {y, hT, ckpt};
 }
 
-// Backward by chunked recompute from the checkpoints.
-// Returns (du (b,l,e), ddt (b,l,e), dAt (b,n,e), dB_part (b,nblk,l,n), dC_part (b,nblk,l,n), dh0 (b,n,e)).
-std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
-                                 const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
-                                 const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk) {
+static inline __m256 sigmoid256(__m256 x) {
+  return _mm256_div_ps(_mm256_set1_ps(1.0f),
+                       _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+// Backward by chunked recompute from the checkpoints. The recompute pass keeps the decays of
+// the chunk beside its states (one exp2 per (t, n, channel) in the whole backward, not two).
+// With the optional prologue / epilogue of scan_fwd (dt_bias, softplus, D, z: pass empty tensors
+// to skip) ``dy`` is the gradient of the gated output and ``dt`` the raw step; the kernel then
+// also returns the gradients of D, z and dt_bias, and ddt is the gradient of the raw dt.
+// Returns (du (b,l,e), ddt (b,l,e), dAt (b,n,e), dB_part (b,nblk,l,n), dC_part (b,nblk,l,n),
+//          dh0 (b,n,e), dD_part (b,e), dz (b,l,e) or empty, dbias_part (b,e)).
+std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
+                                      const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
+                                      const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk,
+                                      const at::Tensor& dt_bias, bool softplus, const at::Tensor& Dv,
+                                      const at::Tensor& z) {
   check(u, "u", 3); check(dt, "dt", 3); check(At, "At", 2); check(Bm, "B", 3); check(Cm, "C", 3);
   check(ckpt, "ckpt", 4); check(dy, "dy", 3); check(dhT, "dhT", 3);
   const int64_t Bsz = u.size(0), L = u.size(1), E = u.size(2), N = At.size(0);
+  TORCH_CHECK(E % kVec == 0, "channels must be a multiple of 8");
   const int64_t nc = ckpt.size(1);
+  TORCH_CHECK(nc == (L + chunk - 1) / chunk, "checkpoints do not match the chunk size");
   const int64_t nblk = (E + kBlock - 1) / kBlock;
+  const bool has_bias = dt_bias.numel() > 0, has_D = Dv.numel() > 0, has_z = z.numel() > 0;
+  if (has_bias) { check(dt_bias, "dt_bias", 1); TORCH_CHECK(dt_bias.size(0) == E, "dt_bias size"); }
+  if (has_D) { check(Dv, "D", 1); TORCH_CHECK(Dv.size(0) == E, "D size"); }
+  if (has_z) { check(z, "z", 3); TORCH_CHECK(z.sizes() == u.sizes(), "z shape"); }
+  const float* pbias = has_bias ? dt_bias.data_ptr<float>() : nullptr;
+  const float* pD = has_D ? Dv.data_ptr<float>() : nullptr;
+  const float* pz = has_z ? z.data_ptr<float>() : nullptr;
   auto du = at::empty_like(u), ddt = at::empty_like(u);
   auto dAt = at::zeros({Bsz, N, E}, u.options());
   auto dBp = at::empty({Bsz, nblk, L, N}, u.options()), dCp = at::empty({Bsz, nblk, L, N}, u.options());
   auto dh0 = at::empty({Bsz, N, E}, u.options());
+  auto dDp = at::zeros({Bsz, E}, u.options()), dbp = at::zeros({Bsz, E}, u.options());
+  auto dz = has_z ? at::empty_like(u) : at::empty({0}, u.options());
   const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *pck = ckpt.data_ptr<float>();
   const float *pdy = dy.data_ptr<float>(), *pdhT = dhT.data_ptr<float>();
   float *pdu = du.data_ptr<float>(), *pddt = ddt.data_ptr<float>(), *pdA = dAt.data_ptr<float>();
   float *pdB = dBp.data_ptr<float>(), *pdC = dCp.data_ptr<float>(), *pdh0 = dh0.data_ptr<float>();
+  float *pdD = dDp.data_ptr<float>(), *pdb = dbp.data_ptr<float>();
+  float* pdz = has_z ? dz.data_ptr<float>() : nullptr;
+
+  // dt as the scan sees it (bias + softplus applied) and d(dt)/d(raw dt), for one register
+  auto step_dt = [&](int64_t off, int64_t e, __m256* dsp) {
+    __m256 x = _mm256_loadu_ps(pdt + off);
+    if (has_bias) x = _mm256_add_ps(x, _mm256_loadu_ps(pbias + e));
+    if (!softplus) { if (dsp) *dsp = _mm256_set1_ps(1.0f); return x; }
+    if (dsp) *dsp = sigmoid256(x);
+    return softplus256(x);
+  };
 
   at::parallel_for(0, Bsz * nblk, 1, [&](int64_t begin, int64_t end) {
     FtzGuard ftz;
     std::vector<__m256> A(N * kMaxV), A2(N * kMaxV), dh(N * kMaxV), dA(N * kMaxV);
     std::vector<__m256> hs((chunk + 1) * N * kMaxV);  // hs[i] = state before local step i
+    std::vector<__m256> as(chunk * N * kMaxV);        // as[i] = decay of local step i
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, blk = task % nblk, e0 = blk * kBlock;
       const int nv = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      __m256 dDv[kMaxV], dbv[kMaxV], Dr[kMaxV];
+      for (int v = 0; v < nv; ++v) {
+        dDv[v] = _mm256_setzero_ps();
+        dbv[v] = _mm256_setzero_ps();
+        Dr[v] = has_D ? _mm256_loadu_ps(pD + e0 + v * kVec) : _mm256_setzero_ps();
+      }
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) {
           A[n * kMaxV + v] = _mm256_loadu_ps(pA + n * E + e0 + v * kVec);
@@ -161,7 +202,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
         }
       for (int64_t c = nc - 1; c >= 0; --c) {
         const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk);
-        // recompute the states of this chunk
+        // recompute the states (and decays) of this chunk
         const float* ck = pck + ((b * nc + c) * N) * E + e0;
         for (int64_t n = 0; n < N; ++n)
           for (int v = 0; v < nv; ++v) hs[n * kMaxV + v] = _mm256_loadu_ps(ck + n * E + v * kVec);
@@ -170,15 +211,17 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
           const float* Bt = pB + (b * L + t) * N;
           __m256* hp = hs.data() + (t - t0) * N * kMaxV;
           __m256* hn = hp + N * kMaxV;
+          __m256* ap = as.data() + (t - t0) * N * kMaxV;
           __m256 dtv[kMaxV], duv[kMaxV];
           for (int v = 0; v < nv; ++v) {
-            dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+            dtv[v] = step_dt(off + v * kVec, e0 + v * kVec, nullptr);
             duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
           }
           for (int64_t n = 0; n < N; ++n) {
             const __m256 bn = _mm256_set1_ps(Bt[n]);
             for (int v = 0; v < nv; ++v) {
               __m256 a = exp2_256(_mm256_mul_ps(dtv[v], A2[n * kMaxV + v]));
+              ap[n * kMaxV + v] = a;
               hn[n * kMaxV + v] = _mm256_fmadd_ps(a, hp[n * kMaxV + v], _mm256_mul_ps(duv[v], bn));
             }
           }
@@ -190,14 +233,24 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
           const float* Ct = pC + (b * L + t) * N;
           const __m256* hp = hs.data() + (t - t0) * N * kMaxV;
           const __m256* hc = hp + N * kMaxV;
-          __m256 dtv[kMaxV], uv[kMaxV], duv[kMaxV], gv[kMaxV], dxu[kMaxV], ddtv[kMaxV];
+          const __m256* ap = as.data() + (t - t0) * N * kMaxV;
+          __m256 dtv[kMaxV], dsv[kMaxV], uv[kMaxV], duv[kMaxV], gv[kMaxV], gout[kMaxV], sz[kMaxV], zv[kMaxV];
+          __m256 dxu[kMaxV], ddtv[kMaxV], yv[kMaxV];
           for (int v = 0; v < nv; ++v) {
-            dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+            dtv[v] = step_dt(off + v * kVec, e0 + v * kVec, &dsv[v]);
             uv[v] = _mm256_loadu_ps(pu + off + v * kVec);
             duv[v] = _mm256_mul_ps(dtv[v], uv[v]);
-            gv[v] = _mm256_loadu_ps(pdy + off + v * kVec);
+            gout[v] = _mm256_loadu_ps(pdy + off + v * kVec);
+            if (has_z) {  // out = y * silu(z): dL/dy = dL/dout * silu(z)
+              zv[v] = _mm256_loadu_ps(pz + off + v * kVec);
+              sz[v] = sigmoid256(zv[v]);
+              gv[v] = _mm256_mul_ps(gout[v], _mm256_mul_ps(zv[v], sz[v]));
+            } else {
+              gv[v] = gout[v];
+            }
             dxu[v] = _mm256_setzero_ps();
             ddtv[v] = _mm256_setzero_ps();
+            yv[v] = _mm256_setzero_ps();
           }
           float* dBrow = pdB + ((b * nblk + blk) * L + t) * N;
           float* dCrow = pdC + ((b * nblk + blk) * L + t) * N;
@@ -208,9 +261,10 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
               const int i = n * kMaxV + v;
               __m256 d = _mm256_fmadd_ps(gv[v], cn, dh[i]);          // dL/dh_t
               sC = _mm256_fmadd_ps(gv[v], hc[i], sC);
+              if (has_z) yv[v] = _mm256_fmadd_ps(hc[i], cn, yv[v]);  // y_t, for dL/dz
               sB = _mm256_fmadd_ps(d, duv[v], sB);
               dxu[v] = _mm256_fmadd_ps(d, bn, dxu[v]);
-              __m256 a = exp2_256(_mm256_mul_ps(dtv[v], A2[i]));
+              const __m256 a = ap[i];
               __m256 daa = _mm256_mul_ps(_mm256_mul_ps(d, hp[i]), a);  // dL/d(dt A) for this n
               ddtv[v] = _mm256_fmadd_ps(daa, A[i], ddtv[v]);
               dA[i] = _mm256_fmadd_ps(daa, dtv[v], dA[i]);
@@ -220,10 +274,27 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
             dCrow[n] = hsum256(sC);
           }
           for (int v = 0; v < nv; ++v) {
-            _mm256_storeu_ps(pdu + off + v * kVec, _mm256_mul_ps(dxu[v], dtv[v]));
-            _mm256_storeu_ps(pddt + off + v * kVec, _mm256_fmadd_ps(dxu[v], uv[v], ddtv[v]));
+            __m256 duo = _mm256_mul_ps(dxu[v], dtv[v]);
+            if (has_D) {
+              duo = _mm256_fmadd_ps(gv[v], Dr[v], duo);
+              dDv[v] = _mm256_fmadd_ps(gv[v], uv[v], dDv[v]);
+            }
+            _mm256_storeu_ps(pdu + off + v * kVec, duo);
+            __m256 g = _mm256_mul_ps(_mm256_fmadd_ps(dxu[v], uv[v], ddtv[v]), dsv[v]);  // dL/d(raw dt)
+            dbv[v] = _mm256_add_ps(dbv[v], g);
+            _mm256_storeu_ps(pddt + off + v * kVec, g);
+            if (has_z) {  // dL/dz = dL/dout * (y + D u) * sig(z) (1 + z (1 - sig(z)))
+              const __m256 one = _mm256_set1_ps(1.0f);
+              __m256 yp = has_D ? _mm256_fmadd_ps(Dr[v], uv[v], yv[v]) : yv[v];
+              __m256 ds = _mm256_mul_ps(sz[v], _mm256_fmadd_ps(zv[v], _mm256_sub_ps(one, sz[v]), one));
+              _mm256_storeu_ps(pdz + off + v * kVec, _mm256_mul_ps(_mm256_mul_ps(gout[v], yp), ds));
+            }
           }
         }
+      }
+      for (int v = 0; v < nv; ++v) {
+        _mm256_storeu_ps(pdD + b * E + e0 + v * kVec, dDv[v]);
+        _mm256_storeu_ps(pdb + b * E + e0 + v * kVec, dbv[v]);
       }
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) {
@@ -232,7 +303,17 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
         }
     }
   });
-  return {du, ddt, dAt, dBp, dCp, dh0};
+  return {du, ddt, dAt, dBp, dCp, dh0, dDp, dz, dbp};
+}
+
+// The bare recurrence's backward. Returns (du, ddt, dAt, dB_part, dC_part, dh0) as above.
+std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
+                                 const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
+                                 const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk) {
+  auto none = at::empty({0}, u.options());
+  auto r = scan_bwd_impl(u, dt, At, Bm, Cm, ckpt, dy, dhT, chunk, none, false, none, none);
+  r.resize(6);
+  return r;
 }
 
 // Causal depthwise conv1d (+ optional SiLU), time-major: x (b,l,e), w (e,k), bias (e),
@@ -279,11 +360,14 @@ TORCH_LIBRARY(longstream_ops, m) {
   m.def("scan_fwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor h0, int chunk, bool save_ckpt, "
         "Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
   m.def("scan_bwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, int chunk) -> Tensor[]");
+  m.def("scan_bwd_fused(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, "
+        "int chunk, Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("scan_fwd", &scan_fwd);
   m.impl("scan_bwd", &scan_bwd);
+  m.impl("scan_bwd_fused", &scan_bwd_impl);
   m.impl("conv_fwd", &conv_fwd);
 }
