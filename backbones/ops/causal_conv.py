@@ -57,8 +57,9 @@ class _ConvFn(torch.autograd.Function):
     """Training path: causal depthwise conv (+ SiLU) with a hand-written backward, so autograd
     keeps two (b, l, e) tensors instead of one per tap and the backward is K multiply-adds for
     dx plus K dot products for dw (no zero-filled slice gradients). The pre-activation comes from
-    the compiled forward kernel when it is available. x (b, l, e), weight (e, k), bias (e,) or
-    None, prev (b, k-1, e) -> y (b, l, e)."""
+    the compiled forward kernel when it is available, and the whole backward (SiLU', dx, dw,
+    db, d cache) is one compiled ``conv_bwd`` call when the kernels are built.
+    x (b, l, e), weight (e, k), bias (e,) or None, prev (b, k-1, e) -> y (b, l, e)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, prev: Tensor, silu: bool) -> Tensor:  # type: ignore[override]
@@ -83,6 +84,11 @@ class _ConvFn(torch.autograd.Function):
         x, weight, prev, pre = ctx.saved_tensors
         b, l, e = x.shape
         k = weight.shape[1]
+        if pre.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.has_op("conv_bwd"):
+            gx, gw, gb, gprev = cpu_kernels.ops().conv_bwd(
+                x.contiguous(), weight.float().contiguous(), prev.float().contiguous(), pre.contiguous(), g.float().contiguous(), ctx.silu
+            )  # (b, l, e), (e, k), (e,), (b, k-1, e)
+            return gx, gw.to(weight.dtype), gb if ctx.has_bias else None, gprev, None
         gp = torch.ops.aten.silu_backward(g, pre) if ctx.silu else g.contiguous()  # (b, l, e) grad of pre
         want_x = ctx.needs_input_grad[0]
         gx = torch.empty_like(x) if want_x else None

@@ -1,5 +1,5 @@
 // longstream CPU kernels: the sequential selective-scan recurrence (Mamba, Gu & Dao 2023)
-// forward + backward, and a causal depthwise conv1d forward, for time-major float32 tensors.
+// forward + backward, and a causal depthwise conv1d forward + backward, for time-major float32 tensors.
 //
 // Axis legend: b batch, l length, e inner channels, n state size, k conv width.
 // Layout (all contiguous float32):
@@ -354,6 +354,82 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   return y;
 }
 
+// Backward of conv_fwd's pre-activation (with the SiLU when ``silu``): x (b,l,e), w (e,k),
+// cache (b,k-1,e), pre (b,l,e) the saved pre-activation, g (b,l,e) the output gradient.
+// Returns (gx (b,l,e), gw (e,k), gb (e), gcache (b,k-1,e)). Pass 1 forms gp = dL/dpre; pass 2
+// walks time blocks: gx[s] = sum_j w[j] gp[s+k-1-j], gw[j] += gp[t] xp[t+j], gb += gp[t], with
+// per-task partial sums of gw / gb (summed at the end, so the result does not depend on threads).
+std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cache,
+                                 const at::Tensor& pre, const at::Tensor& g, bool silu) {
+  check(x, "x", 3); check(w, "weight", 2); check(cache, "cache", 3); check(pre, "pre", 3); check(g, "grad", 3);
+  const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
+  TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
+  auto wt = w.t().contiguous();  // (k, e)
+  auto gp = silu ? at::empty_like(x) : g;
+  auto gx = at::empty_like(x);
+  const int64_t tb = 256, ntb = (L + tb - 1) / tb, nblk = E / kVec;
+  auto part = at::zeros({Bsz * ntb, K + 1, E}, x.options());  // rows 0..k-1: gw taps, row k: gb
+  const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pc = cache.data_ptr<float>();
+  const float *ppre = pre.data_ptr<float>(), *pg = g.data_ptr<float>();
+  float *pgp = gp.data_ptr<float>(), *pgx = gx.data_ptr<float>(), *ppart = part.data_ptr<float>();
+  if (silu) {  // gp = g * sig(pre) (1 + pre (1 - sig(pre)))
+    at::parallel_for(0, Bsz * L * nblk, 4096, [&](int64_t begin, int64_t end) {
+      const __m256 one = _mm256_set1_ps(1.0f);
+      for (int64_t i = begin; i < end; ++i) {
+        const __m256 p = _mm256_loadu_ps(ppre + i * kVec);
+        const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), p))));
+        const __m256 d = _mm256_mul_ps(sg, _mm256_fmadd_ps(p, _mm256_sub_ps(one, sg), one));
+        _mm256_storeu_ps(pgp + i * kVec, _mm256_mul_ps(_mm256_loadu_ps(pg + i * kVec), d));
+      }
+    });
+  }
+  const float* cgp = pgp;
+  at::parallel_for(0, Bsz * ntb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / ntb, ts = (task % ntb) * tb, te = std::min(L, ts + tb);
+      float* pp = ppart + task * (K + 1) * E;
+      for (int64_t t = ts; t < te; ++t) {
+        const float* src[8];  // xp[t + j]
+        const float* gsrc[8];  // gp[t + k-1-j], or nullptr past the end
+        for (int64_t j = 0; j < K; ++j) {
+          const int64_t s = t - (K - 1) + j;
+          src[j] = s >= 0 ? px + (b * L + s) * E : pc + (b * (K - 1) + (K - 1) + s) * E;
+          const int64_t q = t + (K - 1) - j;
+          gsrc[j] = q < L ? cgp + (b * L + q) * E : nullptr;
+        }
+        const float* gt = cgp + (b * L + t) * E;
+        float* dst = pgx + (b * L + t) * E;
+        for (int64_t jb = 0; jb < nblk; ++jb) {
+          const int64_t e = jb * kVec;
+          const __m256 gv = _mm256_loadu_ps(gt + e);
+          __m256 acc = _mm256_setzero_ps();
+          for (int64_t j = 0; j < K; ++j) {
+            const __m256 wj = _mm256_loadu_ps(pw + j * E + e);
+            if (gsrc[j]) acc = _mm256_fmadd_ps(wj, _mm256_loadu_ps(gsrc[j] + e), acc);
+            float* gw = pp + j * E + e;
+            _mm256_storeu_ps(gw, _mm256_fmadd_ps(gv, _mm256_loadu_ps(src[j] + e), _mm256_loadu_ps(gw)));
+          }
+          float* gb = pp + K * E + e;
+          _mm256_storeu_ps(gb, _mm256_add_ps(gv, _mm256_loadu_ps(gb)));
+          _mm256_storeu_ps(dst + e, acc);
+        }
+      }
+    }
+  });
+  auto sums = part.sum(0);  // (k+1, e)
+  auto gw = sums.narrow(0, 0, K).t().contiguous();
+  auto gb = sums[K].contiguous();
+  // cache[u] = xp[u] feeds pre[t] through tap u - t, for t <= u
+  auto gc = at::zeros({Bsz, K - 1, E}, x.options());
+  float* pgc = gc.data_ptr<float>();
+  for (int64_t b = 0; b < Bsz; ++b)
+    for (int64_t u = 0; u < K - 1; ++u)
+      for (int64_t t = 0; t <= u && t < L; ++t)
+        for (int64_t e = 0; e < E; ++e)
+          pgc[(b * (K - 1) + u) * E + e] += pw[(u - t) * E + e] * cgp[(b * L + t) * E + e];
+  return {gx, gw, gb, gc};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(longstream_ops, m) {
@@ -362,6 +438,7 @@ TORCH_LIBRARY(longstream_ops, m) {
   m.def("scan_bwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, int chunk) -> Tensor[]");
   m.def("scan_bwd_fused(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, "
         "int chunk, Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
+  m.def("conv_bwd(Tensor x, Tensor w, Tensor cache, Tensor pre, Tensor g, bool silu) -> Tensor[]");
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
 }
 
@@ -369,5 +446,6 @@ TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("scan_fwd", &scan_fwd);
   m.impl("scan_bwd", &scan_bwd);
   m.impl("scan_bwd_fused", &scan_bwd_impl);
+  m.impl("conv_bwd", &conv_bwd);
   m.impl("conv_fwd", &conv_fwd);
 }
