@@ -125,6 +125,16 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
   return {y, hT, ckpt};
 }
 
+// (hsum(v[0]), ..., hsum(v[7])) in one register: a transpose-and-add tree.
+static inline __m256 hsum8x256(const __m256* v) {
+  const __m256 s01 = _mm256_hadd_ps(v[0], v[1]), s23 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 s45 = _mm256_hadd_ps(v[4], v[5]), s67 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  // s0123 = (v0 lo, v1 lo, v2 lo, v3 lo | v0 hi, v1 hi, v2 hi, v3 hi), same for s4567
+  const __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20), hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+  return _mm256_add_ps(lo, hi);
+}
+
 static inline __m256 sigmoid256(__m256 x) {
   return _mm256_div_ps(_mm256_set1_ps(1.0f),
                        _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
@@ -184,6 +194,8 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
     std::vector<__m256> A(N * kMaxV), A2(N * kMaxV), dh(N * kMaxV), dA(N * kMaxV);
     std::vector<__m256> hs((chunk + 1) * N * kMaxV);  // hs[i] = state before local step i
     std::vector<__m256> as(chunk * N * kMaxV);        // as[i] = decay of local step i
+    std::vector<__m256> dts(chunk * kMaxV * 2);       // dt and d(dt)/d(raw dt) of local step i
+    std::vector<__m256> sBC(2 * N);                   // per-n partial sums of dB, dC (one step)
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, blk = task % nblk, e0 = blk * kBlock;
       const int nv = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
@@ -212,9 +224,11 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           __m256* hp = hs.data() + (t - t0) * N * kMaxV;
           __m256* hn = hp + N * kMaxV;
           __m256* ap = as.data() + (t - t0) * N * kMaxV;
+          __m256* dp = dts.data() + (t - t0) * kMaxV * 2;
           __m256 dtv[kMaxV], duv[kMaxV];
           for (int v = 0; v < nv; ++v) {
-            dtv[v] = step_dt(off + v * kVec, e0 + v * kVec, nullptr);
+            dtv[v] = step_dt(off + v * kVec, e0 + v * kVec, dp + kMaxV + v);
+            dp[v] = dtv[v];
             duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
           }
           for (int64_t n = 0; n < N; ++n) {
@@ -234,10 +248,12 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           const __m256* hp = hs.data() + (t - t0) * N * kMaxV;
           const __m256* hc = hp + N * kMaxV;
           const __m256* ap = as.data() + (t - t0) * N * kMaxV;
+          const __m256* dp = dts.data() + (t - t0) * kMaxV * 2;
           __m256 dtv[kMaxV], dsv[kMaxV], uv[kMaxV], duv[kMaxV], gv[kMaxV], gout[kMaxV], sz[kMaxV], zv[kMaxV];
           __m256 dxu[kMaxV], ddtv[kMaxV], yv[kMaxV];
           for (int v = 0; v < nv; ++v) {
-            dtv[v] = step_dt(off + v * kVec, e0 + v * kVec, &dsv[v]);
+            dtv[v] = dp[v];
+            dsv[v] = dp[kMaxV + v];
             uv[v] = _mm256_loadu_ps(pu + off + v * kVec);
             duv[v] = _mm256_mul_ps(dtv[v], uv[v]);
             gout[v] = _mm256_loadu_ps(pdy + off + v * kVec);
@@ -264,14 +280,23 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
               if (has_z) yv[v] = _mm256_fmadd_ps(hc[i], cn, yv[v]);  // y_t, for dL/dz
               sB = _mm256_fmadd_ps(d, duv[v], sB);
               dxu[v] = _mm256_fmadd_ps(d, bn, dxu[v]);
-              const __m256 a = ap[i];
-              __m256 daa = _mm256_mul_ps(_mm256_mul_ps(d, hp[i]), a);  // dL/d(dt A) for this n
+              const __m256 ad = _mm256_mul_ps(ap[i], d);   // dL/dh_{t-1} through the decay
+              const __m256 daa = _mm256_mul_ps(ad, hp[i]);  // dL/d(dt A) for this n
               ddtv[v] = _mm256_fmadd_ps(daa, A[i], ddtv[v]);
               dA[i] = _mm256_fmadd_ps(daa, dtv[v], dA[i]);
-              dh[i] = _mm256_mul_ps(a, d);
+              dh[i] = ad;
             }
-            dBrow[n] = hsum256(sB);
-            dCrow[n] = hsum256(sC);
+            sBC[n] = sB;
+            sBC[N + n] = sC;
+          }
+          int64_t n8 = 0;
+          for (; n8 + kVec <= N; n8 += kVec) {  // 8 horizontal sums at once
+            _mm256_storeu_ps(dBrow + n8, hsum8x256(sBC.data() + n8));
+            _mm256_storeu_ps(dCrow + n8, hsum8x256(sBC.data() + N + n8));
+          }
+          for (; n8 < N; ++n8) {
+            dBrow[n8] = hsum256(sBC[n8]);
+            dCrow[n8] = hsum256(sBC[N + n8]);
           }
           for (int v = 0; v < nv; ++v) {
             __m256 duo = _mm256_mul_ps(dxu[v], dtv[v]);
