@@ -24,6 +24,7 @@
 
 #include <immintrin.h>
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #if !defined(__AVX2__) || !defined(__FMA__)
@@ -44,6 +45,18 @@ void check(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
   TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dims");
+}
+
+// f(std::integral_constant<int, nv>) for nv in 1..kMaxV (registers of 8 channels in a block)
+template <class F>
+inline void dispatch_nv(int nv, F&& f) {
+  static_assert(kMaxV == 4, "dispatch_nv covers 1..4 registers");
+  switch (nv) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
 }
 
 // Forward. Returns (y (b,l,e), hT (b,n,e), ckpt (b,nc,n,e) or empty).
@@ -79,7 +92,9 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
     std::vector<__m256> h(N * kMaxV), A(N * kMaxV);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, e0 = (task % nblk) * kBlock;
-      const int nv = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      const int nv_rt = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      auto run = [&](auto nv_c) {  // nv a compile-time constant (see scan_bwd_impl)
+      constexpr int nv = decltype(nv_c)::value;
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) {
           h[n * kMaxV + v] = _mm256_loadu_ps(ph0 + (b * N + n) * E + e0 + v * kVec);
@@ -120,6 +135,8 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
       }
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) _mm256_storeu_ps(phT + (b * N + n) * E + e0 + v * kVec, h[n * kMaxV + v]);
+      };
+      dispatch_nv(nv_rt, run);
     }
   });
   return {y, hT, ckpt};
@@ -198,7 +215,11 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
     std::vector<__m256> sBC(2 * N);                   // per-n partial sums of dB, dC (one step)
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, blk = task % nblk, e0 = blk * kBlock;
-      const int nv = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      const int nv_rt = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      // the channel-register count as a compile-time constant: the per-register loops unroll
+      // and their accumulators stay in registers instead of stack arrays
+      auto run = [&](auto nv_c) {
+      constexpr int nv = decltype(nv_c)::value;
       __m256 dDv[kMaxV], dbv[kMaxV], Dr[kMaxV];
       for (int v = 0; v < nv; ++v) {
         dDv[v] = _mm256_setzero_ps();
@@ -277,7 +298,7 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
               const int i = n * kMaxV + v;
               __m256 d = _mm256_fmadd_ps(gv[v], cn, dh[i]);          // dL/dh_t
               sC = _mm256_fmadd_ps(gv[v], hc[i], sC);
-              if (has_z) yv[v] = _mm256_fmadd_ps(hc[i], cn, yv[v]);  // y_t, for dL/dz
+              yv[v] = _mm256_fmadd_ps(hc[i], cn, yv[v]);  // y_t, for dL/dz (no branch in the loop)
               sB = _mm256_fmadd_ps(d, duv[v], sB);
               dxu[v] = _mm256_fmadd_ps(d, bn, dxu[v]);
               const __m256 ad = _mm256_mul_ps(ap[i], d);   // dL/dh_{t-1} through the decay
@@ -326,6 +347,8 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           _mm256_storeu_ps(pdh0 + (b * N + n) * E + e0 + v * kVec, dh[n * kMaxV + v]);
           _mm256_storeu_ps(pdA + (b * N + n) * E + e0 + v * kVec, dA[n * kMaxV + v]);
         }
+      };
+      dispatch_nv(nv_rt, run);
     }
   });
   return {du, ddt, dAt, dBp, dCp, dh0, dDp, dz, dbp};
