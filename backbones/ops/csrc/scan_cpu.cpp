@@ -202,8 +202,15 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
     __m256 x = _mm256_loadu_ps(pdt + off);
     if (has_bias) x = _mm256_add_ps(x, _mm256_loadu_ps(pbias + e));
     if (!softplus) { if (dsp) *dsp = _mm256_set1_ps(1.0f); return x; }
-    if (dsp) *dsp = sigmoid256(x);
-    return softplus256(x);
+    // softplus(x) = max(x, 0) + log(1 + e), sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e), e = exp(-|x|)
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 ex = exp256(_mm256_min_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), x)));
+    const __m256 onep = _mm256_add_ps(one, ex);
+    if (dsp) {
+      const __m256 num = _mm256_blendv_ps(ex, one, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
+      *dsp = _mm256_div_ps(num, onep);
+    }
+    return _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), log256(onep));
   };
 
   at::parallel_for(0, Bsz * nblk, 1, [&](int64_t begin, int64_t end) {
