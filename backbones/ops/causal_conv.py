@@ -65,7 +65,13 @@ class _ConvFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, prev: Tensor, silu: bool) -> Tensor:  # type: ignore[override]
         b, l, e = x.shape
         k = weight.shape[1]
-        if x.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.available():
+        y = None
+        if x.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.has_op("conv_fwd_train"):
+            bias_ = torch.zeros(e) if bias is None else bias.float().contiguous()
+            y, pre = cpu_kernels.ops().conv_fwd_train(
+                x.contiguous(), weight.float().contiguous(), bias_, prev.float().contiguous(), silu
+            )  # act(pre), pre: (b, l, e) each, one pass
+        elif x.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.available():
             bias_ = torch.zeros(e) if bias is None else bias.float().contiguous()
             pre = cpu_kernels.ops().conv_fwd(x.contiguous(), weight.float().contiguous(), bias_, prev.float().contiguous(), False)
         else:
@@ -77,6 +83,8 @@ class _ConvFn(torch.autograd.Function):
                 pre = torch.addcmul(pre, xp[:, j : j + l], weight[:, j])
         ctx.save_for_backward(x, weight, prev, pre)
         ctx.silu, ctx.has_bias = silu, bias is not None
+        if y is not None:
+            return y
         return F.silu(pre) if silu else pre
 
     @staticmethod

@@ -373,13 +373,15 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
 
 // Causal depthwise conv1d (+ optional SiLU), time-major: x (b,l,e), w (e,k), bias (e),
 // cache (b,k-1,e) = the k-1 inputs before x. Returns y (b,l,e).
-at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& cache,
-                    bool silu) {
+static std::vector<at::Tensor> conv_fwd_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                                             const at::Tensor& cache, bool silu, bool keep_pre) {
   check(x, "x", 3); check(w, "weight", 2); check(bias, "bias", 1); check(cache, "cache", 3);
   const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
   TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
   auto wt = w.t().contiguous();  // (k, e)
   auto y = at::empty_like(x);
+  auto pre = keep_pre ? at::empty_like(x) : at::empty({0}, x.options());
+  float* ppre = keep_pre ? pre.data_ptr<float>() : nullptr;
   const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pb = bias.data_ptr<float>();
   const float* pc = cache.data_ptr<float>();
   float* py = y.data_ptr<float>();
@@ -400,13 +402,25 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
           __m256 acc = _mm256_loadu_ps(pb + e);
           for (int64_t k = 0; k < K; ++k)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(pw + k * E + e), _mm256_loadu_ps(src[k] + e), acc);
+          if (keep_pre) _mm256_storeu_ps(ppre + (b * L + t) * E + e, acc);
           if (silu) acc = silu256(acc);
           _mm256_storeu_ps(dst + e, acc);
         }
       }
     }
   });
-  return y;
+  return {y, pre};
+}
+
+at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& cache,
+                    bool silu) {
+  return conv_fwd_impl(x, w, bias, cache, silu, false)[0];
+}
+
+// Training forward: (y = act(pre), pre), both (b,l,e), in one pass (pre is saved for conv_bwd).
+std::vector<at::Tensor> conv_fwd_train(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                                       const at::Tensor& cache, bool silu) {
+  return conv_fwd_impl(x, w, bias, cache, silu, true);
 }
 
 // Backward of conv_fwd's pre-activation (with the SiLU when ``silu``): x (b,l,e), w (e,k),
@@ -494,6 +508,7 @@ TORCH_LIBRARY(longstream_ops, m) {
   m.def("scan_bwd_fused(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, "
         "int chunk, Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
   m.def("conv_bwd(Tensor x, Tensor w, Tensor cache, Tensor pre, Tensor g, bool silu) -> Tensor[]");
+  m.def("conv_fwd_train(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor[]");
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
 }
 
@@ -502,5 +517,6 @@ TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("scan_bwd", &scan_bwd);
   m.impl("scan_bwd_fused", &scan_bwd_impl);
   m.impl("conv_bwd", &conv_bwd);
+  m.impl("conv_fwd_train", &conv_fwd_train);
   m.impl("conv_fwd", &conv_fwd);
 }
