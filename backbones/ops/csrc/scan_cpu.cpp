@@ -24,6 +24,7 @@
 
 #include <immintrin.h>
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -425,8 +426,8 @@ std::vector<at::Tensor> conv_fwd_train(const at::Tensor& x, const at::Tensor& w,
 
 // Backward of conv_fwd's pre-activation (with the SiLU when ``silu``): x (b,l,e), w (e,k),
 // cache (b,k-1,e), pre (b,l,e) the saved pre-activation, g (b,l,e) the output gradient.
-// Returns (gx (b,l,e), gw (e,k), gb (e), gcache (b,k-1,e)). Pass 1 forms gp = dL/dpre; pass 2
-// walks time blocks: gx[s] = sum_j w[j] gp[s+k-1-j], gw[j] += gp[t] xp[t+j], gb += gp[t], with
+// Returns (gx (b,l,e), gw (e,k), gb (e), gcache (b,k-1,e)). Per time block, gp = dL/dpre is
+// formed in a block-local buffer, then: gx[s] = sum_j w[j] gp[s+k-1-j], gw[j] += gp[t] xp[t+j], gb += gp[t], with
 // per-task partial sums of gw / gb (summed at the end, so the result does not depend on threads).
 std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cache,
                                  const at::Tensor& pre, const at::Tensor& g, bool silu) {
@@ -434,28 +435,29 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const
   const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
   TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
   auto wt = w.t().contiguous();  // (k, e)
-  auto gp = silu ? at::empty_like(x) : g;
   auto gx = at::empty_like(x);
   const int64_t tb = 256, ntb = (L + tb - 1) / tb, nblk = E / kVec;
   auto part = at::zeros({Bsz * ntb, K + 1, E}, x.options());  // rows 0..k-1: gw taps, row k: gb
   const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pc = cache.data_ptr<float>();
   const float *ppre = pre.data_ptr<float>(), *pg = g.data_ptr<float>();
-  float *pgp = gp.data_ptr<float>(), *pgx = gx.data_ptr<float>(), *ppart = part.data_ptr<float>();
-  if (silu) {  // gp = g * sig(pre) (1 + pre (1 - sig(pre)))
-    at::parallel_for(0, Bsz * L * nblk, 4096, [&](int64_t begin, int64_t end) {
-      const __m256 one = _mm256_set1_ps(1.0f);
-      for (int64_t i = begin; i < end; ++i) {
-        const __m256 p = _mm256_loadu_ps(ppre + i * kVec);
-        const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), p))));
-        const __m256 d = _mm256_mul_ps(sg, _mm256_fmadd_ps(p, _mm256_sub_ps(one, sg), one));
-        _mm256_storeu_ps(pgp + i * kVec, _mm256_mul_ps(_mm256_loadu_ps(pg + i * kVec), d));
-      }
-    });
-  }
-  const float* cgp = pgp;
+  float *pgx = gx.data_ptr<float>(), *ppart = part.data_ptr<float>();
   at::parallel_for(0, Bsz * ntb, 1, [&](int64_t begin, int64_t end) {
+    // gp = dL/dpre = g * sig(pre) (1 + pre (1 - sig(pre))) for the rows of one time block and the
+    // k-1 after it, in a block-local buffer (no (b, l, e) temporary)
+    std::vector<float> gbuf(silu ? (tb + K - 1) * E : 0);
+    const __m256 one = _mm256_set1_ps(1.0f);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / ntb, ts = (task % ntb) * tb, te = std::min(L, ts + tb);
+      const int64_t tg = std::min(L, te + K - 1);  // gp rows [ts, tg) are used
+      if (silu)
+        for (int64_t i = 0; i < (tg - ts) * E; i += kVec) {
+          const int64_t o = (b * L + ts) * E + i;
+          const __m256 p = _mm256_loadu_ps(ppre + o);
+          const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), p))));
+          const __m256 d = _mm256_mul_ps(sg, _mm256_fmadd_ps(p, _mm256_sub_ps(one, sg), one));
+          _mm256_storeu_ps(gbuf.data() + i, _mm256_mul_ps(_mm256_loadu_ps(pg + o), d));
+        }
+      auto gp_row = [&](int64_t q) { return silu ? gbuf.data() + (q - ts) * E : pg + (b * L + q) * E; };
       float* pp = ppart + task * (K + 1) * E;
       for (int64_t t = ts; t < te; ++t) {
         const float* src[8];  // xp[t + j]
@@ -464,9 +466,9 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const
           const int64_t s = t - (K - 1) + j;
           src[j] = s >= 0 ? px + (b * L + s) * E : pc + (b * (K - 1) + (K - 1) + s) * E;
           const int64_t q = t + (K - 1) - j;
-          gsrc[j] = q < L ? cgp + (b * L + q) * E : nullptr;
+          gsrc[j] = q < L ? gp_row(q) : nullptr;
         }
-        const float* gt = cgp + (b * L + t) * E;
+        const float* gt = gp_row(t);
         float* dst = pgx + (b * L + t) * E;
         for (int64_t jb = 0; jb < nblk; ++jb) {
           const int64_t e = jb * kVec;
@@ -494,8 +496,15 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const
   for (int64_t b = 0; b < Bsz; ++b)
     for (int64_t u = 0; u < K - 1; ++u)
       for (int64_t t = 0; t <= u && t < L; ++t)
-        for (int64_t e = 0; e < E; ++e)
-          pgc[(b * (K - 1) + u) * E + e] += pw[(u - t) * E + e] * cgp[(b * L + t) * E + e];
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t o = (b * L + t) * E + e;
+          float gpv = pg[o];
+          if (silu) {
+            const float sg = 1.0f / (1.0f + std::exp(-ppre[o]));
+            gpv *= sg * (1.0f + ppre[o] * (1.0f - sg));
+          }
+          pgc[(b * (K - 1) + u) * E + e] += pw[(u - t) * E + e] * gpv;
+        }
   return {gx, gw, gb, gc};
 }
 
