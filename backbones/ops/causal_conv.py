@@ -57,14 +57,21 @@ class _ConvFn(torch.autograd.Function):
     """Training path: causal depthwise conv (+ SiLU) with a hand-written backward, so autograd
     keeps two (b, l, e) tensors instead of one per tap and the backward is K multiply-adds for
     dx plus K dot products for dw (no zero-filled slice gradients). The pre-activation comes from
-    the compiled forward kernel when it is available. x (b, l, e), weight (e, k), bias (e,) or
-    None, prev (b, k-1, e) -> y (b, l, e)."""
+    the compiled forward kernel when it is available, and the whole backward (SiLU', dx, dw,
+    db, d cache) is one compiled ``conv_bwd`` call when the kernels are built.
+    x (b, l, e), weight (e, k), bias (e,) or None, prev (b, k-1, e) -> y (b, l, e)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, prev: Tensor, silu: bool) -> Tensor:  # type: ignore[override]
         b, l, e = x.shape
         k = weight.shape[1]
-        if x.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.available():
+        y = None
+        if x.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.has_op("conv_fwd_train"):
+            bias_ = torch.zeros(e) if bias is None else bias.float().contiguous()
+            y, pre = cpu_kernels.ops().conv_fwd_train(
+                x.contiguous(), weight.float().contiguous(), bias_, prev.float().contiguous(), silu
+            )  # act(pre), pre: (b, l, e) each, one pass
+        elif x.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.available():
             bias_ = torch.zeros(e) if bias is None else bias.float().contiguous()
             pre = cpu_kernels.ops().conv_fwd(x.contiguous(), weight.float().contiguous(), bias_, prev.float().contiguous(), False)
         else:
@@ -76,6 +83,8 @@ class _ConvFn(torch.autograd.Function):
                 pre = torch.addcmul(pre, xp[:, j : j + l], weight[:, j])
         ctx.save_for_backward(x, weight, prev, pre)
         ctx.silu, ctx.has_bias = silu, bias is not None
+        if y is not None:
+            return y
         return F.silu(pre) if silu else pre
 
     @staticmethod
@@ -83,6 +92,11 @@ class _ConvFn(torch.autograd.Function):
         x, weight, prev, pre = ctx.saved_tensors
         b, l, e = x.shape
         k = weight.shape[1]
+        if pre.dtype == torch.float32 and e % 8 == 0 and k <= 8 and cpu_kernels.has_op("conv_bwd"):
+            gx, gw, gb, gprev = cpu_kernels.ops().conv_bwd(
+                x.contiguous(), weight.float().contiguous(), prev.float().contiguous(), pre.contiguous(), g.float().contiguous(), ctx.silu
+            )  # (b, l, e), (e, k), (e,), (b, k-1, e)
+            return gx, gw.to(weight.dtype), gb if ctx.has_bias else None, gprev, None
         gp = torch.ops.aten.silu_backward(g, pre) if ctx.silu else g.contiguous()  # (b, l, e) grad of pre
         want_x = ctx.needs_input_grad[0]
         gx = torch.empty_like(x) if want_x else None

@@ -9,7 +9,9 @@ For each channel e and state index n, with input-dependent step ``dt``, ``B`` an
 Three implementations share one signature and are tested against each other:
 
 - ``backend="cpp"``: compiled AVX2 kernel (``csrc/scan_cpu.cpp``); walks the sequence once
-  with the state in registers, forward and chunked-recompute backward. The default on CPU.
+  with the state in registers, forward and chunked-recompute backward. The default on CPU;
+  in training (float32) the dt bias + softplus, the D skip and the SiLU gate are fused into
+  both the forward and the backward kernel (``_FusedScanFn``).
 - ``backend="torch"``: pure PyTorch, chunked: per chunk of ``chunk_size`` steps the decays
   ``exp(dt A)`` and inputs ``dt u B`` are computed in bulk, then one fused in-place
   ``addcmul`` per step. Memory is O(chunk * E * N), never a (B, L, E, N) tensor.
@@ -165,6 +167,39 @@ class _ScanFn(torch.autograd.Function):
         return du, ddt, dA, dB, dC, dh0, None, None
 
 
+class _FusedScanFn(torch.autograd.Function):
+    """Training path of the compiled kernels with the prologue / epilogue fused on both sides:
+    ``dt <- softplus(dt + dt_bias)``, ``y <- (y + D u) * silu(z)``. The forward is one
+    ``scan_fwd`` call (it also stores the chunk checkpoints); the backward one ``scan_bwd_fused``
+    call that returns the gradients of the raw dt, D, z and dt_bias too, so none of the
+    (b, l, e) elementwise tensors of the unfused path (and their autograd copies) exist.
+    All float32 contiguous; D, z, dt_bias may be empty (absent). Returns (out (b,l,e), h_T (b,e,n))."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C, D, z, dt_bias, h0, softplus: bool, chunk: int):  # type: ignore[override]
+        At = A.t().contiguous()  # (n, e)
+        y, hT, ck = cpu_kernels.ops().scan_fwd(
+            u, dt, At, B, C, h0.transpose(1, 2).contiguous(), chunk, True, dt_bias, softplus, D, z
+        )
+        ctx.save_for_backward(u, dt, At, B, C, D, z, dt_bias, ck)
+        ctx.chunk, ctx.softplus = chunk, softplus
+        return y, hT.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, dy, dhT):  # type: ignore[override]
+        u, dt, At, B, C, D, z, dt_bias, ck = ctx.saved_tensors
+        b, _, e = u.shape
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous()
+        dhT = u.new_zeros(b, At.shape[0], e) if dhT is None else dhT.transpose(1, 2).contiguous()  # (b, n, e)
+        du, ddt, dAt, dBp, dCp, dh0, dDp, dz, dbp = cpu_kernels.ops().scan_bwd_fused(
+            u, dt, At, B, C, ck, dy, dhT, ctx.chunk, dt_bias, ctx.softplus, D, z
+        )
+        gD = dDp.sum(0) if D.numel() else None
+        gz = dz if z.numel() else None
+        gb = dbp.sum(0) if dt_bias.numel() else None
+        return du, ddt, dAt.sum(0).t(), dBp.sum(1), dCp.sum(1), gD, gz, gb, dh0.transpose(1, 2), None, None
+
+
 def scan_core(
     u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, *, chunk_size: int = 64, backend: str = "auto"
 ) -> tuple[Tensor, Tensor]:
@@ -260,6 +295,19 @@ def selective_scan(
             f32(dt_bias), bool(dt_softplus), f32(D), f32(z),
         )
         return y, hT.transpose(1, 2).contiguous()
+    if (
+        needs_grad
+        and e % 8 == 0
+        and all(t is None or t.dtype == torch.float32 for t in (u, dt, A, B, C, D, z, dt_bias))
+        and _want_cpp(u, backend)
+        and cpu_kernels.has_op("scan_bwd_fused")
+    ):  # training: softplus, D skip and gate fused into the compiled forward and backward
+        c = lambda t: u.new_empty(0) if t is None else t.contiguous()
+        y, hT = _FusedScanFn.apply(
+            u.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), c(D), c(z), c(dt_bias),
+            h0.float(), bool(dt_softplus), int(chunk_size),
+        )
+        return y, hT
     if dt_bias is not None:
         dt = dt + dt_bias
     if dt_softplus:

@@ -1,5 +1,5 @@
 // longstream CPU kernels: the sequential selective-scan recurrence (Mamba, Gu & Dao 2023)
-// forward + backward, and a causal depthwise conv1d forward, for time-major float32 tensors.
+// forward + backward, and a causal depthwise conv1d forward + backward, for time-major float32 tensors.
 //
 // Axis legend: b batch, l length, e inner channels, n state size, k conv width.
 // Layout (all contiguous float32):
@@ -24,6 +24,8 @@
 
 #include <immintrin.h>
 #include <algorithm>
+#include <cmath>
+#include <type_traits>
 #include <vector>
 
 #if !defined(__AVX2__) || !defined(__FMA__)
@@ -44,6 +46,18 @@ void check(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
   TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dims");
+}
+
+// f(std::integral_constant<int, nv>) for nv in 1..kMaxV (registers of 8 channels in a block)
+template <class F>
+inline void dispatch_nv(int nv, F&& f) {
+  static_assert(kMaxV == 4, "dispatch_nv covers 1..4 registers");
+  switch (nv) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
 }
 
 // Forward. Returns (y (b,l,e), hT (b,n,e), ckpt (b,nc,n,e) or empty).
@@ -79,7 +93,9 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
     std::vector<__m256> h(N * kMaxV), A(N * kMaxV);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, e0 = (task % nblk) * kBlock;
-      const int nv = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      const int nv_rt = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      auto run = [&](auto nv_c) {  // nv a compile-time constant (see scan_bwd_impl)
+      constexpr int nv = decltype(nv_c)::value;
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) {
           h[n * kMaxV + v] = _mm256_loadu_ps(ph0 + (b * N + n) * E + e0 + v * kVec);
@@ -120,38 +136,104 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
       }
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) _mm256_storeu_ps(phT + (b * N + n) * E + e0 + v * kVec, h[n * kMaxV + v]);
+      };
+      dispatch_nv(nv_rt, run);
     }
   });
   return {y, hT, ckpt};
 }
 
-// Backward by chunked recompute from the checkpoints.
-// Returns (du (b,l,e), ddt (b,l,e), dAt (b,n,e), dB_part (b,nblk,l,n), dC_part (b,nblk,l,n), dh0 (b,n,e)).
-std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
-                                 const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
-                                 const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk) {
+// (hsum(v[0]), ..., hsum(v[7])) in one register: a transpose-and-add tree.
+static inline __m256 hsum8x256(const __m256* v) {
+  const __m256 s01 = _mm256_hadd_ps(v[0], v[1]), s23 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 s45 = _mm256_hadd_ps(v[4], v[5]), s67 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  // s0123 = (v0 lo, v1 lo, v2 lo, v3 lo | v0 hi, v1 hi, v2 hi, v3 hi), same for s4567
+  const __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20), hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+  return _mm256_add_ps(lo, hi);
+}
+
+static inline __m256 sigmoid256(__m256 x) {
+  return _mm256_div_ps(_mm256_set1_ps(1.0f),
+                       _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+// Backward by chunked recompute from the checkpoints. The recompute pass keeps the decays of
+// the chunk beside its states (one exp2 per (t, n, channel) in the whole backward, not two).
+// With the optional prologue / epilogue of scan_fwd (dt_bias, softplus, D, z: pass empty tensors
+// to skip) ``dy`` is the gradient of the gated output and ``dt`` the raw step; the kernel then
+// also returns the gradients of D, z and dt_bias, and ddt is the gradient of the raw dt.
+// Returns (du (b,l,e), ddt (b,l,e), dAt (b,n,e), dB_part (b,nblk,l,n), dC_part (b,nblk,l,n),
+//          dh0 (b,n,e), dD_part (b,e), dz (b,l,e) or empty, dbias_part (b,e)).
+std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
+                                      const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
+                                      const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk,
+                                      const at::Tensor& dt_bias, bool softplus, const at::Tensor& Dv,
+                                      const at::Tensor& z) {
   check(u, "u", 3); check(dt, "dt", 3); check(At, "At", 2); check(Bm, "B", 3); check(Cm, "C", 3);
   check(ckpt, "ckpt", 4); check(dy, "dy", 3); check(dhT, "dhT", 3);
   const int64_t Bsz = u.size(0), L = u.size(1), E = u.size(2), N = At.size(0);
+  TORCH_CHECK(E % kVec == 0, "channels must be a multiple of 8");
   const int64_t nc = ckpt.size(1);
+  TORCH_CHECK(nc == (L + chunk - 1) / chunk, "checkpoints do not match the chunk size");
   const int64_t nblk = (E + kBlock - 1) / kBlock;
+  const bool has_bias = dt_bias.numel() > 0, has_D = Dv.numel() > 0, has_z = z.numel() > 0;
+  if (has_bias) { check(dt_bias, "dt_bias", 1); TORCH_CHECK(dt_bias.size(0) == E, "dt_bias size"); }
+  if (has_D) { check(Dv, "D", 1); TORCH_CHECK(Dv.size(0) == E, "D size"); }
+  if (has_z) { check(z, "z", 3); TORCH_CHECK(z.sizes() == u.sizes(), "z shape"); }
+  const float* pbias = has_bias ? dt_bias.data_ptr<float>() : nullptr;
+  const float* pD = has_D ? Dv.data_ptr<float>() : nullptr;
+  const float* pz = has_z ? z.data_ptr<float>() : nullptr;
   auto du = at::empty_like(u), ddt = at::empty_like(u);
   auto dAt = at::zeros({Bsz, N, E}, u.options());
   auto dBp = at::empty({Bsz, nblk, L, N}, u.options()), dCp = at::empty({Bsz, nblk, L, N}, u.options());
   auto dh0 = at::empty({Bsz, N, E}, u.options());
+  auto dDp = at::zeros({Bsz, E}, u.options()), dbp = at::zeros({Bsz, E}, u.options());
+  auto dz = has_z ? at::empty_like(u) : at::empty({0}, u.options());
   const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *pck = ckpt.data_ptr<float>();
   const float *pdy = dy.data_ptr<float>(), *pdhT = dhT.data_ptr<float>();
   float *pdu = du.data_ptr<float>(), *pddt = ddt.data_ptr<float>(), *pdA = dAt.data_ptr<float>();
   float *pdB = dBp.data_ptr<float>(), *pdC = dCp.data_ptr<float>(), *pdh0 = dh0.data_ptr<float>();
+  float *pdD = dDp.data_ptr<float>(), *pdb = dbp.data_ptr<float>();
+  float* pdz = has_z ? dz.data_ptr<float>() : nullptr;
+
+  // dt as the scan sees it (bias + softplus applied) and d(dt)/d(raw dt), for one register
+  auto step_dt = [&](int64_t off, int64_t e, __m256* dsp) {
+    __m256 x = _mm256_loadu_ps(pdt + off);
+    if (has_bias) x = _mm256_add_ps(x, _mm256_loadu_ps(pbias + e));
+    if (!softplus) { if (dsp) *dsp = _mm256_set1_ps(1.0f); return x; }
+    // softplus(x) = max(x, 0) + log(1 + e), sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e), e = exp(-|x|)
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 ex = exp256(_mm256_min_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), x)));
+    const __m256 onep = _mm256_add_ps(one, ex);
+    if (dsp) {
+      const __m256 num = _mm256_blendv_ps(ex, one, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
+      *dsp = _mm256_div_ps(num, onep);
+    }
+    return _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), log256(onep));
+  };
 
   at::parallel_for(0, Bsz * nblk, 1, [&](int64_t begin, int64_t end) {
     FtzGuard ftz;
     std::vector<__m256> A(N * kMaxV), A2(N * kMaxV), dh(N * kMaxV), dA(N * kMaxV);
     std::vector<__m256> hs((chunk + 1) * N * kMaxV);  // hs[i] = state before local step i
+    std::vector<__m256> as(chunk * N * kMaxV);        // as[i] = decay of local step i
+    std::vector<__m256> dts(chunk * kMaxV * 2);       // dt and d(dt)/d(raw dt) of local step i
+    std::vector<__m256> sBC(2 * N);                   // per-n partial sums of dB, dC (one step)
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, blk = task % nblk, e0 = blk * kBlock;
-      const int nv = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      const int nv_rt = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
+      // the channel-register count as a compile-time constant: the per-register loops unroll
+      // and their accumulators stay in registers instead of stack arrays
+      auto run = [&](auto nv_c) {
+      constexpr int nv = decltype(nv_c)::value;
+      __m256 dDv[kMaxV], dbv[kMaxV], Dr[kMaxV];
+      for (int v = 0; v < nv; ++v) {
+        dDv[v] = _mm256_setzero_ps();
+        dbv[v] = _mm256_setzero_ps();
+        Dr[v] = has_D ? _mm256_loadu_ps(pD + e0 + v * kVec) : _mm256_setzero_ps();
+      }
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) {
           A[n * kMaxV + v] = _mm256_loadu_ps(pA + n * E + e0 + v * kVec);
@@ -161,7 +243,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
         }
       for (int64_t c = nc - 1; c >= 0; --c) {
         const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk);
-        // recompute the states of this chunk
+        // recompute the states (and decays) of this chunk
         const float* ck = pck + ((b * nc + c) * N) * E + e0;
         for (int64_t n = 0; n < N; ++n)
           for (int v = 0; v < nv; ++v) hs[n * kMaxV + v] = _mm256_loadu_ps(ck + n * E + v * kVec);
@@ -170,15 +252,19 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
           const float* Bt = pB + (b * L + t) * N;
           __m256* hp = hs.data() + (t - t0) * N * kMaxV;
           __m256* hn = hp + N * kMaxV;
+          __m256* ap = as.data() + (t - t0) * N * kMaxV;
+          __m256* dp = dts.data() + (t - t0) * kMaxV * 2;
           __m256 dtv[kMaxV], duv[kMaxV];
           for (int v = 0; v < nv; ++v) {
-            dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+            dtv[v] = step_dt(off + v * kVec, e0 + v * kVec, dp + kMaxV + v);
+            dp[v] = dtv[v];
             duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
           }
           for (int64_t n = 0; n < N; ++n) {
             const __m256 bn = _mm256_set1_ps(Bt[n]);
             for (int v = 0; v < nv; ++v) {
               __m256 a = exp2_256(_mm256_mul_ps(dtv[v], A2[n * kMaxV + v]));
+              ap[n * kMaxV + v] = a;
               hn[n * kMaxV + v] = _mm256_fmadd_ps(a, hp[n * kMaxV + v], _mm256_mul_ps(duv[v], bn));
             }
           }
@@ -190,14 +276,26 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
           const float* Ct = pC + (b * L + t) * N;
           const __m256* hp = hs.data() + (t - t0) * N * kMaxV;
           const __m256* hc = hp + N * kMaxV;
-          __m256 dtv[kMaxV], uv[kMaxV], duv[kMaxV], gv[kMaxV], dxu[kMaxV], ddtv[kMaxV];
+          const __m256* ap = as.data() + (t - t0) * N * kMaxV;
+          const __m256* dp = dts.data() + (t - t0) * kMaxV * 2;
+          __m256 dtv[kMaxV], dsv[kMaxV], uv[kMaxV], duv[kMaxV], gv[kMaxV], gout[kMaxV], sz[kMaxV], zv[kMaxV];
+          __m256 dxu[kMaxV], ddtv[kMaxV], yv[kMaxV];
           for (int v = 0; v < nv; ++v) {
-            dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+            dtv[v] = dp[v];
+            dsv[v] = dp[kMaxV + v];
             uv[v] = _mm256_loadu_ps(pu + off + v * kVec);
             duv[v] = _mm256_mul_ps(dtv[v], uv[v]);
-            gv[v] = _mm256_loadu_ps(pdy + off + v * kVec);
+            gout[v] = _mm256_loadu_ps(pdy + off + v * kVec);
+            if (has_z) {  // out = y * silu(z): dL/dy = dL/dout * silu(z)
+              zv[v] = _mm256_loadu_ps(pz + off + v * kVec);
+              sz[v] = sigmoid256(zv[v]);
+              gv[v] = _mm256_mul_ps(gout[v], _mm256_mul_ps(zv[v], sz[v]));
+            } else {
+              gv[v] = gout[v];
+            }
             dxu[v] = _mm256_setzero_ps();
             ddtv[v] = _mm256_setzero_ps();
+            yv[v] = _mm256_setzero_ps();
           }
           float* dBrow = pdB + ((b * nblk + blk) * L + t) * N;
           float* dCrow = pdC + ((b * nblk + blk) * L + t) * N;
@@ -208,42 +306,83 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
               const int i = n * kMaxV + v;
               __m256 d = _mm256_fmadd_ps(gv[v], cn, dh[i]);          // dL/dh_t
               sC = _mm256_fmadd_ps(gv[v], hc[i], sC);
+              yv[v] = _mm256_fmadd_ps(hc[i], cn, yv[v]);  // y_t, for dL/dz (no branch in the loop)
               sB = _mm256_fmadd_ps(d, duv[v], sB);
               dxu[v] = _mm256_fmadd_ps(d, bn, dxu[v]);
-              __m256 a = exp2_256(_mm256_mul_ps(dtv[v], A2[i]));
-              __m256 daa = _mm256_mul_ps(_mm256_mul_ps(d, hp[i]), a);  // dL/d(dt A) for this n
+              const __m256 ad = _mm256_mul_ps(ap[i], d);   // dL/dh_{t-1} through the decay
+              const __m256 daa = _mm256_mul_ps(ad, hp[i]);  // dL/d(dt A) for this n
               ddtv[v] = _mm256_fmadd_ps(daa, A[i], ddtv[v]);
               dA[i] = _mm256_fmadd_ps(daa, dtv[v], dA[i]);
-              dh[i] = _mm256_mul_ps(a, d);
+              dh[i] = ad;
             }
-            dBrow[n] = hsum256(sB);
-            dCrow[n] = hsum256(sC);
+            sBC[n] = sB;
+            sBC[N + n] = sC;
+          }
+          int64_t n8 = 0;
+          for (; n8 + kVec <= N; n8 += kVec) {  // 8 horizontal sums at once
+            _mm256_storeu_ps(dBrow + n8, hsum8x256(sBC.data() + n8));
+            _mm256_storeu_ps(dCrow + n8, hsum8x256(sBC.data() + N + n8));
+          }
+          for (; n8 < N; ++n8) {
+            dBrow[n8] = hsum256(sBC[n8]);
+            dCrow[n8] = hsum256(sBC[N + n8]);
           }
           for (int v = 0; v < nv; ++v) {
-            _mm256_storeu_ps(pdu + off + v * kVec, _mm256_mul_ps(dxu[v], dtv[v]));
-            _mm256_storeu_ps(pddt + off + v * kVec, _mm256_fmadd_ps(dxu[v], uv[v], ddtv[v]));
+            __m256 duo = _mm256_mul_ps(dxu[v], dtv[v]);
+            if (has_D) {
+              duo = _mm256_fmadd_ps(gv[v], Dr[v], duo);
+              dDv[v] = _mm256_fmadd_ps(gv[v], uv[v], dDv[v]);
+            }
+            _mm256_storeu_ps(pdu + off + v * kVec, duo);
+            __m256 g = _mm256_mul_ps(_mm256_fmadd_ps(dxu[v], uv[v], ddtv[v]), dsv[v]);  // dL/d(raw dt)
+            dbv[v] = _mm256_add_ps(dbv[v], g);
+            _mm256_storeu_ps(pddt + off + v * kVec, g);
+            if (has_z) {  // dL/dz = dL/dout * (y + D u) * sig(z) (1 + z (1 - sig(z)))
+              const __m256 one = _mm256_set1_ps(1.0f);
+              __m256 yp = has_D ? _mm256_fmadd_ps(Dr[v], uv[v], yv[v]) : yv[v];
+              __m256 ds = _mm256_mul_ps(sz[v], _mm256_fmadd_ps(zv[v], _mm256_sub_ps(one, sz[v]), one));
+              _mm256_storeu_ps(pdz + off + v * kVec, _mm256_mul_ps(_mm256_mul_ps(gout[v], yp), ds));
+            }
           }
         }
+      }
+      for (int v = 0; v < nv; ++v) {
+        _mm256_storeu_ps(pdD + b * E + e0 + v * kVec, dDv[v]);
+        _mm256_storeu_ps(pdb + b * E + e0 + v * kVec, dbv[v]);
       }
       for (int64_t n = 0; n < N; ++n)
         for (int v = 0; v < nv; ++v) {
           _mm256_storeu_ps(pdh0 + (b * N + n) * E + e0 + v * kVec, dh[n * kMaxV + v]);
           _mm256_storeu_ps(pdA + (b * N + n) * E + e0 + v * kVec, dA[n * kMaxV + v]);
         }
+      };
+      dispatch_nv(nv_rt, run);
     }
   });
-  return {du, ddt, dAt, dBp, dCp, dh0};
+  return {du, ddt, dAt, dBp, dCp, dh0, dDp, dz, dbp};
+}
+
+// The bare recurrence's backward. Returns (du, ddt, dAt, dB_part, dC_part, dh0) as above.
+std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
+                                 const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
+                                 const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk) {
+  auto none = at::empty({0}, u.options());
+  auto r = scan_bwd_impl(u, dt, At, Bm, Cm, ckpt, dy, dhT, chunk, none, false, none, none);
+  r.resize(6);
+  return r;
 }
 
 // Causal depthwise conv1d (+ optional SiLU), time-major: x (b,l,e), w (e,k), bias (e),
 // cache (b,k-1,e) = the k-1 inputs before x. Returns y (b,l,e).
-at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& cache,
-                    bool silu) {
+static std::vector<at::Tensor> conv_fwd_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                                             const at::Tensor& cache, bool silu, bool keep_pre) {
   check(x, "x", 3); check(w, "weight", 2); check(bias, "bias", 1); check(cache, "cache", 3);
   const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
   TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
   auto wt = w.t().contiguous();  // (k, e)
   auto y = at::empty_like(x);
+  auto pre = keep_pre ? at::empty_like(x) : at::empty({0}, x.options());
+  float* ppre = keep_pre ? pre.data_ptr<float>() : nullptr;
   const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pb = bias.data_ptr<float>();
   const float* pc = cache.data_ptr<float>();
   float* py = y.data_ptr<float>();
@@ -264,13 +403,109 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
           __m256 acc = _mm256_loadu_ps(pb + e);
           for (int64_t k = 0; k < K; ++k)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(pw + k * E + e), _mm256_loadu_ps(src[k] + e), acc);
+          if (keep_pre) _mm256_storeu_ps(ppre + (b * L + t) * E + e, acc);
           if (silu) acc = silu256(acc);
           _mm256_storeu_ps(dst + e, acc);
         }
       }
     }
   });
-  return y;
+  return {y, pre};
+}
+
+at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& cache,
+                    bool silu) {
+  return conv_fwd_impl(x, w, bias, cache, silu, false)[0];
+}
+
+// Training forward: (y = act(pre), pre), both (b,l,e), in one pass (pre is saved for conv_bwd).
+std::vector<at::Tensor> conv_fwd_train(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                                       const at::Tensor& cache, bool silu) {
+  return conv_fwd_impl(x, w, bias, cache, silu, true);
+}
+
+// Backward of conv_fwd's pre-activation (with the SiLU when ``silu``): x (b,l,e), w (e,k),
+// cache (b,k-1,e), pre (b,l,e) the saved pre-activation, g (b,l,e) the output gradient.
+// Returns (gx (b,l,e), gw (e,k), gb (e), gcache (b,k-1,e)). Per time block, gp = dL/dpre is
+// formed in a block-local buffer, then: gx[s] = sum_j w[j] gp[s+k-1-j], gw[j] += gp[t] xp[t+j], gb += gp[t], with
+// per-task partial sums of gw / gb (summed at the end, so the result does not depend on threads).
+std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cache,
+                                 const at::Tensor& pre, const at::Tensor& g, bool silu) {
+  check(x, "x", 3); check(w, "weight", 2); check(cache, "cache", 3); check(pre, "pre", 3); check(g, "grad", 3);
+  const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
+  TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
+  auto wt = w.t().contiguous();  // (k, e)
+  auto gx = at::empty_like(x);
+  const int64_t tb = 256, ntb = (L + tb - 1) / tb, nblk = E / kVec;
+  auto part = at::zeros({Bsz * ntb, K + 1, E}, x.options());  // rows 0..k-1: gw taps, row k: gb
+  const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pc = cache.data_ptr<float>();
+  const float *ppre = pre.data_ptr<float>(), *pg = g.data_ptr<float>();
+  float *pgx = gx.data_ptr<float>(), *ppart = part.data_ptr<float>();
+  at::parallel_for(0, Bsz * ntb, 1, [&](int64_t begin, int64_t end) {
+    // gp = dL/dpre = g * sig(pre) (1 + pre (1 - sig(pre))) for the rows of one time block and the
+    // k-1 after it, in a block-local buffer (no (b, l, e) temporary)
+    std::vector<float> gbuf(silu ? (tb + K - 1) * E : 0);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / ntb, ts = (task % ntb) * tb, te = std::min(L, ts + tb);
+      const int64_t tg = std::min(L, te + K - 1);  // gp rows [ts, tg) are used
+      if (silu)
+        for (int64_t i = 0; i < (tg - ts) * E; i += kVec) {
+          const int64_t o = (b * L + ts) * E + i;
+          const __m256 p = _mm256_loadu_ps(ppre + o);
+          const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), p))));
+          const __m256 d = _mm256_mul_ps(sg, _mm256_fmadd_ps(p, _mm256_sub_ps(one, sg), one));
+          _mm256_storeu_ps(gbuf.data() + i, _mm256_mul_ps(_mm256_loadu_ps(pg + o), d));
+        }
+      auto gp_row = [&](int64_t q) { return silu ? gbuf.data() + (q - ts) * E : pg + (b * L + q) * E; };
+      float* pp = ppart + task * (K + 1) * E;
+      for (int64_t t = ts; t < te; ++t) {
+        const float* src[8];  // xp[t + j]
+        const float* gsrc[8];  // gp[t + k-1-j], or nullptr past the end
+        for (int64_t j = 0; j < K; ++j) {
+          const int64_t s = t - (K - 1) + j;
+          src[j] = s >= 0 ? px + (b * L + s) * E : pc + (b * (K - 1) + (K - 1) + s) * E;
+          const int64_t q = t + (K - 1) - j;
+          gsrc[j] = q < L ? gp_row(q) : nullptr;
+        }
+        const float* gt = gp_row(t);
+        float* dst = pgx + (b * L + t) * E;
+        for (int64_t jb = 0; jb < nblk; ++jb) {
+          const int64_t e = jb * kVec;
+          const __m256 gv = _mm256_loadu_ps(gt + e);
+          __m256 acc = _mm256_setzero_ps();
+          for (int64_t j = 0; j < K; ++j) {
+            const __m256 wj = _mm256_loadu_ps(pw + j * E + e);
+            if (gsrc[j]) acc = _mm256_fmadd_ps(wj, _mm256_loadu_ps(gsrc[j] + e), acc);
+            float* gw = pp + j * E + e;
+            _mm256_storeu_ps(gw, _mm256_fmadd_ps(gv, _mm256_loadu_ps(src[j] + e), _mm256_loadu_ps(gw)));
+          }
+          float* gb = pp + K * E + e;
+          _mm256_storeu_ps(gb, _mm256_add_ps(gv, _mm256_loadu_ps(gb)));
+          _mm256_storeu_ps(dst + e, acc);
+        }
+      }
+    }
+  });
+  auto sums = part.sum(0);  // (k+1, e)
+  auto gw = sums.narrow(0, 0, K).t().contiguous();
+  auto gb = sums[K].contiguous();
+  // cache[u] = xp[u] feeds pre[t] through tap u - t, for t <= u
+  auto gc = at::zeros({Bsz, K - 1, E}, x.options());
+  float* pgc = gc.data_ptr<float>();
+  for (int64_t b = 0; b < Bsz; ++b)
+    for (int64_t u = 0; u < K - 1; ++u)
+      for (int64_t t = 0; t <= u && t < L; ++t)
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t o = (b * L + t) * E + e;
+          float gpv = pg[o];
+          if (silu) {
+            const float sg = 1.0f / (1.0f + std::exp(-ppre[o]));
+            gpv *= sg * (1.0f + ppre[o] * (1.0f - sg));
+          }
+          pgc[(b * (K - 1) + u) * E + e] += pw[(u - t) * E + e] * gpv;
+        }
+  return {gx, gw, gb, gc};
 }
 
 }  // namespace
@@ -279,11 +514,18 @@ TORCH_LIBRARY(longstream_ops, m) {
   m.def("scan_fwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor h0, int chunk, bool save_ckpt, "
         "Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
   m.def("scan_bwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, int chunk) -> Tensor[]");
+  m.def("scan_bwd_fused(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, "
+        "int chunk, Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
+  m.def("conv_bwd(Tensor x, Tensor w, Tensor cache, Tensor pre, Tensor g, bool silu) -> Tensor[]");
+  m.def("conv_fwd_train(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor[]");
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("scan_fwd", &scan_fwd);
   m.impl("scan_bwd", &scan_bwd);
+  m.impl("scan_bwd_fused", &scan_bwd_impl);
+  m.impl("conv_bwd", &conv_bwd);
+  m.impl("conv_fwd_train", &conv_fwd_train);
   m.impl("conv_fwd", &conv_fwd);
 }
