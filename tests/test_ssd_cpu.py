@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from longstream.backbones.mamba2 import _GatedRMSNormFn
-from longstream.backbones.ops.causal_conv import _ConvFn, causal_conv1d, causal_conv1d_ref
 from longstream.backbones.ops import ssd as ssd_mod
+from longstream.backbones.ops.causal_conv import _ConvFn, causal_conv1d, causal_conv1d_ref
 from longstream.backbones.ops.ssd import _ChunkScan, _ssd_block, _SSDBlockFn, ssd_scan, ssd_scan_ref
 
 
