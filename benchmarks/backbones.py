@@ -46,6 +46,7 @@ for _name in ("mamba_ssm", "causal_conv1d", "mambapy", "kernels"):  # transforme
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -107,20 +108,6 @@ def measure(fn: Callable[[], object], repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
     return {"time_s": min(times), "times_s": [round(t, 4) for t in times], "warmup_s": round(warm, 4),
             "peak_mib": peak_mib(fn)}
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
-    """Time several functions alternately (same load conditions); min per function."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: {"time_s": min(v), "times_s": [round(t, 4) for t in v]} for k, v in times.items()}
 
 
 def fwd_fn(m: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:

@@ -29,7 +29,6 @@ Writes ``benchmarks/results/decode.json`` and ``.md``. Benchmarks are not tests.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -39,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -65,18 +65,6 @@ def set_mode(lm: LanguageModel, mode: str) -> None:
     Mamba._step_fused = _FUSED_STEP if fused else (lambda *a, **k: False)  # type: ignore[method-assign]
     cpu_kernels._STATE["op:rms_norm_rows"] = fused and _ROWS_OP
     lm.quantize(mode if mode in ("int8", "bf16") else None)
-
-
-def interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
-    """Each fn returns its own elapsed seconds; alternate them, keep the min."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            gc.collect()
-            times[k].append(f())
-    return {k: {"time_s": min(v), "times_s": [round(t, 4) for t in v]} for k, v in times.items()}
 
 
 def decode_fn(lm: LanguageModel, mode: str, prompt: torch.Tensor, n: int) -> Callable[[], float]:
@@ -189,7 +177,7 @@ def main() -> None:
 
     for nt in args.threads:
         torch.set_num_threads(nt)
-        r = interleaved({m: decode_fn(lm, m, prompt, args.tokens) for m in MODES}, args.repeats)
+        r = interleaved({m: decode_fn(lm, m, prompt, args.tokens) for m in MODES}, args.repeats, self_timed=True)
         row = {m: {"tok_s": round(args.tokens / v["time_s"], 2), "times_s": v["times_s"]} for m, v in r.items()}
         for m in MODES:
             ref = LLAMA_CPP["decode_bf16" if m in ("int8", "bf16") else "decode_fp32"].get(nt)
@@ -201,7 +189,7 @@ def main() -> None:
         print(f"threads {nt} decode tok/s", {m: row[m]["tok_s"] for m in MODES}, row["loadavg"], flush=True)
         for L in args.prefill if nt in args.prefill_threads else []:
             ids = torch.randint(0, VOCAB, (1, L), generator=g)
-            p = interleaved({"fp32": prefill_fn(lm, ids)}, max(1, args.repeats - 1))["fp32"]
+            p = interleaved({"fp32": prefill_fn(lm, ids)}, max(1, args.repeats - 1), self_timed=True)["fp32"]
             tps = L / p["time_s"]
             res["prefill"].setdefault(str(nt), {})[str(L)] = {
                 "tok_s": round(tps, 1), "vs_llama_cpp_1thread": round(tps / LLAMA_CPP["prefill"][L], 3),
@@ -217,7 +205,7 @@ def main() -> None:
         times = {}
         for label, nt in (("one_thread", 1), ("default", default_threads)):
             torch.set_num_threads(nt)
-            times[label] = interleaved({"x": fn}, args.repeats)["x"]["time_s"]
+            times[label] = interleaved({"x": fn}, args.repeats, self_timed=True)["x"]["time_s"]
         n = args.tokens if name.startswith("lm") else 256
         res["default_threads"][name] = {
             "tok_s_one_thread": round(n / times["one_thread"], 1), "tok_s_default": round(n / times["default"], 1),
