@@ -46,7 +46,7 @@ for _name in ("mamba_ssm", "causal_conv1d", "mambapy", "kernels"):  # transforme
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
+from timing import cpu_name, interleaved  # noqa: E402  (benchmarks/timing.py)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -267,7 +267,7 @@ def main() -> None:
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "cmd": " ".join([Path(sys.executable).name, *sys.argv]),
             "torch": torch.__version__, "transformers": hf_version, "python": platform.python_version(),
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "load_avg_start": os.getloadavg(),
+            "cpu": cpu_name(), "cores": os.cpu_count(), "load_avg_start": os.getloadavg(),
             "compiled_cpu_kernels": ext, "d_model": D_MODEL, "batch": 1, "repeats": a.repeats, "timing": "min",
             "memory": "peak RSS increase over the pre-run RSS (VmHWM reset via /proc/self/clear_refs), MiB",
             "mixers": {k: type(v).__name__ for k, v in subjects.items()},
@@ -387,16 +387,6 @@ def main() -> None:
     res["meta"]["load_avg_end"] = os.getloadavg()
     _save(res, a.out)
     print(f"wrote {a.out}.json and {a.out}.md")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _fmt(e: dict) -> str:

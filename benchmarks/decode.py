@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from timing import interleaved  # noqa: E402  (benchmarks/timing.py)
+from timing import cpu_name, interleaved  # noqa: E402  (benchmarks/timing.py)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -141,16 +140,6 @@ def logit_error(lm: LanguageModel, prompt: torch.Tensor, n: int) -> dict[str, di
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -170,7 +159,7 @@ def main() -> None:
     prompt = torch.randint(0, VOCAB, (1, 16), generator=g)
     res: dict = {"meta": {
         "model": "LanguageModel(mamba_130m preset: d_model 768, 24 x Mamba, vocab 50280), random weights",
-        "params": nparams, "cpu": _cpu_name(), "torch": torch.__version__, "kernels": cpu_kernels.available(),
+        "params": nparams, "cpu": cpu_name(), "torch": torch.__version__, "kernels": cpu_kernels.available(),
         "torch_default_threads": default_threads, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
         "decode_tokens": args.tokens, "repeats": args.repeats, "llama_cpp": LLAMA_CPP,
     }, "decode": {}, "prefill": {}, "default_threads": {}}

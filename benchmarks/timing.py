@@ -1,4 +1,5 @@
-"""Interleaved timing shared by the benchmarks: candidates alternate under the same load.
+"""Helpers shared by the benchmarks: interleaved timing (candidates alternate under the same
+load) and the CPU name recorded in each report.
 
 ``interleaved({"a": fa, "b": fb}, repeats)`` runs every function once as a warm-up, then
 ``repeats`` rounds of a, b, a, b, ... (a ``gc.collect()`` before each) and keeps the minimum
@@ -9,8 +10,10 @@ function returns its own elapsed seconds (for loops that time only their inner p
 from __future__ import annotations
 
 import gc
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, *, self_timed: bool = False) -> dict[str, dict]:
@@ -25,3 +28,14 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, *, self_time
             r = f()
             times[k].append(float(r) if self_timed else time.perf_counter() - t0)
     return {k: {"time_s": min(v), "times_s": [round(t, 4) for t in v]} for k, v in times.items()}
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (``platform.processor()`` where that is unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
