@@ -238,10 +238,8 @@ class FastaFile:
                                         sequence_always_upper=False, strict_bounds=True, rebuild=True)
         except pyfaidx.FastaIndexingError:  # uneven line widths: legal FASTA, not indexable
             return False
-        except ValueError as e:  # duplicate names, bad header: the exact line comes from the full scan
-            if "uplicate" in str(e):
-                raise read_fasta_error(self.path) from None
-            raise UserError(f"FASTA {self.path}: cannot be indexed ({e}); {_FASTA_HINT}") from None
+        except ValueError:  # duplicate names, undecodable header, ...: the exact line comes from a full scan
+            raise read_fasta_error(self.path) from None
         except (EOFError, zlib.error, OSError) as e:
             raise read_fasta_error(self.path, e) from None
         self._lengths = {k: len(self._faidx[k]) for k in self._faidx.keys()}
@@ -259,6 +257,8 @@ class FastaFile:
             raise read_fasta_error(self.path, e) from None
         if b"\0" in head:
             raise UserError(f"FASTA {self.path} is a binary file, not text; {_FASTA_HINT}")
+        if not head.strip():
+            raise UserError(f"FASTA {self.path} is empty (only blank lines); {_FASTA_HINT}")
         if not head.lstrip().startswith(b">"):
             raise UserError(f"FASTA {self.path}, line 1: not a FASTA file (the first line does not start "
                             f"with '>'); {_FASTA_HINT}")

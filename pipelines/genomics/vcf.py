@@ -187,6 +187,8 @@ def read_vcf(path: str | os.PathLike, fasta: str | os.PathLike | FastaFile | Non
     try:
         vcf = cyvcf2.VCF(str(p))
     except Exception as e:  # cyvcf2 raises OSError, or a bare Exception for a bad header
+        for _ in lines:  # htslib reads ahead: a truncated gzip fails here; let the line reader name it
+            pass
         raise UserError(f"VCF {p}: cyvcf2 cannot read the header ({e}); {VCF_HINT}") from None
     try:
         records = iter(vcf)
