@@ -267,6 +267,7 @@ def test_read_vcf_real_refs_and_kinds(tmp_path, lam, genome):
         assert all(v.kind == "snv" and v.ref == lam[v.pos - 1] and v.id == f"rs{v.pos}" for v in vs[:-2])
         assert (vs[-2].kind, vs[-1].kind, vs[-1].alts) == ("indel", "multi-allelic", ("A", "C"))
     assert len(list(F.read_vcf(tmp_path / "v.vcf"))) == len(pos) + 2  # no FASTA: ##contig checks only
+    assert F.count_records(tmp_path / "v.vcf.gz") == len(pos) + 2
 
 
 def test_vcf_errors_name_file_and_line(tmp_path, lam, genome):
