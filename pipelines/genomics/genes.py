@@ -229,12 +229,12 @@ def _best_set(s: np.ndarray, e: np.ndarray, st: np.ndarray, w: np.ndarray, max_o
 def genes_to_labels(genes: list[Gene] | list[tuple[int, int, int]], length: int) -> np.ndarray:
     """Per-base labels (L,) uint8: 0 non-coding, 1 plus CDS, 2 minus CDS.
 
-    A base inside genes of both strands gets the label of the longer gene (the rule of
-    ``splits.cds_labels``); genes are painted shortest first so the longest one wins.
+    A base inside genes of both strands gets the label of the longer gene, the plus strand on
+    equal lengths (the rule of ``splits.cds_labels``): genes are painted shortest first.
     """
     lab = np.zeros(length, dtype=np.uint8)
     items = [(g.start, g.end, g.strand) if isinstance(g, Gene) else tuple(g[:3]) for g in genes]
-    for s, e, st in sorted(items, key=lambda t: t[1] - t[0]):
+    for s, e, st in sorted(items, key=lambda t: (t[1] - t[0], t[2] > 0)):
         lab[max(s, 0) : min(e, length)] = 1 if st > 0 else 2
     return lab
 
