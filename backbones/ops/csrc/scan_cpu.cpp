@@ -23,7 +23,10 @@
 #include <torch/library.h>
 
 #include <immintrin.h>
+#include <sys/mman.h>
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -40,6 +43,24 @@ constexpr int kMaxV = kBlock / kVec;   // registers per block row
 constexpr float kLog2e = 1.44269504088896341f;
 
 #include "avx2_math.h"  // exp256, exp2_256, log256, softplus256, silu256, hsum256, FtzGuard
+
+// at::empty, with a large result's pages marked for transparent huge pages before anything
+// touches them: a fresh 128 MiB tensor otherwise costs 32K page faults (see ops/hugepages.py).
+// LONGSTREAM_NO_HUGEPAGES=1 (read at each call, so a benchmark can toggle it) turns it off.
+at::Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  auto t = at::empty(sizes, opts);
+#ifdef MADV_HUGEPAGE
+  const uintptr_t n = (uintptr_t)t.numel() * t.element_size();
+  const char* off = std::getenv("LONGSTREAM_NO_HUGEPAGES");
+  if (n >= ((uintptr_t)4 << 20) && !(off && off[0] && !(off[0] == '0' && !off[1]))) {
+    const uintptr_t p = (uintptr_t)t.data_ptr(), pg = 4096;
+    const uintptr_t a = (p + pg - 1) & ~(pg - 1), e = (p + n) & ~(pg - 1);
+    if (e > a) madvise((void*)a, e - a, MADV_HUGEPAGE);  // a hint: failure changes nothing
+  }
+#endif
+  return t;
+}
+at::Tensor empty_big_like(const at::Tensor& t) { return empty_big(t.sizes(), t.options()); }
 
 void check(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
@@ -80,9 +101,9 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
   const float* pbias = has_bias ? dt_bias.data_ptr<float>() : nullptr;
   const float* pD = has_D ? Dv.data_ptr<float>() : nullptr;
   const float* pz = has_z ? z.data_ptr<float>() : nullptr;
-  auto y = at::empty_like(u);
+  auto y = empty_big_like(u);
   auto hT = at::empty_like(h0);
-  auto ckpt = at::empty({Bsz, nc, N, E}, u.options());
+  auto ckpt = empty_big({Bsz, nc, N, E}, u.options());
   const int64_t nblk = (E + kBlock - 1) / kBlock;
   const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *ph0 = h0.data_ptr<float>();
@@ -184,12 +205,12 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
   const float* pbias = has_bias ? dt_bias.data_ptr<float>() : nullptr;
   const float* pD = has_D ? Dv.data_ptr<float>() : nullptr;
   const float* pz = has_z ? z.data_ptr<float>() : nullptr;
-  auto du = at::empty_like(u), ddt = at::empty_like(u);
+  auto du = empty_big_like(u), ddt = empty_big_like(u);
   auto dAt = at::zeros({Bsz, N, E}, u.options());
-  auto dBp = at::empty({Bsz, nblk, L, N}, u.options()), dCp = at::empty({Bsz, nblk, L, N}, u.options());
+  auto dBp = empty_big({Bsz, nblk, L, N}, u.options()), dCp = empty_big({Bsz, nblk, L, N}, u.options());
   auto dh0 = at::empty({Bsz, N, E}, u.options());
   auto dDp = at::zeros({Bsz, E}, u.options()), dbp = at::zeros({Bsz, E}, u.options());
-  auto dz = has_z ? at::empty_like(u) : at::empty({0}, u.options());
+  auto dz = has_z ? empty_big_like(u) : at::empty({0}, u.options());
   const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *pck = ckpt.data_ptr<float>();
   const float *pdy = dy.data_ptr<float>(), *pdhT = dhT.data_ptr<float>();
@@ -380,8 +401,8 @@ static std::vector<at::Tensor> conv_fwd_impl(const at::Tensor& x, const at::Tens
   const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
   TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
   auto wt = w.t().contiguous();  // (k, e)
-  auto y = at::empty_like(x);
-  auto pre = keep_pre ? at::empty_like(x) : at::empty({0}, x.options());
+  auto y = empty_big_like(x);
+  auto pre = keep_pre ? empty_big_like(x) : at::empty({0}, x.options());
   float* ppre = keep_pre ? pre.data_ptr<float>() : nullptr;
   const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pb = bias.data_ptr<float>();
   const float* pc = cache.data_ptr<float>();
@@ -435,7 +456,7 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const
   const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
   TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
   auto wt = w.t().contiguous();  // (k, e)
-  auto gx = at::empty_like(x);
+  auto gx = empty_big_like(x);
   const int64_t tb = 256, ntb = (L + tb - 1) / tb, nblk = E / kVec;
   auto part = at::zeros({Bsz * ntb, K + 1, E}, x.options());  // rows 0..k-1: gw taps, row k: gb
   const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pc = cache.data_ptr<float>();
