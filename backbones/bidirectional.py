@@ -13,7 +13,7 @@ The backward direction has its own parameters by default (Vision Mamba); pass th
 module twice (or ``shared=True`` to :meth:`Bidirectional.build`) to tie them.
 
 Cost beyond the two passes: one reversal of the input and one fused "reverse and add" of the
-output (each one pass over (b, l, d) into huge-page memory, ``ops/hugepages.py``), and the same
+output (each one pass over (b, l, d) into a pooled buffer, ``ops/bigbuf.py``), and the same
 two reversals in the backward; ``benchmarks/backbones.py`` times it against one causal pass.
 
 Axis legend: b batch, l length, d model width.
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
-from .ops import hugepages
+from .ops import bigbuf
 
 __all__ = ["Bidirectional", "reverse_within_length"]
 
@@ -40,9 +40,9 @@ def reverse_index(lengths: Tensor, length: int) -> Tensor:
 
 
 def _flip1(x: Tensor) -> Tensor:
-    """x (b, l, ...) reversed along l into a fresh contiguous (huge-page) tensor."""
+    """x (b, l, ...) reversed along l into a fresh contiguous (pooled) tensor."""
     idx = torch.arange(x.shape[1] - 1, -1, -1, device=x.device)
-    return torch.index_select(x, 1, idx, out=hugepages.empty_like(x))
+    return torch.index_select(x, 1, idx, out=bigbuf.empty_like(x))
 
 
 class _Reverse(torch.autograd.Function):

@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from longstream.backbones import BackboneConfig, Bidirectional, list_mixers  # noqa: E402
-from longstream.backbones.ops import cpu_kernels  # noqa: E402
+from longstream.backbones.ops import bigbuf, cpu_kernels  # noqa: E402
 from longstream.backbones.stack import SequenceBackbone  # noqa: E402
 
 D_MODEL = 256
@@ -86,8 +86,10 @@ def _malloc_trim() -> None:
 
 
 def peak_mib(fn: Callable[[], object]) -> float:
-    """Peak RSS increase of one run of ``fn`` (MiB), after returning freed heap pages to the OS."""
+    """Peak RSS increase of one run of ``fn`` (MiB), after returning freed heap pages and the
+    kernels' cached blocks (``ops/bigbuf.py``) to the OS, so that reused blocks are counted."""
     gc.collect()
+    bigbuf.trim()
     _malloc_trim()
     base = _status_kb("VmRSS")
     if not _reset_peak():

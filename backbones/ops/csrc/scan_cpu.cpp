@@ -23,10 +23,11 @@
 #include <torch/library.h>
 
 #include <immintrin.h>
-#include <sys/mman.h>
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <list>
+#include <mutex>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -44,21 +45,78 @@ constexpr float kLog2e = 1.44269504088896341f;
 
 #include "avx2_math.h"  // exp256, exp2_256, log256, softplus256, silu256, hsum256, FtzGuard
 
-// at::empty, with a large result's pages marked for transparent huge pages before anything
-// touches them: a fresh 128 MiB tensor otherwise costs 32K page faults (see ops/hugepages.py).
-// LONGSTREAM_NO_HUGEPAGES=1 (read at each call, so a benchmark can toggle it) turns it off.
-at::Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  auto t = at::empty(sizes, opts);
-#ifdef MADV_HUGEPAGE
-  const uintptr_t n = (uintptr_t)t.numel() * t.element_size();
-  const char* off = std::getenv("LONGSTREAM_NO_HUGEPAGES");
-  if (n >= ((uintptr_t)4 << 20) && !(off && off[0] && !(off[0] == '0' && !off[1]))) {
-    const uintptr_t p = (uintptr_t)t.data_ptr(), pg = 4096;
-    const uintptr_t a = (p + pg - 1) & ~(pg - 1), e = (p + n) & ~(pg - 1);
-    if (e > a) madvise((void*)a, e - a, MADV_HUGEPAGE);  // a hint: failure changes nothing
+// A pool of large float32 blocks, reused across calls. A fresh (l, e) activation at long lengths
+// is tens to hundreds of MB; glibc maps it fresh and returns it to the OS when it dies, so every
+// call faults all of its pages in again (one fault and one zeroed page per 4 KiB: ~0.5 s of
+// kernel time per Mamba forward at 64K tokens on the machine this was measured on). A block
+// freed here is kept (exact byte size, up to LONGSTREAM_POOL_MB MiB in total, default 2048; 0
+// turns the pool off) and handed to the next tensor of that size; see ops/bigbuf.py.
+constexpr size_t kPoolMin = (size_t)4 << 20;  // smaller blocks come from glibc's heap, already reused
+struct BlockPool {
+  std::mutex mu;
+  std::list<std::pair<size_t, void*>> free_blocks;  // most recently freed first
+  size_t cached = 0;
+};
+BlockPool& pool() {
+  static BlockPool* p = new BlockPool();  // never destroyed: tensors may die at interpreter exit
+  return *p;
+}
+size_t pool_cap() {
+  const char* v = std::getenv("LONGSTREAM_POOL_MB");
+  if (!v || !v[0]) return (size_t)2048 << 20;
+  return (size_t)std::max(0L, std::atol(v)) << 20;
+}
+void pool_release(void* ptr, size_t n) {
+  std::vector<void*> drop;
+  {
+    BlockPool& P = pool();
+    std::lock_guard<std::mutex> g(P.mu);
+    P.free_blocks.emplace_front(n, ptr);
+    P.cached += n;
+    const size_t cap = pool_cap();
+    while (P.cached > cap && !P.free_blocks.empty()) {  // evict the least recently freed
+      P.cached -= P.free_blocks.back().first;
+      drop.push_back(P.free_blocks.back().second);
+      P.free_blocks.pop_back();
+    }
   }
-#endif
-  return t;
+  for (void* q : drop) std::free(q);
+}
+// at::empty for contiguous float32; blocks of >= 4 MiB come from (and return to) the pool.
+at::Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  const size_t n = (((size_t)numel * sizeof(float)) + 4095) & ~(size_t)4095;
+  if (opts.dtype() != at::kFloat || n < kPoolMin || pool_cap() == 0) return at::empty(sizes, opts);
+  void* ptr = nullptr;
+  {
+    BlockPool& P = pool();
+    std::lock_guard<std::mutex> g(P.mu);
+    for (auto it = P.free_blocks.begin(); it != P.free_blocks.end(); ++it)
+      if (it->first == n) {
+        ptr = it->second;
+        P.cached -= n;
+        P.free_blocks.erase(it);
+        break;
+      }
+  }
+  if (!ptr && posix_memalign(&ptr, 4096, n) != 0) return at::empty(sizes, opts);
+  return at::from_blob(ptr, sizes, [n](void* p) { pool_release(p, n); }, opts.device(at::kCPU));
+}
+// Python entry: an uninitialised contiguous float32 CPU tensor of this shape (pooled when large).
+at::Tensor pool_empty(at::IntArrayRef sizes) { return empty_big(sizes, at::TensorOptions().dtype(at::kFloat)); }
+// Frees every cached block; returns the bytes released.
+int64_t pool_trim() {
+  std::list<std::pair<size_t, void*>> blocks;
+  {
+    BlockPool& P = pool();
+    std::lock_guard<std::mutex> g(P.mu);
+    blocks.swap(P.free_blocks);
+    P.cached = 0;
+  }
+  int64_t total = 0;
+  for (auto& b : blocks) { total += (int64_t)b.first; std::free(b.second); }
+  return total;
 }
 at::Tensor empty_big_like(const at::Tensor& t) { return empty_big(t.sizes(), t.options()); }
 
@@ -540,6 +598,8 @@ TORCH_LIBRARY(longstream_ops, m) {
   m.def("conv_bwd(Tensor x, Tensor w, Tensor cache, Tensor pre, Tensor g, bool silu) -> Tensor[]");
   m.def("conv_fwd_train(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor[]");
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
+  m.def("pool_empty(int[] size) -> Tensor", &pool_empty);  // no tensor inputs: a catch-all kernel
+  m.def("pool_trim() -> int", &pool_trim);
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
