@@ -12,6 +12,10 @@ causal mixer never looks at it.
 The backward direction has its own parameters by default (Vision Mamba); pass the same
 module twice (or ``shared=True`` to :meth:`Bidirectional.build`) to tie them.
 
+Cost beyond the two passes: one reversal of the input and one fused "reverse and add" of the
+output (each one pass over (b, l, d) into a pooled buffer, ``ops/bigbuf.py``), and the same
+two reversals in the backward; ``benchmarks/backbones.py`` times it against one causal pass.
+
 Axis legend: b batch, l length, d model width.
 """
 
@@ -23,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
+from .ops import bigbuf
 
 __all__ = ["Bidirectional", "reverse_within_length"]
 
@@ -34,11 +39,41 @@ def reverse_index(lengths: Tensor, length: int) -> Tensor:
     return torch.where(t < n, n - 1 - t, t)  # (b, l)
 
 
+def _flip1(x: Tensor) -> Tensor:
+    """x (b, l, ...) reversed along l into a fresh contiguous (pooled) tensor."""
+    idx = torch.arange(x.shape[1] - 1, -1, -1, device=x.device)
+    return torch.index_select(x, 1, idx, out=bigbuf.empty_like(x))
+
+
+class _Reverse(torch.autograd.Function):
+    """x (b, l, ...) -> x reversed along l; the backward reverses the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return _flip1(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        return _flip1(g)
+
+
+class _AddReversed(torch.autograd.Function):
+    """(y_f, y_r) (b, l, d) each -> y_f + reverse(y_r) in one output buffer (no reversed copy)."""
+
+    @staticmethod
+    def forward(ctx, y_f: Tensor, y_r: Tensor) -> Tensor:  # type: ignore[override]
+        return _flip1(y_r).add_(y_f)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return g, _flip1(g)
+
+
 def reverse_within_length(x: Tensor, mask: Tensor | None = None) -> Tensor:
     """Reverse x (b, l, ...) along l within each row's valid length (right padding)."""
     b, l = x.shape[:2]
     if mask is None:
-        return x.flip(1)
+        return _Reverse.apply(x) if x.dim() >= 2 and x.device.type == "cpu" else x.flip(1)
     idx = reverse_index(lengths_from_mask(mask, b, l, x.device), l)
     idx = idx.view(b, l, *([1] * (x.dim() - 2))).expand_as(x)
     return x.gather(1, idx)
@@ -80,6 +115,8 @@ class Bidirectional(Backbone):
         y_f, _ = self.fwd(x, None, mask=mask)
         x_r = reverse_within_length(x, mask)
         y_r, _ = (self.bwd if self.bwd is not None else self.fwd)(x_r, None, mask=mask)
+        if self.proj is None and mask is None and y_r.device.type == "cpu" and y_r.dtype == y_f.dtype:
+            return _AddReversed.apply(y_f, y_r), None  # y_f + reverse(y_r), one pass
         y_b = reverse_within_length(y_r, mask)  # back to the original order
         if self.proj is None:
             return y_f + y_b, None

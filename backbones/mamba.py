@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
-from .ops import cpu_kernels
+from .ops import bigbuf, cpu_kernels
 from .ops.causal_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
 from .ops.selective_scan import selective_scan, selective_scan_ref
 from .registry import register_mixer
@@ -117,10 +117,11 @@ class Mamba(Backbone):
 
     # ------------------------------------------------------------------ helpers
     def _in(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (..., d) -> stream, gate (..., e), each contiguous (two GEMMs on in_proj's halves)."""
+        """x (..., d) -> stream, gate (..., e), each contiguous (two GEMMs on in_proj's halves;
+        large outputs in pooled buffers, see ``ops/bigbuf.py``)."""
         w, b, e = self.in_proj.weight, self.in_proj.bias, self.d_inner
-        xi = F.linear(x, w[:e], None if b is None else b[:e])
-        z = F.linear(x, w[e:], None if b is None else b[e:])
+        xi = bigbuf.linear(x, w[:e], None if b is None else b[:e])
+        z = bigbuf.linear(x, w[e:], None if b is None else b[e:])
         return xi, z
 
     def _ssm_params(self, u: Tensor, raw: bool = False) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,10 +129,10 @@ class Mamba(Backbone):
 
         With ``raw`` the returned dt is ``dt_proj.weight @ dt_low`` before bias and softplus."""
         r, n = self.dt_rank, self.d_state
-        x_dbl = self.x_proj(u)  # (..., r + 2n)
+        x_dbl = bigbuf.linear(u, self.x_proj.weight)  # (..., r + 2n)
         dt_low, B, C = torch.split(x_dbl, [r, n, n], dim=-1)
         if raw:
-            return F.linear(dt_low, self.dt_proj.weight), B, C
+            return bigbuf.linear(dt_low, self.dt_proj.weight), B, C
         dt = F.softplus(F.linear(dt_low, self.dt_proj.weight, self.dt_proj.bias).float())
         return dt, B, C
 
@@ -175,7 +176,8 @@ class Mamba(Backbone):
             y, ssm_state = selective_scan(
                 u, dt, A, B, C, self.D, z, initial_state=state["ssm"], chunk_size=self.chunk_size, backend=self.backend
             )
-        return self.out_proj(y.to(x.dtype)), {"conv": conv_state, "ssm": ssm_state.float()}
+        out = bigbuf.linear(y.to(x.dtype), self.out_proj.weight, self.out_proj.bias)  # (b, l, d)
+        return out, {"conv": conv_state, "ssm": ssm_state.float()}
 
     def _step_consts(self) -> tuple[Tensor, ...]:
         """Parameter-derived tensors of the fused decode step, cached until a parameter changes:

@@ -11,7 +11,8 @@ Three implementations share one signature and are tested against each other:
 - ``backend="cpp"``: compiled AVX2 kernel (``csrc/scan_cpu.cpp``); walks the sequence once
   with the state in registers, forward and chunked-recompute backward. The default on CPU;
   in training (float32) the dt bias + softplus, the D skip and the SiLU gate are fused into
-  both the forward and the backward kernel (``_FusedScanFn``).
+  both the forward and the backward kernel (``_FusedScanFn``). Its large outputs come from the
+  kernels' pool of reused blocks (``ops/bigbuf.py``): no page faults after the first call.
 - ``backend="torch"``: pure PyTorch, chunked: per chunk of ``chunk_size`` steps the decays
   ``exp(dt A)`` and inputs ``dt u B`` are computed in bulk, then one fused in-place
   ``addcmul`` per step. Memory is O(chunk * E * N), never a (B, L, E, N) tensor.

@@ -24,6 +24,10 @@
 
 #include <immintrin.h>
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <list>
+#include <mutex>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -40,6 +44,81 @@ constexpr int kMaxV = kBlock / kVec;   // registers per block row
 constexpr float kLog2e = 1.44269504088896341f;
 
 #include "avx2_math.h"  // exp256, exp2_256, log256, softplus256, silu256, hsum256, FtzGuard
+
+// A pool of large float32 blocks, reused across calls. A fresh (l, e) activation at long lengths
+// is tens to hundreds of MB; glibc maps it fresh and returns it to the OS when it dies, so every
+// call faults all of its pages in again (one fault and one zeroed page per 4 KiB: ~0.5 s of
+// kernel time per Mamba forward at 64K tokens on the machine this was measured on). A block
+// freed here is kept (exact byte size, up to LONGSTREAM_POOL_MB MiB in total, default 2048; 0
+// turns the pool off) and handed to the next tensor of that size; see ops/bigbuf.py.
+constexpr size_t kPoolMin = (size_t)4 << 20;  // smaller blocks come from glibc's heap, already reused
+struct BlockPool {
+  std::mutex mu;
+  std::list<std::pair<size_t, void*>> free_blocks;  // most recently freed first
+  size_t cached = 0;
+};
+BlockPool& pool() {
+  static BlockPool* p = new BlockPool();  // never destroyed: tensors may die at interpreter exit
+  return *p;
+}
+size_t pool_cap() {
+  const char* v = std::getenv("LONGSTREAM_POOL_MB");
+  if (!v || !v[0]) return (size_t)2048 << 20;
+  return (size_t)std::max(0L, std::atol(v)) << 20;
+}
+void pool_release(void* ptr, size_t n) {
+  std::vector<void*> drop;
+  {
+    BlockPool& P = pool();
+    std::lock_guard<std::mutex> g(P.mu);
+    P.free_blocks.emplace_front(n, ptr);
+    P.cached += n;
+    const size_t cap = pool_cap();
+    while (P.cached > cap && !P.free_blocks.empty()) {  // evict the least recently freed
+      P.cached -= P.free_blocks.back().first;
+      drop.push_back(P.free_blocks.back().second);
+      P.free_blocks.pop_back();
+    }
+  }
+  for (void* q : drop) std::free(q);
+}
+// at::empty for contiguous float32; blocks of >= 4 MiB come from (and return to) the pool.
+at::Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  const size_t n = (((size_t)numel * sizeof(float)) + 4095) & ~(size_t)4095;
+  if (opts.dtype() != at::kFloat || n < kPoolMin || pool_cap() == 0) return at::empty(sizes, opts);
+  void* ptr = nullptr;
+  {
+    BlockPool& P = pool();
+    std::lock_guard<std::mutex> g(P.mu);
+    for (auto it = P.free_blocks.begin(); it != P.free_blocks.end(); ++it)
+      if (it->first == n) {
+        ptr = it->second;
+        P.cached -= n;
+        P.free_blocks.erase(it);
+        break;
+      }
+  }
+  if (!ptr && posix_memalign(&ptr, 4096, n) != 0) return at::empty(sizes, opts);
+  return at::from_blob(ptr, sizes, [n](void* p) { pool_release(p, n); }, opts.device(at::kCPU));
+}
+// Python entry: an uninitialised contiguous float32 CPU tensor of this shape (pooled when large).
+at::Tensor pool_empty(at::IntArrayRef sizes) { return empty_big(sizes, at::TensorOptions().dtype(at::kFloat)); }
+// Frees every cached block; returns the bytes released.
+int64_t pool_trim() {
+  std::list<std::pair<size_t, void*>> blocks;
+  {
+    BlockPool& P = pool();
+    std::lock_guard<std::mutex> g(P.mu);
+    blocks.swap(P.free_blocks);
+    P.cached = 0;
+  }
+  int64_t total = 0;
+  for (auto& b : blocks) { total += (int64_t)b.first; std::free(b.second); }
+  return total;
+}
+at::Tensor empty_big_like(const at::Tensor& t) { return empty_big(t.sizes(), t.options()); }
 
 void check(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
@@ -80,9 +159,9 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
   const float* pbias = has_bias ? dt_bias.data_ptr<float>() : nullptr;
   const float* pD = has_D ? Dv.data_ptr<float>() : nullptr;
   const float* pz = has_z ? z.data_ptr<float>() : nullptr;
-  auto y = at::empty_like(u);
+  auto y = empty_big_like(u);
   auto hT = at::empty_like(h0);
-  auto ckpt = at::empty({Bsz, nc, N, E}, u.options());
+  auto ckpt = empty_big({Bsz, nc, N, E}, u.options());
   const int64_t nblk = (E + kBlock - 1) / kBlock;
   const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *ph0 = h0.data_ptr<float>();
@@ -184,12 +263,12 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
   const float* pbias = has_bias ? dt_bias.data_ptr<float>() : nullptr;
   const float* pD = has_D ? Dv.data_ptr<float>() : nullptr;
   const float* pz = has_z ? z.data_ptr<float>() : nullptr;
-  auto du = at::empty_like(u), ddt = at::empty_like(u);
+  auto du = empty_big_like(u), ddt = empty_big_like(u);
   auto dAt = at::zeros({Bsz, N, E}, u.options());
-  auto dBp = at::empty({Bsz, nblk, L, N}, u.options()), dCp = at::empty({Bsz, nblk, L, N}, u.options());
+  auto dBp = empty_big({Bsz, nblk, L, N}, u.options()), dCp = empty_big({Bsz, nblk, L, N}, u.options());
   auto dh0 = at::empty({Bsz, N, E}, u.options());
   auto dDp = at::zeros({Bsz, E}, u.options()), dbp = at::zeros({Bsz, E}, u.options());
-  auto dz = has_z ? at::empty_like(u) : at::empty({0}, u.options());
+  auto dz = has_z ? empty_big_like(u) : at::empty({0}, u.options());
   const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *pck = ckpt.data_ptr<float>();
   const float *pdy = dy.data_ptr<float>(), *pdhT = dhT.data_ptr<float>();
@@ -380,8 +459,8 @@ static std::vector<at::Tensor> conv_fwd_impl(const at::Tensor& x, const at::Tens
   const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
   TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
   auto wt = w.t().contiguous();  // (k, e)
-  auto y = at::empty_like(x);
-  auto pre = keep_pre ? at::empty_like(x) : at::empty({0}, x.options());
+  auto y = empty_big_like(x);
+  auto pre = keep_pre ? empty_big_like(x) : at::empty({0}, x.options());
   float* ppre = keep_pre ? pre.data_ptr<float>() : nullptr;
   const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pb = bias.data_ptr<float>();
   const float* pc = cache.data_ptr<float>();
@@ -435,7 +514,7 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const
   const int64_t Bsz = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
   TORCH_CHECK(E % kVec == 0 && K <= 8, "conv kernel needs channels % 8 == 0 and width <= 8");
   auto wt = w.t().contiguous();  // (k, e)
-  auto gx = at::empty_like(x);
+  auto gx = empty_big_like(x);
   const int64_t tb = 256, ntb = (L + tb - 1) / tb, nblk = E / kVec;
   auto part = at::zeros({Bsz * ntb, K + 1, E}, x.options());  // rows 0..k-1: gw taps, row k: gb
   const float *px = x.data_ptr<float>(), *pw = wt.data_ptr<float>(), *pc = cache.data_ptr<float>();
@@ -519,6 +598,8 @@ TORCH_LIBRARY(longstream_ops, m) {
   m.def("conv_bwd(Tensor x, Tensor w, Tensor cache, Tensor pre, Tensor g, bool silu) -> Tensor[]");
   m.def("conv_fwd_train(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor[]");
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
+  m.def("pool_empty(int[] size) -> Tensor", &pool_empty);  // no tensor inputs: a catch-all kernel
+  m.def("pool_trim() -> int", &pool_trim);
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
