@@ -30,9 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_kernels
+
 __all__ = ["ssd_scan", "ssd_scan_ref"]
 
 _EXP_FLOOR = -60.0  # exp(-60) = 8.8e-27
+_COMPILED = True  # use csrc/ssd_cpu.cpp on CPU when built (False: the PyTorch path, kept for tests)
 _HANDWRITTEN_BACKWARD = True  # training path: _SSDBlockFn (False: autograd through _ssd_block, kept for tests)
 
 
@@ -316,6 +319,46 @@ def _block_backward(gy, g_st, x, dt, A, B, C, D, st, T, need_A, need_D):
     return g_x, g_dt, g_A, g_B, g_C, g_D, G
 
 
+class _SSDCppFn(torch.autograd.Function):
+    """The whole (padded) sequence through the compiled kernels of ``csrc/ssd_cpu.cpp``: the
+    forward runs chunk by chunk with every intermediate in cache and saves the inputs plus the
+    state entering every ``K``-th chunk; the backward recomputes the states of each K-chunk block
+    and runs the chunks in reverse. D (h, 1) / (h, p) or None; x (b, l, h, p) float32, l a
+    multiple of T."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, st, T, K):  # type: ignore[override]
+        D2 = _D2(D, x)
+        y, st_out, saved = cpu_kernels.ops().ssd_fwd(x, dt, A, B, C, D2, st, T, K)
+        ctx.save_for_backward(x, dt, A, B, C, D2, saved)
+        ctx.T, ctx.K, ctx.D_shape = T, K, None if D is None else D.shape
+        return y, st_out
+
+    @staticmethod
+    def backward(ctx, gy, g_st):  # type: ignore[override]
+        x, dt, A, B, C, D2, saved = ctx.saved_tensors
+        gfin = torch.zeros_like(saved[:, 0]) if g_st is None else g_st.float().contiguous()
+        gx, gdt, gA, gB, gC, gD, g0 = cpu_kernels.ops().ssd_bwd(
+            gy.float().contiguous(), gfin, x, dt, A, B, C, D2, saved, ctx.T, ctx.K)
+        g_D = None
+        if ctx.D_shape is not None:
+            g_D = gD.sum(0)  # (h, p)
+            g_D = g_D.sum(-1, keepdim=True) if ctx.D_shape[-1] == 1 else g_D
+        return gx, gdt, gA.sum(0), gB, gC, g_D, g0, None, None
+
+
+def _D2(D: Tensor | None, x: Tensor) -> Tensor:
+    """D as the kernels take it: (h, p) contiguous, or an empty tensor for None."""
+    if D is None:
+        return x.new_empty(0, 0)
+    return D.expand(x.shape[2], x.shape[3]).contiguous()
+
+
+def _use_cpp(x: Tensor, backend: str) -> bool:
+    return (backend in ("auto", "cpp") and x.device.type == "cpu" and _COMPILED
+            and cpu_kernels.has_op("ssd_fwd"))
+
+
 def _chunk_states(S: Tensor, d: Tensor, s0: Tensor) -> Tensor:
     """(s_0, ..., s_c) of s_{k+1} = d_k s_k + S_k without autograd: (b, c+1, h, p, n)."""
     b, c = S.shape[:2]
@@ -379,10 +422,19 @@ def ssd_scan(
     if pad:  # padded steps have dt = 0: no decay, no input, so the final state is unchanged
         xf, dt = F.pad(xf, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
         Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
-    ys = []
     step = T * max(1, block_chunks)
-    # without autograd the blocks write into one output (no concatenation)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
+    if _use_cpp(xf, backend) and l + pad > 0:  # the compiled chunk-by-chunk kernels
+        args = [t.contiguous() for t in (xf, dt, Af, Bf, Cf)]
+        if grad:
+            y, st = _SSDCppFn.apply(*args, Df, st, T, max(1, block_chunks))
+        else:
+            y, st, _ = cpu_kernels.ops().ssd_fwd(*args, _D2(Df, xf), st, T, 0)
+        return y[:, :l].to(dtype), st
+    if backend == "cpp":
+        raise RuntimeError("backend='cpp' needs the compiled CPU kernels (see longstream.backbones.ops.cpu_kernels)")
+    ys = []
+    # without autograd the blocks write into one output (no concatenation)
     y_all = xf.new_empty(b, l + pad, h, p) if not grad and l + pad > step else None
     # torch.split, not slicing: its backward concatenates instead of scattering into full-size zeros
     if grad and _HANDWRITTEN_BACKWARD and l + pad > 0:
