@@ -190,3 +190,30 @@ def test_compiled_ssd_inference_equals_pytorch_path(monkeypatch):
         y2, s2 = ssd_scan(**kw)
     close(y1, y2, atol=1e-4, rtol=1e-4)
     close(s1, s2, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not cpu_kernels.has_op("gated_rmsnorm_fwd"), reason="compiled CPU kernels not built")
+def test_compiled_gated_rmsnorm_matches_float64():
+    """csrc/gated_norm_cpu.cpp (a gate z read as a strided slice, two groups, a tail past the last
+    8 lanes) in the no-grad path and as the forward of the training path, gradients included."""
+    from longstream.backbones.mamba2 import GatedRMSNorm
+
+    g = torch.Generator().manual_seed(11)
+    N, d, gs = 9, 20, 10
+    x, z = torch.randn(N, d, generator=g), torch.randn(N, 2 * d, generator=g)[:, 3 : 3 + d]
+    norm = GatedRMSNorm(d, group_size=gs)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(d, generator=g))
+    xd, zd = x.double().requires_grad_(), z.double().requires_grad_()
+    u = (xd * torch.nn.functional.silu(zd)).unflatten(-1, (-1, gs))
+    ref = (u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + norm.eps)).flatten(-2) * norm.weight.double()
+    with torch.no_grad():
+        close(norm(x, z), ref)
+    xf, zf = x.clone().requires_grad_(), z.clone().requires_grad_()
+    y = norm(xf, zf)
+    close(y, ref)
+    gy = torch.randn(N, d, generator=g)
+    (y * gy).sum().backward()
+    (ref * gy.double()).sum().backward()
+    close(xf.grad, xd.grad, atol=1e-4)
+    close(zf.grad, zd.grad, atol=1e-4)

@@ -19,6 +19,11 @@ cache). Decay exponents are clamped at exp(-60), below float32 resolution, so no
 underflows to denormals (which slow x86 arithmetic ~10x). :func:`ssd_scan_ref` is the
 float64 step-by-step reference; on CUDA ``mamba_ssm``'s Triton kernel is used if importable.
 
+On CPU, when the compiled kernels are built (``cpu_kernels``), ``csrc/ssd_cpu.cpp`` runs the same
+algorithm one chunk at a time with every intermediate in cache (MKL GEMMs on raw pointers, fused
+loops between them), forward and backward (:class:`_SSDCppFn`); x, B, C go in as strided views,
+so the split of the conv output is never copied. The PyTorch path stays as the fallback.
+
 Axis legend: b batch, l length, c chunk, t / s positions in a chunk, h heads, p head dim,
 g groups, n state size. Layout: x (b, l, h, p); dt (b, l, h); A (h,); B, C (b, l, g, n);
 state (b, h, p, n) float32 (mamba_ssm's order).
@@ -382,7 +387,7 @@ def ssd_scan(
     initial_state: Tensor | None = None,
     *,
     block_chunks: int = 16,
-    cpu_chunk: int = 64,
+    cpu_chunk: int | None = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Chunked SSD scan. Returns ``(y (b, l, h, p), final state (b, h, p, n) float32)``.
@@ -391,9 +396,11 @@ def ssd_scan(
         x: (b, l, h, p).  dt: (b, l, h) before bias / softplus.  A: (h,) negative.
         B, C: (b, l, g, n) with h divisible by g.  D: (h,) or (h, p).  dt_bias: (h,).
         initial_state: (b, h, p, n) or None.  block_chunks: chunks computed per vectorised
-        block (bounds memory).  cpu_chunk: on CPU the chunk actually used is
-        ``min(chunk_size, cpu_chunk)`` (same result; the (t, s) decay work shrinks with it, which
-        is ~2.5x faster than 256 on CPU).  backend: "auto" / "torch" / "cuda".
+        block (bounds memory; with the compiled kernels, the state is saved for the backward
+        every ``block_chunks`` chunks).  cpu_chunk: on CPU the chunk actually used is
+        ``min(chunk_size, cpu_chunk)`` (same result; the (t, s) decay work shrinks with it);
+        None: 32 with the compiled kernels, 64 on the PyTorch path (each its fastest on CPU).
+        backend: "auto" / "torch" / "cpp" / "cuda".
     """
     if x.dim() != 4 or dt.shape != x.shape[:3] or B.dim() != 4 or C.shape != B.shape:
         raise ValueError(
@@ -417,6 +424,9 @@ def ssd_scan(
     Df = None if D is None else (D.float()[:, None] if D.dim() == 1 else D.float())  # (h, 1) / (h, p)
     st = x.new_zeros(b, h, p, n, dtype=torch.float32) if initial_state is None else initial_state.float()
     st = st.contiguous()
+    compiled = _use_cpp(xf, backend)
+    if cpu_chunk is None:  # the compiled kernels are fastest at 32, the PyTorch path at 64
+        cpu_chunk = 32 if compiled else 64
     T = min(int(chunk_size), int(cpu_chunk)) if x.device.type == "cpu" else int(chunk_size)
     pad = (-l) % T
     if pad:  # padded steps have dt = 0: no decay, no input, so the final state is unchanged
@@ -424,8 +434,10 @@ def ssd_scan(
         Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
     step = T * max(1, block_chunks)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
-    if _use_cpp(xf, backend) and l + pad > 0:  # the compiled chunk-by-chunk kernels
-        args = [t.contiguous() for t in (xf, dt, Af, Bf, Cf)]
+    if compiled and l + pad > 0:  # the compiled chunk-by-chunk kernels
+        # x, B, C go in as views (e.g. slices of the conv output): only their last two dims must be dense
+        dense = lambda t: t if t.stride(3) == 1 and t.stride(2) == t.shape[3] else t.contiguous()
+        args = [dense(xf), dt.contiguous(), Af.contiguous(), dense(Bf), dense(Cf)]
         if grad:
             y, st = _SSDCppFn.apply(*args, Df, st, T, max(1, block_chunks))
         else:

@@ -16,7 +16,7 @@
 //   -> {y (b,l,h,p), final state (b,h,p,n), states entering every K-th chunk (b, ceil(c/K), h,p,n)}
 // ssd_bwd(gy, g_final, x, dt, A, B, C, D, saved, T, K)
 //   -> {gx, gdt, gA (b,h) per row, gB, gC, gD (b,h,p) per row, g of the entering state}
-// All float32 contiguous. Split over (b, g) with at::parallel_for.
+// All float32; x, B, C may be row-strided views (dense last two dims), the rest contiguous. Split over (b, g) with at::parallel_for.
 // Registered as torch.ops.longstream_ops.{ssd_fwd, ssd_bwd} (a fragment of the library).
 
 #include <ATen/ATen.h>
@@ -79,12 +79,15 @@ inline void exp_diff_row(float c, const float* v, int64_t sv, float* out, int64_
 
 struct Dims {
   int64_t b, l, h, p, g, n, T, K, j, c, nb;
+  int64_t sxb, sxl, sBb, sBl, sCb, sCl;  // batch / time strides of x, B, C (their inner dims are dense)
 };
 
-Dims dims(const at::Tensor& x, const at::Tensor& B, int64_t T, int64_t K) {
+Dims dims(const at::Tensor& x, const at::Tensor& B, const at::Tensor& C, int64_t T, int64_t K) {
   Dims d;
   d.b = x.size(0), d.l = x.size(1), d.h = x.size(2), d.p = x.size(3), d.g = B.size(2), d.n = B.size(3);
   d.T = T, d.K = K, d.j = d.h / d.g, d.c = d.l / T, d.nb = K > 0 ? (d.c + K - 1) / K : 0;
+  d.sxb = x.stride(0), d.sxl = x.stride(1), d.sBb = B.stride(0), d.sBl = B.stride(1);
+  d.sCb = C.stride(0), d.sCl = C.stride(1);
   return d;
 }
 
@@ -93,9 +96,16 @@ void check(const at::Tensor& t, const char* name, int64_t dim) {
               " must be a contiguous float32 CPU tensor with ", dim, " dims");
 }
 
+// x, B, C may be views with any batch / time strides (e.g. slices of the conv output)
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 4 && t.stride(3) == 1 &&
+                  t.stride(2) == t.size(3),
+              name, " must be a float32 CPU tensor (b, l, heads or groups, dim) with dense last two dims");
+}
+
 void check_all(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                const at::Tensor& C, const at::Tensor& D, const at::Tensor& st, int64_t T) {
-  check(x, "x", 4), check(dt, "dt", 3), check(A, "A", 1), check(B, "B", 4), check(C, "C", 4), check(st, "st", 4);
+  check_rows(x, "x"), check(dt, "dt", 3), check(A, "A", 1), check_rows(B, "B"), check_rows(C, "C"), check(st, "st", 4);
   TORCH_CHECK(T > 0 && x.size(1) % T == 0, "ssd: length must be a multiple of the chunk size");
   TORCH_CHECK(x.size(2) % B.size(2) == 0, "ssd: heads must be divisible by groups");
   if (D.numel()) check(D, "D", 2);
@@ -108,16 +118,16 @@ struct Chunk {
   explicit Chunk(const Dims& d) : cs(d.T * d.j), xdt(d.T * d.j * d.p), CB(d.T * d.T), M(d.T * d.T), w(d.T * d.j) {}
 
   void load(const Dims& d, const float* xg, const float* dtg, const float* Ag, const float* Bg, const float* Cg) {
-    const int64_t T = d.T, j = d.j, p = d.p, hp = d.h * d.p;
+    const int64_t T = d.T, j = d.j, p = d.p;
     for (int64_t t = 0; t < T; ++t)
       for (int64_t q = 0; q < j; ++q) {
         const float dtv = dtg[t * d.h + q];
         cs[t * j + q] = (t ? cs[(t - 1) * j + q] : 0.0f) + dtv * Ag[q];
-        const float* xr = xg + t * hp + q * p;
+        const float* xr = xg + t * d.sxl + q * p;
         float* o = xdt.data() + t * j * p + q * p;
         for (int64_t r = 0; r < p; ++r) o[r] = xr[r] * dtv;
       }
-    gemm(false, true, T, T, d.n, Cg, d.g * d.n, Bg, d.g * d.n, 0.0f, CB.data(), T);
+    gemm(false, true, T, T, d.n, Cg, d.sCl, Bg, d.sBl, 0.0f, CB.data(), T);
     for (int64_t t = 0; t < T; ++t) std::fill(CB.data() + t * T + t + 1, CB.data() + (t + 1) * T, 0.0f);
     // w (T, j): decay from s to the chunk end
     for (int64_t s = 0; s < T; ++s)
@@ -154,14 +164,14 @@ void advance(const Dims& d, Chunk& ck, std::vector<float>& xw, float* sg, const 
     float* sr = sg + q * p * n;
     for (int64_t i = 0; i < p * n; ++i) sr[i] *= dT;
   }
-  gemm(true, false, j * p, n, T, xw.data(), j * p, Bg, d.g * n, 1.0f, sg, n);
+  gemm(true, false, j * p, n, T, xw.data(), j * p, Bg, d.sBl, 1.0f, sg, n);
 }
 
 std::vector<at::Tensor> ssd_fwd(at::Tensor x, at::Tensor dt, at::Tensor A, at::Tensor B, at::Tensor C, at::Tensor D,
                                 at::Tensor st, int64_t T, int64_t K) {
   check_all(x, dt, A, B, C, D, st, T);
-  const Dims d = dims(x, B, T, K);
-  auto y = at::empty_like(x);
+  const Dims d = dims(x, B, C, T, K);
+  auto y = at::empty({d.b, d.l, d.h, d.p}, x.options());
   auto s = st.clone();
   auto saved = K > 0 ? at::empty({d.b, d.nb, d.h, d.p, d.n}, x.options()) : at::empty({0}, x.options());
   const float *xp = x.data_ptr<float>(), *dtp = dt.data_ptr<float>(), *Ap = A.data_ptr<float>(),
@@ -178,14 +188,14 @@ std::vector<at::Tensor> ssd_fwd(at::Tensor x, at::Tensor dt, at::Tensor A, at::T
       for (int64_t k = 0; k < d.c; ++k) {
         const int64_t t0 = k * d.T;
         if (svp && k % K == 0) std::copy(sg, sg + d.j * pn, svp + ((bi * d.nb + k / K) * d.h + h0) * pn);
-        const float* xg = xp + (bi * d.l + t0) * hp + h0 * d.p;
+        const float* xg = xp + bi * d.sxb + t0 * d.sxl + h0 * d.p;
         const float* dtg = dtp + (bi * d.l + t0) * d.h + h0;
-        const float* Bg = Bp + (bi * d.l + t0) * gn + gi * d.n;
-        const float* Cg = Cp + (bi * d.l + t0) * gn + gi * d.n;
+        const float* Bg = Bp + bi * d.sBb + t0 * d.sBl + gi * d.n;
+        const float* Cg = Cp + bi * d.sCb + t0 * d.sCl + gi * d.n;
         float* yg = yp + (bi * d.l + t0) * hp + h0 * d.p;  // (T, j p) with row stride h p
         ck.load(d, xg, dtg, Ap + h0, Bg, Cg);
         // entering state: y = exp(cs_t) * (C s^T)
-        gemm(false, true, d.T, jp, d.n, Cg, gn, sg, d.n, 0.0f, yg, hp);
+        gemm(false, true, d.T, jp, d.n, Cg, d.sCl, sg, d.n, 0.0f, yg, hp);
         for (int64_t t = 0; t < d.T; ++t)
           for (int64_t q = 0; q < d.j; ++q) {
             const float e = std::exp(std::max(ck.cs[t * d.j + q], kFloor));
@@ -200,7 +210,7 @@ std::vector<at::Tensor> ssd_fwd(at::Tensor x, at::Tensor dt, at::Tensor A, at::T
         if (Dp)
           for (int64_t t = 0; t < d.T; ++t)
             for (int64_t q = 0; q < d.j; ++q) {
-              const float *xr = xg + t * hp + q * d.p, *Dr = Dp + (h0 + q) * d.p;
+              const float *xr = xg + t * d.sxl + q * d.p, *Dr = Dp + (h0 + q) * d.p;
               float* yr = yg + t * hp + q * d.p;
               for (int64_t r = 0; r < d.p; ++r) yr[r] += Dr[r] * xr[r];
             }
@@ -215,9 +225,10 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
                                 at::Tensor B, at::Tensor C, at::Tensor D, at::Tensor saved, int64_t T, int64_t K) {
   check_all(x, dt, A, B, C, D, gfin, T);
   check(gy, "gy", 4), check(saved, "saved", 5);
-  const Dims d = dims(x, B, T, K);
+  const Dims d = dims(x, B, C, T, K);
   TORCH_CHECK(saved.size(1) == d.nb, "ssd_bwd: saved states do not match the length");
-  auto gx = at::empty_like(x), gdt = at::empty_like(dt), gB = at::empty_like(B), gC = at::empty_like(C);
+  auto gx = at::empty({d.b, d.l, d.h, d.p}, x.options()), gdt = at::empty_like(dt);
+  auto gB = at::empty({d.b, d.l, d.g, d.n}, x.options()), gC = at::empty({d.b, d.l, d.g, d.n}, x.options());
   auto gA = at::zeros({d.b, d.h}, x.options()), gD = at::zeros({d.b, d.h, d.p}, x.options());
   auto gs = gfin.clone();  // becomes the gradient of the entering state
   const float *gyp = gy.data_ptr<float>(), *xp = x.data_ptr<float>(), *dtp = dt.data_ptr<float>(),
@@ -238,10 +249,10 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
       float* G = gsp + (bi * d.h + h0) * pn;  // grad of the state leaving the current chunk (j p, n)
       auto ptrs = [&](int64_t k, const float*& xg, const float*& dtg, const float*& Bg, const float*& Cg) {
         const int64_t t0 = k * T_;
-        xg = xp + (bi * d.l + t0) * hp + h0 * p;
+        xg = xp + bi * d.sxb + t0 * d.sxl + h0 * p;
         dtg = dtp + (bi * d.l + t0) * d.h + h0;
-        Bg = Bp + (bi * d.l + t0) * gn + gi * d.n;
-        Cg = Cp + (bi * d.l + t0) * gn + gi * d.n;
+        Bg = Bp + bi * d.sBb + t0 * d.sBl + gi * d.n;
+        Cg = Cp + bi * d.sCb + t0 * d.sCl + gi * d.n;
       };
       for (int64_t blk = d.nb - 1; blk >= 0; --blk) {
         const int64_t k0 = blk * d.K, k1 = std::min(d.c, k0 + d.K);
@@ -270,7 +281,7 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
           std::fill(gcs.begin(), gcs.end(), 0.0f);
           std::fill(gCB.begin(), gCB.end(), 0.0f);
           // (a) entering-state output y_off = exp(cs_t) C_t s0
-          gemm(false, true, T_, jp, d.n, Cg, gn, s0, d.n, 0.0f, yo.data(), jp);
+          gemm(false, true, T_, jp, d.n, Cg, d.sCl, s0, d.n, 0.0f, yo.data(), jp);
           for (int64_t t = 0; t < T_; ++t)
             for (int64_t q = 0; q < j; ++q) {
               const float e = std::exp(std::max(ck.cs[t * j + q], kFloor));
@@ -296,7 +307,7 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
             }
             gcs[(T_ - 1) * j + q] += acc * dT;  // d s_out / d cs_T through exp(cs_T) s0
           }
-          gemm(true, false, jp, d.n, T_, gye.data(), jp, Cg, gn, 1.0f, gsn.data(), d.n);
+          gemm(true, false, jp, d.n, T_, gye.data(), jp, Cg, d.sCl, 1.0f, gsn.data(), d.n);
           // (b) within the chunk, per head
           for (int64_t q = 0; q < j; ++q) {
             ck.decay_matrix(d, q);
@@ -320,10 +331,10 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
               gcs[t * j + q] += rs;
             }
           }
-          gemm(false, false, T_, d.n, T_, gCB.data(), T_, Bg, gn, 1.0f, gCg, gn);  // gC += gCB B
-          gemm(true, false, T_, d.n, T_, gCB.data(), T_, Cg, gn, 0.0f, gBg, gn);   // gB = gCB^T C
+          gemm(false, false, T_, d.n, T_, gCB.data(), T_, Bg, d.sBl, 1.0f, gCg, gn);  // gC += gCB B
+          gemm(true, false, T_, d.n, T_, gCB.data(), T_, Cg, d.sCl, 0.0f, gBg, gn);   // gB = gCB^T C
           // (d) chunk input to the leaving state: sum_s w_s xdt_s B_s^T
-          gemm(false, true, T_, jp, d.n, Bg, gn, G, d.n, 0.0f, BG.data(), jp);  // (T, j p) = B G^T
+          gemm(false, true, T_, jp, d.n, Bg, d.sBl, G, d.n, 0.0f, BG.data(), jp);  // (T, j p) = B G^T
           for (int64_t s = 0; s < T_; ++s)
             for (int64_t q = 0; q < j; ++q) {
               const float wv = ck.w[s * j + q];
@@ -348,7 +359,7 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
             for (int64_t t = T_ - 1; t >= 0; --t) {
               run += gcs[t * j + q];
               const float dtv = dtg[t * d.h + q];
-              const float *xr = xg + t * hp + q * p, *gxd = gxdt.data() + t * jp + q * p, *gr = gyg + t * hp + q * p;
+              const float *xr = xg + t * d.sxl + q * p, *gxd = gxdt.data() + t * jp + q * p, *gr = gyg + t * hp + q * p;
               float* gxo = gxg + t * hp + q * p;
               float acc = 0.0f;
               for (int64_t r = 0; r < p; ++r) {
