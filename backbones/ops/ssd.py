@@ -399,7 +399,7 @@ def ssd_scan(
         block (bounds memory; with the compiled kernels, the state is saved for the backward
         every ``block_chunks`` chunks).  cpu_chunk: on CPU the chunk actually used is
         ``min(chunk_size, cpu_chunk)`` (same result; the (t, s) decay work shrinks with it);
-        None: 32 with the compiled kernels, 64 on the PyTorch path (each its fastest on CPU).
+        None: 128 for compiled inference, else 64 (each the fastest measured on CPU).
         backend: "auto" / "torch" / "cpp" / "cuda".
     """
     if x.dim() != 4 or dt.shape != x.shape[:3] or B.dim() != 4 or C.shape != B.shape:
@@ -425,15 +425,15 @@ def ssd_scan(
     st = x.new_zeros(b, h, p, n, dtype=torch.float32) if initial_state is None else initial_state.float()
     st = st.contiguous()
     compiled = _use_cpp(xf, backend)
-    if cpu_chunk is None:  # the compiled kernels are fastest at 32, the PyTorch path at 64
-        cpu_chunk = 32 if compiled else 64
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
+    if cpu_chunk is None:  # fastest on this CPU (interleaved, d_model 256, d_state 128): compiled 128 / 64, PyTorch 64
+        cpu_chunk = 64 if grad or not compiled else 128
     T = min(int(chunk_size), int(cpu_chunk)) if x.device.type == "cpu" else int(chunk_size)
     pad = (-l) % T
     if pad:  # padded steps have dt = 0: no decay, no input, so the final state is unchanged
         xf, dt = F.pad(xf, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
         Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
     step = T * max(1, block_chunks)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
     if compiled and l + pad > 0:  # the compiled chunk-by-chunk kernels
         # x, B, C go in as views (e.g. slices of the conv output): only their last two dims must be dense
         dense = lambda t: t if t.stride(3) == 1 and t.stride(2) == t.shape[3] else t.contiguous()
