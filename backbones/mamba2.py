@@ -27,11 +27,18 @@ from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
 from .mamba import init_dt_bias
+from .ops import cpu_kernels
 from .ops.causal_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
 from .ops.ssd import ssd_scan, ssd_scan_ref
 from .registry import register_mixer
 
 __all__ = ["GatedRMSNorm", "Mamba2"]
+
+
+def _compiled_norm(x: Tensor, z: Tensor) -> bool:
+    """True where the compiled gated RMSNorm applies (float32 CPU, dense rows, kernels built)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and z.dtype == torch.float32
+            and x.stride(-1) == 1 and z.stride(-1) == 1 and cpu_kernels.has_op("gated_rmsnorm_fwd"))
 
 
 class _GatedRMSNormFn(torch.autograd.Function):
@@ -41,10 +48,14 @@ class _GatedRMSNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, z: Tensor, w: Tensor, group_size: int, eps: float) -> Tensor:  # type: ignore[override]
+        ctx.group_size = group_size
+        if _compiled_norm(x, z):
+            out, r = cpu_kernels.ops().gated_rmsnorm_fwd(x, z, w.contiguous(), group_size, eps)  # one pass per row
+            ctx.save_for_backward(x, z, w, r)
+            return out
         u = F.silu(z).mul_(x).unflatten(-1, (-1, group_size))  # (N, groups, group_size)
         r = torch.linalg.vecdot(u, u).div_(group_size).add_(eps).rsqrt_()  # (N, groups)
         ctx.save_for_backward(x, z, w, r)
-        ctx.group_size = group_size
         return u.mul_(r[..., None]).flatten(-2).mul_(w)
 
     @staticmethod
@@ -96,7 +107,13 @@ class GatedRMSNorm(nn.Module):
         return (xg.flatten(-2) * self.weight.to(x.dtype)).to(dtype)
 
     def _forward_inplace(self, x: Tensor, z: Tensor | None) -> Tensor:
-        """The same without autograd in three passes over x (in place on one new tensor)."""
+        """The same without autograd in three passes over x (in place on one new tensor), or one
+        compiled pass per row (``csrc/gated_norm_cpu.cpp``) for float32 on CPU."""
+        if z is not None and _compiled_norm(x, z):
+            d = x.shape[-1]
+            out, _ = cpu_kernels.ops().gated_rmsnorm_fwd(
+                x.reshape(-1, d), z.reshape(-1, d), self.weight.float().contiguous(), self.group_size, self.eps)
+            return out.view(x.shape)
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32
         u = F.silu(z.to(ct)).mul_(x) if z is not None else x.to(ct, copy=True)  # (..., d)
         ug = u.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)

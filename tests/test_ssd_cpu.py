@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from longstream.backbones.mamba2 import _GatedRMSNormFn
+from longstream.backbones.ops import cpu_kernels
 from longstream.backbones.ops import ssd as ssd_mod
 from longstream.backbones.ops.causal_conv import _ConvFn, causal_conv1d, causal_conv1d_ref
 from longstream.backbones.ops.ssd import _ChunkScan, _ssd_block, _SSDBlockFn, ssd_scan, ssd_scan_ref
@@ -54,10 +55,14 @@ def test_chunk_scan_gradcheck():
     assert torch.autograd.gradcheck(_ChunkScan.apply, (S, d, s0))
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("scale", [1.0, 30.0])
-def test_ssd_many_blocks_and_strong_decay(scale):
+def test_ssd_many_blocks_and_strong_decay(scale, compiled, monkeypatch):
     """Several blocks, padding, groups of several heads; scale 30 drives chunk decays far below
     exp(-60), where the exponents are clamped (results must still equal the reference)."""
+    if compiled and not cpu_kernels.has_op("ssd_fwd"):
+        pytest.skip("compiled CPU kernels not built")
+    monkeypatch.setattr(ssd_mod, "_COMPILED", compiled)
     g = torch.Generator().manual_seed(4)
     b, l, h, p, gr, n = 2, 37, 4, 3, 2, 5
     r = lambda *s: torch.randn(*s, generator=g)
@@ -106,10 +111,13 @@ def test_ssd_block_backward_matches_autograd():
         close(a, b_, atol=1e-10, rtol=1e-10, msg=f"grad of {name}")
 
 
-@pytest.mark.parametrize("handwritten", [True, False])
-def test_ssd_training_path_matches_reference(handwritten, monkeypatch):
+@pytest.mark.parametrize("path", ["compiled", "handwritten", "autograd"])
+def test_ssd_training_path_matches_reference(path, monkeypatch):
     """Gradients of the whole scan (several blocks, padding, strong decays) against the float64 reference."""
-    monkeypatch.setattr(ssd_mod, "_HANDWRITTEN_BACKWARD", handwritten)
+    if path == "compiled" and not cpu_kernels.has_op("ssd_fwd"):
+        pytest.skip("compiled CPU kernels not built")
+    monkeypatch.setattr(ssd_mod, "_COMPILED", path == "compiled")
+    monkeypatch.setattr(ssd_mod, "_HANDWRITTEN_BACKWARD", path != "autograd")
     g = torch.Generator().manual_seed(7)
     b, l, h, p, gr, n = 2, 37, 4, 3, 2, 5
     base = dict(x=torch.randn(b, l, h, p, generator=g), dt=torch.randn(b, l, h, generator=g),
@@ -133,3 +141,79 @@ def test_ssd_whole_scan_backward_gradcheck():
     g = torch.Generator().manual_seed(8)
     args = _block_args(g, 2, 6, 2, 4, 2, 2, 3, (4, 1))
     assert torch.autograd.gradcheck(lambda *a: ssd_mod._SSDScanFn.apply(*a, 2, 4), args)
+
+
+needs_ssd_kernel = pytest.mark.skipif(not cpu_kernels.has_op("ssd_fwd"), reason="compiled CPU kernels not built")
+
+
+@needs_ssd_kernel
+@pytest.mark.parametrize("D_shape", [(4, 1), (4, 3), None])
+@pytest.mark.parametrize("K", [1, 2, 16])
+def test_compiled_ssd_matches_float64_reference(D_shape, K):
+    """csrc/ssd_cpu.cpp, forward and backward (every input, D per head or per channel or absent,
+    states saved every K chunks and recomputed in between), against autograd through the float64
+    sequential reference; the scale-30 decays reach the clamped exponents."""
+    g = torch.Generator().manual_seed(9)
+    b, l, h, p, gr, n, T = 2, 24, 4, 3, 2, 5, 4
+    for scale in (1.0, 30.0):
+        r = lambda *s: torch.randn(*s, generator=g)
+        x, dt = r(b, l, h, p), torch.rand(b, l, h, generator=g) * 0.5
+        A = -torch.rand(h, generator=g) * 2 * scale
+        B, C, st = r(b, l, gr, n), r(b, l, gr, n), r(b, h, p, n)
+        D = None if D_shape is None else r(*D_shape)
+        base = (x, dt, A, B, C, D, st)
+        ins = [None if t is None else t.clone().requires_grad_() for t in base]
+        ref = [None if t is None else t.double().requires_grad_() for t in base]
+        y, s = ssd_mod._SSDCppFn.apply(*ins, T, K)
+        yr, sr = ssd_scan_ref(*ref[:6], initial_state=ref[6])
+        close(y, yr)
+        close(s, sr)
+        wy, ws = torch.randn(y.shape, generator=g), torch.randn(s.shape, generator=g)
+        ((y * wy).sum() + (s * ws).sum()).backward()
+        ((yr * wy.double()).sum() + (sr * ws.double()).sum()).backward()
+        for name, a, b_ in zip(["x", "dt", "A", "B", "C", "D", "state"], ins, ref):
+            if a is not None:
+                close(a.grad, b_.grad, atol=1e-4, rtol=1e-4, msg=f"grad of {name} (scale {scale})")
+
+
+@needs_ssd_kernel
+def test_compiled_ssd_inference_equals_pytorch_path(monkeypatch):
+    """Without autograd the compiled scan and the PyTorch scan agree at Mamba-2's CPU shapes."""
+    g = torch.Generator().manual_seed(10)
+    b, l, h, p, gr, n = 1, 200, 4, 16, 1, 32
+    r = lambda *s: torch.randn(*s, generator=g)
+    kw = dict(x=r(b, l, h, p), dt=r(b, l, h), A=-torch.rand(h, generator=g) * 4, B=r(b, l, gr, n), C=r(b, l, gr, n),
+              D=r(h), dt_bias=r(h) * 0.1, initial_state=r(b, h, p, n), dt_softplus=True, chunk_size=64)
+    with torch.no_grad():
+        y1, s1 = ssd_scan(**kw)
+        monkeypatch.setattr(ssd_mod, "_COMPILED", False)
+        y2, s2 = ssd_scan(**kw)
+    close(y1, y2, atol=1e-4, rtol=1e-4)
+    close(s1, s2, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not cpu_kernels.has_op("gated_rmsnorm_fwd"), reason="compiled CPU kernels not built")
+def test_compiled_gated_rmsnorm_matches_float64():
+    """csrc/gated_norm_cpu.cpp (a gate z read as a strided slice, two groups, a tail past the last
+    8 lanes) in the no-grad path and as the forward of the training path, gradients included."""
+    from longstream.backbones.mamba2 import GatedRMSNorm
+
+    g = torch.Generator().manual_seed(11)
+    N, d, gs = 9, 20, 10
+    x, z = torch.randn(N, d, generator=g), torch.randn(N, 2 * d, generator=g)[:, 3 : 3 + d]
+    norm = GatedRMSNorm(d, group_size=gs)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(d, generator=g))
+    xd, zd = x.double().requires_grad_(), z.double().requires_grad_()
+    u = (xd * torch.nn.functional.silu(zd)).unflatten(-1, (-1, gs))
+    ref = (u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + norm.eps)).flatten(-2) * norm.weight.double()
+    with torch.no_grad():
+        close(norm(x, z), ref)
+    xf, zf = x.clone().requires_grad_(), z.clone().requires_grad_()
+    y = norm(xf, zf)
+    close(y, ref)
+    gy = torch.randn(N, d, generator=g)
+    (y * gy).sum().backward()
+    (ref * gy.double()).sum().backward()
+    close(xf.grad, xd.grad, atol=1e-4)
+    close(zf.grad, zd.grad, atol=1e-4)

@@ -2,7 +2,9 @@
 
 The C++ files hold the sequential selective-scan recurrence (forward and a chunked
 recompute backward) and a causal depthwise conv1d (``scan_cpu.cpp``), and the fused
-one-token Mamba decode step (``decode_cpu.cpp``), vectorised with AVX2 + FMA and split
+one-token Mamba decode step (``decode_cpu.cpp``), Mamba-2's chunked SSD scan forward and
+backward (``ssd_cpu.cpp``, MKL ``sgemm`` inside chunks) and its gated RMSNorm
+(``gated_norm_cpu.cpp``), vectorised with AVX2 + FMA and split
 over threads with ``at::parallel_for`` (so ``torch.set_num_threads`` governs them). Every
 ``csrc/*.cpp`` is compiled into the one library.
 

@@ -19,6 +19,11 @@ cache). Decay exponents are clamped at exp(-60), below float32 resolution, so no
 underflows to denormals (which slow x86 arithmetic ~10x). :func:`ssd_scan_ref` is the
 float64 step-by-step reference; on CUDA ``mamba_ssm``'s Triton kernel is used if importable.
 
+On CPU, when the compiled kernels are built (``cpu_kernels``), ``csrc/ssd_cpu.cpp`` runs the same
+algorithm one chunk at a time with every intermediate in cache (MKL GEMMs on raw pointers, fused
+loops between them), forward and backward (:class:`_SSDCppFn`); x, B, C go in as strided views,
+so the split of the conv output is never copied. The PyTorch path stays as the fallback.
+
 Axis legend: b batch, l length, c chunk, t / s positions in a chunk, h heads, p head dim,
 g groups, n state size. Layout: x (b, l, h, p); dt (b, l, h); A (h,); B, C (b, l, g, n);
 state (b, h, p, n) float32 (mamba_ssm's order).
@@ -30,9 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_kernels
+
 __all__ = ["ssd_scan", "ssd_scan_ref"]
 
 _EXP_FLOOR = -60.0  # exp(-60) = 8.8e-27
+_COMPILED = True  # use csrc/ssd_cpu.cpp on CPU when built (False: the PyTorch path, kept for tests)
 _HANDWRITTEN_BACKWARD = True  # training path: _SSDBlockFn (False: autograd through _ssd_block, kept for tests)
 
 
@@ -316,6 +324,46 @@ def _block_backward(gy, g_st, x, dt, A, B, C, D, st, T, need_A, need_D):
     return g_x, g_dt, g_A, g_B, g_C, g_D, G
 
 
+class _SSDCppFn(torch.autograd.Function):
+    """The whole (padded) sequence through the compiled kernels of ``csrc/ssd_cpu.cpp``: the
+    forward runs chunk by chunk with every intermediate in cache and saves the inputs plus the
+    state entering every ``K``-th chunk; the backward recomputes the states of each K-chunk block
+    and runs the chunks in reverse. D (h, 1) / (h, p) or None; x (b, l, h, p) float32, l a
+    multiple of T."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, st, T, K):  # type: ignore[override]
+        D2 = _D2(D, x)
+        y, st_out, saved = cpu_kernels.ops().ssd_fwd(x, dt, A, B, C, D2, st, T, K)
+        ctx.save_for_backward(x, dt, A, B, C, D2, saved)
+        ctx.T, ctx.K, ctx.D_shape = T, K, None if D is None else D.shape
+        return y, st_out
+
+    @staticmethod
+    def backward(ctx, gy, g_st):  # type: ignore[override]
+        x, dt, A, B, C, D2, saved = ctx.saved_tensors
+        gfin = torch.zeros_like(saved[:, 0]) if g_st is None else g_st.float().contiguous()
+        gx, gdt, gA, gB, gC, gD, g0 = cpu_kernels.ops().ssd_bwd(
+            gy.float().contiguous(), gfin, x, dt, A, B, C, D2, saved, ctx.T, ctx.K)
+        g_D = None
+        if ctx.D_shape is not None:
+            g_D = gD.sum(0)  # (h, p)
+            g_D = g_D.sum(-1, keepdim=True) if ctx.D_shape[-1] == 1 else g_D
+        return gx, gdt, gA.sum(0), gB, gC, g_D, g0, None, None
+
+
+def _D2(D: Tensor | None, x: Tensor) -> Tensor:
+    """D as the kernels take it: (h, p) contiguous, or an empty tensor for None."""
+    if D is None:
+        return x.new_empty(0, 0)
+    return D.expand(x.shape[2], x.shape[3]).contiguous()
+
+
+def _use_cpp(x: Tensor, backend: str) -> bool:
+    return (backend in ("auto", "cpp") and x.device.type == "cpu" and _COMPILED
+            and cpu_kernels.has_op("ssd_fwd"))
+
+
 def _chunk_states(S: Tensor, d: Tensor, s0: Tensor) -> Tensor:
     """(s_0, ..., s_c) of s_{k+1} = d_k s_k + S_k without autograd: (b, c+1, h, p, n)."""
     b, c = S.shape[:2]
@@ -339,7 +387,7 @@ def ssd_scan(
     initial_state: Tensor | None = None,
     *,
     block_chunks: int = 16,
-    cpu_chunk: int = 64,
+    cpu_chunk: int | None = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Chunked SSD scan. Returns ``(y (b, l, h, p), final state (b, h, p, n) float32)``.
@@ -348,9 +396,11 @@ def ssd_scan(
         x: (b, l, h, p).  dt: (b, l, h) before bias / softplus.  A: (h,) negative.
         B, C: (b, l, g, n) with h divisible by g.  D: (h,) or (h, p).  dt_bias: (h,).
         initial_state: (b, h, p, n) or None.  block_chunks: chunks computed per vectorised
-        block (bounds memory).  cpu_chunk: on CPU the chunk actually used is
-        ``min(chunk_size, cpu_chunk)`` (same result; the (t, s) decay work shrinks with it, which
-        is ~2.5x faster than 256 on CPU).  backend: "auto" / "torch" / "cuda".
+        block (bounds memory; with the compiled kernels, the state is saved for the backward
+        every ``block_chunks`` chunks).  cpu_chunk: on CPU the chunk actually used is
+        ``min(chunk_size, cpu_chunk)`` (same result; the (t, s) decay work shrinks with it);
+        None: 128 for compiled inference, else 64 (each the fastest measured on CPU).
+        backend: "auto" / "torch" / "cpp" / "cuda".
     """
     if x.dim() != 4 or dt.shape != x.shape[:3] or B.dim() != 4 or C.shape != B.shape:
         raise ValueError(
@@ -374,15 +424,29 @@ def ssd_scan(
     Df = None if D is None else (D.float()[:, None] if D.dim() == 1 else D.float())  # (h, 1) / (h, p)
     st = x.new_zeros(b, h, p, n, dtype=torch.float32) if initial_state is None else initial_state.float()
     st = st.contiguous()
+    compiled = _use_cpp(xf, backend)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
+    if cpu_chunk is None:  # fastest on this CPU (interleaved, d_model 256, d_state 128): compiled 128 / 64, PyTorch 64
+        cpu_chunk = 64 if grad or not compiled else 128
     T = min(int(chunk_size), int(cpu_chunk)) if x.device.type == "cpu" else int(chunk_size)
     pad = (-l) % T
     if pad:  # padded steps have dt = 0: no decay, no input, so the final state is unchanged
         xf, dt = F.pad(xf, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
         Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
-    ys = []
     step = T * max(1, block_chunks)
+    if compiled and l + pad > 0:  # the compiled chunk-by-chunk kernels
+        # x, B, C go in as views (e.g. slices of the conv output): only their last two dims must be dense
+        dense = lambda t: t if t.stride(3) == 1 and t.stride(2) == t.shape[3] else t.contiguous()
+        args = [dense(xf), dt.contiguous(), Af.contiguous(), dense(Bf), dense(Cf)]
+        if grad:
+            y, st = _SSDCppFn.apply(*args, Df, st, T, max(1, block_chunks))
+        else:
+            y, st, _ = cpu_kernels.ops().ssd_fwd(*args, _D2(Df, xf), st, T, 0)
+        return y[:, :l].to(dtype), st
+    if backend == "cpp":
+        raise RuntimeError("backend='cpp' needs the compiled CPU kernels (see longstream.backbones.ops.cpu_kernels)")
+    ys = []
     # without autograd the blocks write into one output (no concatenation)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
     y_all = xf.new_empty(b, l + pad, h, p) if not grad and l + pad > step else None
     # torch.split, not slicing: its backward concatenates instead of scattering into full-size zeros
     if grad and _HANDWRITTEN_BACKWARD and l + pad > 0:
