@@ -32,7 +32,6 @@ from longstream.pipelines.common import (
     as_file,
     check_finite_output,
     check_finite_result,
-    check_text_file,
     dumps_strict,
     macro_f1,
     mcc,
@@ -124,7 +123,8 @@ def evaluate_lm(model, data: D.SpeciesData, device: str | torch.device = "cpu") 
     from .model import lm_target_nll
 
     dc = model.cfg.data
-    pts = splits.lm_eval_points(data.raw, n=dc.lm_points, seed=dc.seed)
+    pts = splits.lm_eval_points(data.raw, n=dc.lm_points, seed=dc.seed, contexts=tuple(dc.lm_contexts),
+                                target=dc.lm_target)
     m: dict[str, Any] = {}
     n_bases = 0
     for C in dc.lm_contexts:
@@ -221,10 +221,6 @@ def read_sequences(spec: str) -> list[tuple[str, str, str]]:
             raise UserError(f"input {spec[:40]!r} is neither an existing FASTA file nor a DNA sequence "
                             "(letters A, C, G, T, N)")
         return [(spec, "input", seq)]
-    with open(p, "rb") as f:
-        magic = f.read(2)
-    if magic != b"\x1f\x8b":
-        check_text_file(p, what="FASTA file", hint="predict reads FASTA (.fa, .fasta, optionally gzipped)")
     recs = formats.read_fasta(p)
     if not recs:
         raise UserError(f"{p}: no FASTA record; a FASTA file starts with a '>name' line")
