@@ -153,10 +153,20 @@ def evaluate_lm(model, data: D.SpeciesData, device: str | torch.device = "cpu") 
 
 # ---------------------------------------------------------------------------- cds
 def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> dict[str, Any]:
-    """Gene calls from per-base probabilities (``genes.py``, helper gen-bench) scored on the test genes."""
+    """Gene calls decoded from the per-base probabilities (ORF-aware, ``genes.decode_genes`` of helper
+    gen-bench) scored against the annotated CDS fully inside ``[lo, hi)``, plus the per-base
+    metrics of the decoded calls (``*_decoded``)."""
     from . import genes
 
-    return genes.gene_metrics(probs, data.record, lo, hi)
+    seq = data.record.sequence[lo:hi].upper()
+    calls = genes.decode_genes(probs, seq)
+    true = [(f.start - lo, f.end - lo, f.strand) for f in data.record.cds if f.start >= lo and f.end <= hi]
+    m = {f"gene_{k}": v for k, v in genes.gene_metrics(calls, true).items()}
+    dec = genes.genes_to_labels(calls, hi - lo)
+    y = data.labels[lo:hi]
+    m.update({"mcc_decoded": mcc(y, dec), "mcc_binary_decoded": mcc(y > 0, dec > 0),
+              "macro_f1_decoded": macro_f1(y, dec, labels=[0, 1, 2])})
+    return m
 
 
 @torch.no_grad()
