@@ -191,3 +191,21 @@ def test_presets_are_distinct_tasks_and_json_round_trips(capsys):
     assert cli_main(["train", "--preset", "release-cds", "--print-config"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["model"]["task"] == "cds" and printed["data"]["train_len"] == 2048
+
+
+@pytest.mark.parametrize("preset", [C.tiny, C.tiny_cds])
+def test_caduceus_option_is_rc_invariant_for_species_and_equivariant_for_cds(preset):
+    """``--backbone.pattern BM --backbone.rc_equivariant true``: the Caduceus-PS backbone (gen-models)."""
+    cfg = preset()
+    cfg.backbone = BackboneConfig(d_model=16, n_layers=2, pattern="BM", mixer_kwargs={"BM": {"d_state": 4}},
+                                  rc_equivariant=True)
+    torch.manual_seed(0)
+    m = M.build_model(cfg).eval()
+    x = _ids(2, 300, seed=4)
+    with torch.no_grad():
+        y, y_rc = m(x), m(D.rc_ids(x))
+    if cfg.model.task == "species":
+        torch.testing.assert_close(y_rc, y, rtol=1e-4, atol=1e-5)
+    else:  # positions reversed, plus <-> minus
+        torch.testing.assert_close(y_rc, y.flip(1)[..., [0, 2, 1]], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(y[0], y[1])
