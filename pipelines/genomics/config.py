@@ -139,7 +139,7 @@ def release_lm() -> Config:
         data=DataConfig(train_len=2048),
         model=ModelConfig(task="lm"),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
-        train=TrainConfig(steps=1000, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+        train=TrainConfig(steps=800, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )
 
 
@@ -149,7 +149,7 @@ def release_cds() -> Config:
         data=DataConfig(train_len=2048, rc_prob=0.5),
         model=ModelConfig(task="cds"),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M", bidirectional=True),
-        train=TrainConfig(steps=1000, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+        train=TrainConfig(steps=700, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )
 
 
