@@ -209,3 +209,16 @@ def test_caduceus_option_is_rc_invariant_for_species_and_equivariant_for_cds(pre
     else:  # positions reversed, plus <-> minus
         torch.testing.assert_close(y_rc, y.flip(1)[..., [0, 2, 1]], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(y[0], y[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["tiny-lm", "tiny-cds"])
+def test_tiny_lm_and_cds_train_on_real_data_and_evaluate_reproduces(preset, tmp_path, capsys):
+    out = tmp_path / preset
+    assert cli_main(["train", "--preset", preset, "--out", str(out), "--quiet"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    got = E.evaluate(str(out))
+    keys = E.METRIC_KEYS + E.TASK_METRIC_KEYS[got["task"]]
+    assert set(keys) <= set(got)
+    for k in keys:
+        assert got[k] == pytest.approx(trained[k], rel=1e-5, abs=1e-6) if isinstance(got[k], float) else got[k] == trained[k]
