@@ -169,18 +169,24 @@ def test_model_init_loads_an_imported_language_model_backbone(tmp_path):
     torch.manual_seed(3)
     lm = LanguageModel(12, bb)
     lm.save_pretrained(tmp_path / "imported")
-    cfg_bb, tensors = M.imported_backbone(str(tmp_path / "imported"))
-    assert cfg_bb["d_model"] == 16
+    imp = M.imported_backbone(str(tmp_path / "imported"))
+    assert imp.backbone_config.d_model == 16
     m = _model()
-    keys = M.init_from_imported(m, tensors, "imported")
+    keys = M.init_from_imported(m, imp, "imported")
     assert "embed.weight" in keys and any(k.startswith("backbone.") for k in keys)
-    sd = m.state_dict()
+    sd, tensors = m.state_dict(), lm.state_dict()
     for k in keys:
         if k.startswith("backbone."):
             assert torch.equal(sd[k], tensors[k])
     assert torch.equal(sd["embed.weight"][:16], tensors["embedding.weight"][:16])
     with pytest.raises(UserError, match="no config.json"):
         M.imported_backbone(str(tmp_path))
+    # one command: train a task from the imported backbone
+    out = tmp_path / "ft"
+    assert cli_main(["train", "--preset", "tiny", "--model.init", str(tmp_path / "imported"), "--out", str(out),
+                     "--train.steps", "2", "--train.save_every", "0", "--quiet"]) == 0
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["backbone"]["d_model"] == 16 and meta["config"]["model"]["init"]
 
 
 def test_presets_are_distinct_tasks_and_json_round_trips(capsys):

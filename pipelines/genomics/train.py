@@ -68,10 +68,8 @@ def train(
         raise UserError("--train.batch_size and --train.steps must be >= 1")
     init_tensors = None
     if cfg.model.init:
-        bb, init_tensors = imported_backbone(cfg.model.init)
-        keep_bi = cfg.backbone.bidirectional
-        cfg.backbone = BackboneConfig.from_dict(bb)
-        cfg.backbone.bidirectional = cfg.backbone.bidirectional or (keep_bi and cfg.model.task == "cds")
+        init_tensors = imported_backbone(cfg.model.init)
+        cfg.backbone = BackboneConfig.from_dict(init_tensors.backbone_config.to_dict())
     build_model(cfg)  # a bad --model.task / --backbone.* fails here, before anything is written
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
                   max_steps_this_run=max_steps_this_run, config=cfg, preset=preset, overwrite=overwrite) as run:
