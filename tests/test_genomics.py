@@ -228,3 +228,19 @@ def test_tiny_lm_and_cds_train_on_real_data_and_evaluate_reproduces(preset, tmp_
     assert set(keys) <= set(got)
     for k in keys:
         assert got[k] == pytest.approx(trained[k], rel=1e-5, abs=1e-6) if isinstance(got[k], float) else got[k] == trained[k]
+
+
+def test_lm_chunks_with_carried_state_equal_one_long_window():
+    """``data.lm_train_chunks``: the chunked (truncated-BPTT) loss equals the loss of one full window."""
+    from longstream.pipelines.common import DistEnv
+    from longstream.pipelines.genomics.train import batch_loss
+
+    data, cfg = _synthetic_species(), C.tiny_lm()
+    cfg.data.lm_train_chunks = 3
+    m = _model(C.tiny_lm)
+    w = D.lm_batch(data, cfg, 5)
+    assert w.shape == (cfg.train.batch_size, 3 * cfg.data.train_len + 1)
+    with torch.no_grad():
+        chunked = batch_loss(m, cfg, data, 5, DistEnv())
+        full = F.cross_entropy(m(w[:, :-1]).transpose(1, 2), w[:, 1:])
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)

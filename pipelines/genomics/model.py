@@ -83,7 +83,11 @@ class GenomicsModel(nn.Module):
         h, _ = self.backbone(self.embed(ids), mask=mask)
         return h
 
-    def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor | None = None, state: Any = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
+        if return_state:  # continue a stream (truncated back-propagation through time, causal backbones)
+            h, state = self.backbone(self.embed(ids), state, mask=mask)
+            return self.head(h) if self.task == "lm" else self.head(h, mask), state
         h = self.features(ids, mask)  # (b, l, d)
         if self.task == "species":
             return self.head(rc_symmetric(h) if self.rc else h, mask)  # (b, 4)
