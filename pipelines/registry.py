@@ -16,6 +16,7 @@ PIPELINES: dict[str, str] = {
     "template": "longstream.pipelines._template",
     "recall": "longstream.pipelines.recall",
     "timeseries": "longstream.pipelines.timeseries",
+    "genomics": "longstream.pipelines.genomics",
 }
 
 

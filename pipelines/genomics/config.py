@@ -1,0 +1,162 @@
+"""Genomics pipeline config: dataclasses, presets as functions (issue 13).
+
+One pipeline, three tasks, chosen by ``model.task``:
+
+- ``species``: a window of L bases -> one of 4 bacterial species (``splits.SPECIES``), split by
+  strain (the test strains are never trained on). Train windows of ``data.train_len_min`` ..
+  ``data.train_len`` bases from the training strains, reverse-complemented with probability
+  ``data.rc_prob``; evaluated at every L in ``data.eval_lengths`` on ``splits.eval_windows``.
+- ``lm``: next-nucleotide language model on the training strains; bits per base on the test
+  strains at every context in ``data.lm_contexts`` on the same target bases
+  (``splits.lm_eval_points``).
+- ``cds``: per-base labels (0 non-coding, 1 plus-strand CDS, 2 minus-strand CDS) on
+  M. tuberculosis H37Rv, trained on the first 70% of the genome and tested on the rest,
+  with a bidirectional backbone.
+
+Dotted CLI overrides address these fields (``--model.task lm --backbone.d_model 64``).
+Presets: ``tiny`` / ``tiny-lm`` / ``tiny-cds`` (seconds, tests), ``release`` (species),
+``release-lm``, ``release-cds`` (each about 15 minutes on one CPU thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from longstream.backbones.config import BackboneConfig
+
+TASKS = ("species", "lm", "cds")
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # the genomics data folder; "" = $LONGSTREAM_DATA/genomics
+    train_len: int = 1024  # longest training window (bases)
+    train_len_min: int = 0  # shortest training window; 0 = always train_len (a length per step)
+    rc_prob: float = 0.5  # probability a training window is reverse-complemented
+    # species evaluation
+    eval_lengths: list[int] = field(default_factory=lambda: [256, 1024, 4096, 16384, 65536])
+    eval_per_species: int = 32  # windows per species and length (fewer where a test genome is short)
+    headline_length: int = 16384  # `accuracy` is the accuracy at this L (the issue's target)
+    # language-model evaluation
+    lm_contexts: list[int] = field(default_factory=lambda: [1024, 4096, 16384, 65536])
+    lm_points: int = 16  # target positions per test strain (each scores its last `lm_target` bases)
+    lm_target: int = 512
+    lm_train_chunks: int = 1  # >1: each LM training window is this many train_len chunks, state carried
+    # CDS segmentation
+    cds_stride: int = 0  # prediction stride over the test region; 0 = train_len // 2
+    cds_max_test: int = 0  # >0: score only the first N bases of the test region (tests)
+    gene_level: bool = False  # gene calls + gene-level metrics through genes.py
+    # evaluation: long windows run as a chunked forward with carried state
+    eval_segment: int = 4096
+    eval_batch: int = 8
+    seed: int = 0  # evaluation sampling seed
+
+
+@dataclass
+class ModelConfig:
+    task: str = "species"  # species | lm | cds
+    pool: str = "mean"  # species pooling (common.POOLS; streamed evaluation supports mean / last)
+    dropout: float = 0.0
+    rc_conjoin: bool = False  # species: average the logits of a window and its reverse complement
+    init: str = ""  # start from a `longstream hub import` output dir (embedding + backbone weights)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    log_every: int = 10  # log the training loss every N optimizer steps (metrics.jsonl)
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    save_every: int = 100  # steps between resumable train states
+    seed: int = 0
+    threads: int = 1  # torch threads (0 = leave default)
+    device: str = "cpu"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CONFIG_CLASS = Config
+
+
+def _tiny_train() -> TrainConfig:
+    return TrainConfig(steps=6, batch_size=4, warmup_steps=2, save_every=3, log_every=1, lr=3e-3)
+
+
+def tiny() -> Config:
+    """Species, seconds on one CPU core: used by the contract tests."""
+    return Config(
+        data=DataConfig(train_len=128, eval_lengths=[128, 512], eval_per_species=2, headline_length=512,
+                        eval_segment=256, eval_batch=4),
+        model=ModelConfig(task="species"),
+        backbone=BackboneConfig(d_model=16, n_layers=1, pattern="M"),
+        train=_tiny_train(),
+    )
+
+
+def tiny_lm() -> Config:
+    """The DNA language model, seconds on one CPU core (tests)."""
+    return Config(
+        data=DataConfig(train_len=128, lm_contexts=[128, 512], lm_points=1, lm_target=64, eval_segment=256,
+                        eval_batch=4),
+        model=ModelConfig(task="lm"),
+        backbone=BackboneConfig(d_model=16, n_layers=1, pattern="M"),
+        train=_tiny_train(),
+    )
+
+
+def tiny_cds() -> Config:
+    """CDS segmentation with a bidirectional backbone, seconds on one CPU core (tests)."""
+    return Config(
+        data=DataConfig(train_len=256, cds_max_test=2048, rc_prob=0.5, eval_batch=4),
+        model=ModelConfig(task="cds"),
+        backbone=BackboneConfig(d_model=16, n_layers=1, pattern="M", bidirectional=True),
+        train=_tiny_train(),
+    )
+
+
+def release() -> Config:
+    """Species (shipped ``genomics/mamba-species``): 2-layer Mamba d=64, windows of 1-2K bases."""
+    return Config(
+        data=DataConfig(train_len=2048, train_len_min=1024),
+        model=ModelConfig(task="species"),
+        backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
+        train=TrainConfig(steps=1000, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+    )
+
+
+def release_lm() -> Config:
+    """DNA language model (shipped ``genomics/mamba-lm``): 2-layer Mamba d=64 on 4K windows, run as
+    4 chunks of 1K with the state carried (truncated BPTT), so the model learns to use a long state."""
+    return Config(
+        data=DataConfig(train_len=1024, lm_train_chunks=4),
+        model=ModelConfig(task="lm"),
+        backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
+        train=TrainConfig(steps=400, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+    )
+
+
+def release_cds() -> Config:
+    """CDS segmentation (shipped ``genomics/bimamba-cds``): bidirectional 2-layer Mamba d=64, 2K windows."""
+    return Config(
+        data=DataConfig(train_len=2048, rc_prob=0.5),
+        model=ModelConfig(task="cds"),
+        backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M", bidirectional=True),
+        train=TrainConfig(steps=700, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "tiny": tiny, "tiny-lm": tiny_lm, "tiny-cds": tiny_cds,
+    "release": release, "release-lm": release_lm, "release-cds": release_cds,
+}

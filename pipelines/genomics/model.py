@@ -1,0 +1,279 @@
+"""Genomics model: single-nucleotide embedding -> registry backbone -> task head.
+
+- ``species``: ``common.SequenceClassifier`` (masked mean pooling + linear) -> (b, 4) logits;
+- ``lm``: a linear next-nucleotide head -> (b, l, V) logits (needs a causal backbone);
+- ``cds``: ``common.TokenClassifier`` -> (b, l, 3) per-base logits (non-coding, plus-strand
+  CDS, minus-strand CDS); meant for a bidirectional backbone (``--backbone.bidirectional true``).
+
+Tokens are HyenaDNA's character ids (:class:`longstream.encoders.dna.DNATokenizer`, A=7 ..
+N=11), embedded in ``VOCAB`` = 16 rows (12 padded to a multiple of 8, as HyenaDNA does), so
+a converted HyenaDNA / longstream DNA LM embedding loads row for row (``--model.init``).
+
+Long inputs (a 64 Kbp species window, a 64 Kbp LM context) run as a chunked forward with
+carried state (:func:`species_logits`, :func:`lm_target_nll`): memory is bounded by the
+segment length, and for a causal backbone the result equals one full forward pass.
+
+Axis legend: b batch, l length, d model width, c classes, v vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longstream.pipelines import common
+
+from . import DOMAIN
+from .config import TASKS, Config
+
+VOCAB = 16  # DNATokenizer's 12 ids padded to a multiple of 8 (HyenaDNA's layout)
+N_SPECIES = 4
+N_CDS = 3
+TASK_TEXT = {
+    "species": "bacterial species from a DNA window (4 species, held-out strains)",
+    "lm": "next-nucleotide DNA language model (bits per base)",
+    "cds": "per-base coding-sequence segmentation of M. tuberculosis (3 classes)",
+}
+
+
+class GenomicsModel(nn.Module):
+    """``ids (b, l)`` int64 (+ ``mask (b, l)`` bool, True = valid) -> task logits (see the module docstring)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        task = cfg.model.task
+        if task not in TASKS:
+            raise common.UserError(f"unknown --model.task {task!r}; use one of {', '.join(TASKS)}")
+        self.cfg, self.task = cfg, task
+        d = cfg.backbone.d_model
+        self.rc = bool(cfg.backbone.rc_equivariant)  # Caduceus-PS: RC embedding, RC-invariant / equivariant heads
+        if self.rc:
+            from longstream.encoders.dna_rc import RCEmbedding
+
+            if d % 2:
+                raise common.UserError(f"--backbone.rc_equivariant needs an even --backbone.d_model, got {d}")
+            self.embed = RCEmbedding(VOCAB, d)
+        else:
+            self.embed = nn.Embedding(VOCAB, d)
+        self.backbone = common.build_backbone(cfg.backbone)  # bad --backbone.* -> UserError
+        if task == "lm" and not getattr(self.backbone, "is_causal", False):
+            raise common.UserError("--model.task lm needs a causal backbone; drop --backbone.bidirectional "
+                                   "(or pick a causal --backbone.pattern such as M or H)")
+        if task == "species":
+            self.head = common.SequenceClassifier(d // 2 if self.rc else d, N_SPECIES, pool=cfg.model.pool,
+                                                  dropout=cfg.model.dropout)
+        elif task == "lm":
+            if self.rc:
+                from longstream.encoders.dna_rc import RCLMHead
+
+                self.head = RCLMHead(self.embed)
+            else:
+                self.head = nn.Linear(d, VOCAB)
+        elif self.rc:
+            self.head = RCStrandHead(d)
+        else:
+            self.head = common.TokenClassifier(d, N_CDS, dropout=cfg.model.dropout)
+
+    def features(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Backbone outputs ``(b, l, d)``."""
+        h, _ = self.backbone(self.embed(ids), mask=mask)
+        return h
+
+    def forward(self, ids: Tensor, mask: Tensor | None = None, state: Any = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
+        if return_state:  # continue a stream (truncated back-propagation through time, causal backbones)
+            h, state = self.backbone(self.embed(ids), state, mask=mask)
+            return self.head(h) if self.task == "lm" else self.head(h, mask), state
+        h = self.features(ids, mask)  # (b, l, d)
+        if self.task == "species":
+            return self.head(rc_symmetric(h) if self.rc else h, mask)  # (b, 4)
+        if self.task == "lm":
+            return self.head(h)  # (b, l, v)
+        return self.head(h, mask)  # (b, l, 3)
+
+    def classify_pooled(self, pooled: Tensor) -> Tensor:
+        """Species logits from a pooled ``(b, d)`` vector (the streamed path)."""
+        if self.rc:
+            pooled = rc_symmetric(pooled)
+        return self.head.mlp(self.head.dropout(pooled))
+
+    def save_pretrained(self, out_dir: str | Path, **kw: Any) -> Path:
+        return common.save_pretrained(self, self.cfg, out_dir, pipeline=DOMAIN, backbone=self.cfg.backbone,
+                                      task=TASK_TEXT[self.task], **kw)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> GenomicsModel:
+        return from_pretrained(name_or_dir)
+
+
+def rc_symmetric(h: Tensor) -> Tensor:
+    """``(..., d) -> (..., d/2)``: the mean of the two RC halves, ``(h[:w] + reverse(h[w:])) / 2``.
+
+    For an RC-equivariant stream the result at position t of the RC input equals the result at
+    position l - 1 - t of the input, so any pooling over positions is RC-invariant.
+    """
+    w = h.shape[-1] // 2
+    return (h[..., :w] + h[..., w:].flip(-1)) / 2
+
+
+class RCStrandHead(nn.Module):
+    """RC-equivariant per-base strand head: ``(b, l, d) -> (b, l, 3)`` [non-coding, plus, minus].
+
+    One linear map ``g: w -> (n, same, opposite)`` reads both halves: non-coding =
+    ``g_n(h1) + g_n(h2)``, plus = ``g_same(h1) + g_opp(h2)``, minus = ``g_opp(h1) + g_same(h2)``
+    with ``h2`` the channel-reversed second half. Reverse complementing the input reverses the
+    positions and swaps plus and minus, as the labels do.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.g = nn.Linear(d_model // 2, 3)
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        w = h.shape[-1] // 2
+        a, b = self.g(h[..., :w]), self.g(h[..., w:].flip(-1))  # (b, l, 3) each
+        return torch.stack([a[..., 0] + b[..., 0], a[..., 1] + b[..., 2], a[..., 2] + b[..., 1]], -1)
+
+
+def build_model(cfg: Config) -> GenomicsModel:
+    """The model of ``cfg`` (random weights)."""
+    return GenomicsModel(cfg)
+
+
+def example_batch(cfg: Config, batch_size: int = 2) -> dict[str, Tensor]:
+    """Keyword arguments for a forward pass on a tiny input: ``build_model(cfg)(**example_batch(cfg))``."""
+    g = torch.Generator().manual_seed(0)
+    return {"ids": torch.randint(7, 11, (batch_size, 16), generator=g)}
+
+
+def from_pretrained(name_or_dir: str | Path) -> GenomicsModel:
+    """Load a checkpoint dir or hub name (``genomics/<name>`` or ``<name>``)."""
+    sd, meta, path = common.load_pretrained(name_or_dir, pipeline=DOMAIN)
+    with common.checkpoint_errors(path):  # an edited config.json -> one UserError naming the dir
+        cfg = common.config_from_dict(Config, meta["config"])
+        return common.load_weights(build_model(cfg), sd, path, meta)
+
+
+# ---------------------------------------------------------------------------- --model.init
+def imported_backbone(init_dir: str):
+    """The ``ImportedBackbone`` (``pipelines/hf_import.py``) of a ``longstream hub import`` output dir.
+
+    Supported kinds: ``lm`` (Mamba / Mamba-2 / Caduceus-Ph language models) and ``rc_lm``
+    (Caduceus-PS). A HyenaDNA import (``hyenadna``) has LayerNorm + GELU-MLP blocks that the
+    registry stack does not describe, so it cannot initialise this pipeline's backbone yet.
+    """
+    from longstream.pipelines.hf_import import load_imported_backbone
+
+    imp = load_imported_backbone(init_dir)
+    if imp.kind not in ("lm", "rc_lm"):
+        raise common.UserError(f"--model.init {init_dir}: a {imp.kind} checkpoint cannot initialise this "
+                               "pipeline's backbone yet; import a Mamba or Caduceus model instead")
+    return imp
+
+
+def init_from_imported(model: GenomicsModel, imp, source: str) -> list[str]:
+    """Copy an imported LM's backbone (and its DNA embedding) into ``model``; returns the keys loaded."""
+    own = model.state_dict()
+    new = {f"backbone.{k}": v for k, v in imp.backbone_state.items()}
+    bad = [k for k, v in new.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise common.UserError(f"--model.init {source}: {len(bad)} backbone weights (e.g. {bad[0]}) do not fit "
+                               "this model; keep the imported backbone's settings")
+    emb = imp.embedding_state.get("weight")
+    w = own["embed.weight"]
+    if emb is not None and emb.shape[1] == w.shape[1] and emb.shape[0] >= 12:  # HyenaDNA's character ids
+        w = w.clone()
+        n = min(emb.shape[0], w.shape[0])
+        w[:n] = emb[:n]
+        new["embed.weight"] = w
+    model.load_state_dict(new, strict=False)
+    return sorted(new)
+
+
+# ---------------------------------------------------------------------------- long inputs
+def _causal(model: GenomicsModel) -> bool:
+    return bool(getattr(model.backbone, "is_causal", False))
+
+
+@torch.no_grad()
+def species_logits(model: GenomicsModel, ids: Tensor, *, segment: int, device: str | torch.device = "cpu") -> Tensor:
+    """Species logits ``(b, 4)`` of windows ``ids (b, l)`` of any length, with bounded memory.
+
+    A causal backbone runs as a chunked forward with carried state and an online masked
+    mean over the outputs (equal to one full forward); a bidirectional backbone sees each
+    chunk on its own and the chunk means are averaged by length. With ``model.rc_conjoin`` the
+    logits of the window and of its reverse complement are averaged.
+    """
+    model.eval()
+    ids = ids.to(device)
+    if model.cfg.model.rc_conjoin:  # post-hoc conjoining (Caduceus): mean logits of both strands
+        from . import data as D
+
+        one = _species_logits(model, ids, segment)
+        return (one + _species_logits(model, D.rc_ids(ids), segment)) / 2
+    return _species_logits(model, ids, segment)
+
+
+def _species_logits(model: GenomicsModel, ids: Tensor, segment: int) -> Tensor:
+    if model.cfg.model.pool not in ("mean", "last") or ids.shape[1] <= segment:
+        return model(ids)
+    if _causal(model):
+        res = common.stream_evaluate(model.backbone, ids, segment_len=segment, embed=model.embed,
+                                     keep_outputs=False, pool=model.cfg.model.pool, desc="species")
+        return model.classify_pooled(res.pooled)
+    total = None
+    for s in range(0, ids.shape[1], segment):
+        h = model.features(ids[:, s : s + segment]).sum(1)  # (b, d)
+        total = h if total is None else total + h
+    return model.classify_pooled(total / ids.shape[1])
+
+
+@torch.no_grad()
+def lm_target_nll(model: GenomicsModel, ids: Tensor, target: int, *, segment: int) -> Tensor:
+    """Per-base negative log-likelihood (nats) ``(b, target)`` of the last ``target`` bases of ``ids (b, C)``.
+
+    The context is the whole window: bases ``C - target .. C - 1`` are predicted from
+    everything before them in the window (chunked forward with carried state).
+    """
+    model.eval()
+    C = ids.shape[1]
+    x, first = ids[:, :-1], C - 1 - target  # outputs at positions >= first predict the targets
+    parts = []
+    for seg in common.iter_stream(model.backbone, x, segment_len=segment, embed=model.embed, desc="lm"):
+        lo = max(first - seg.start, 0)
+        if lo < seg.output.shape[1]:
+            parts.append(model.head(seg.output[:, lo:]))  # (b, n, v)
+    logits = torch.cat(parts, 1).float()  # (b, target, v)
+    return F.cross_entropy(logits.transpose(1, 2), ids[:, -target:], reduction="none")
+
+
+@torch.no_grad()
+def cds_probs(model: GenomicsModel, ids: Tensor, *, window: int, stride: int, batch: int = 8) -> Tensor:
+    """Per-base class probabilities ``(L, 3)`` of one sequence ``ids (L,)`` from overlapping windows.
+
+    Windows of ``window`` bases every ``stride`` bases (the last one flush with the end);
+    each base averages the windows covering it, weighted towards the window centre
+    (a triangle), so edge effects of a window count little.
+    """
+    model.eval()
+    L = ids.shape[0]
+    window = min(window, L)
+    starts = list(range(0, L - window + 1, max(stride, 1)))
+    if starts[-1] != L - window:
+        starts.append(L - window)
+    pos = torch.arange(window, dtype=torch.float32)
+    w = torch.minimum(pos + 1, window - pos)[:, None]  # (window, 1)
+    acc = torch.zeros(L, N_CDS)
+    norm = torch.zeros(L, 1)
+    for i in range(0, len(starts), batch):
+        chunk = starts[i : i + batch]
+        xb = torch.stack([ids[s : s + window] for s in chunk])  # (b, window)
+        p = torch.softmax(model(xb).float(), -1)  # (b, window, 3)
+        for s, ps in zip(chunk, p):
+            acc[s : s + window] += ps * w
+            norm[s : s + window] += w
+    return acc / norm

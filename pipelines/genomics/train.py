@@ -1,0 +1,137 @@
+"""Genomics training loop (species / lm / cds), explicit, inside ``common.TrainRun``.
+
+Every batch is a function of ``(train.seed, step)`` (:mod:`.data`), so a paused run resumes
+bit-identically and DDP ranks agree on the global batch (each takes its contiguous share).
+``--model.init DIR`` starts the embedding and backbone from a ``longstream hub import``
+output dir (the imported backbone's settings replace the preset's ``backbone`` section, so
+the saved checkpoint rebuilds without that dir).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from longstream.backbones.config import BackboneConfig
+from longstream.pipelines.common import (
+    TokenClassifier,
+    TrainRun,
+    UserError,
+    all_reduce_mean,
+    make_scheduler,
+    optimizer_step,
+    param_groups,
+    progress,
+    seed_everything,
+    set_threads,
+    shard_indices,
+    wrap_ddp,
+)
+
+from . import data as D
+from .config import Config
+from .model import build_model, imported_backbone, init_from_imported
+
+
+def _task_data(cfg: Config):
+    root = str(D.genomics_root(cfg.data))
+    return D.load_cds(root) if cfg.model.task == "cds" else D.load_species(root)
+
+
+def _detach(state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if isinstance(state, dict):
+        return {k: _detach(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_detach(v) for v in state)
+    return state
+
+
+def batch_loss(net, cfg: Config, data, step: int, env) -> torch.Tensor:
+    """The training loss of ``step`` (this rank's share of the global batch)."""
+    task = cfg.model.task
+    idx = shard_indices(torch.arange(cfg.train.batch_size), env)
+    if task == "species":
+        x, y = D.species_batch(data, cfg, step)
+        return F.cross_entropy(net(x[idx].to(env.device)), y[idx].to(env.device))
+    if task == "lm":
+        w = D.lm_batch(data, cfg, step)[idx].to(env.device)  # (b, k l + 1)
+        k = max(1, cfg.data.lm_train_chunks)
+        if k == 1:
+            logits = net(w[:, :-1])  # (b, l, v)
+            return F.cross_entropy(logits.transpose(1, 2).float(), w[:, 1:])
+        # truncated BPTT: k chunks of l bases, the state carried (detached) from chunk to chunk
+        n, state, total = (w.shape[1] - 1) // k, None, 0.0
+        for c in range(k):
+            seg = w[:, c * n : (c + 1) * n + 1]
+            logits, state = net(seg[:, :-1], state=state, return_state=True)
+            state = _detach(state)
+            total = total + F.cross_entropy(logits.transpose(1, 2).float(), seg[:, 1:])
+        return total / k
+    x, y = D.cds_batch(data, cfg, step)
+    return TokenClassifier.loss(net(x[idx].to(env.device)), y[idx].to(env.device))
+
+
+def train(
+    cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str | None = None,
+    max_steps_this_run: int = 0, overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train, save the checkpoint into ``out_dir`` (rank 0) and return the test metrics."""
+    from .evaluate import evaluate_model
+
+    tc = cfg.train
+    if tc.batch_size < 1 or tc.steps < 1:
+        raise UserError("--train.batch_size and --train.steps must be >= 1")
+    init_tensors = None
+    if cfg.model.init:
+        init_tensors = imported_backbone(cfg.model.init)
+        cfg.backbone = BackboneConfig.from_dict(init_tensors.backbone_config.to_dict())
+    build_model(cfg)  # a bad --model.task / --backbone.* fails here, before anything is written
+    with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
+                  max_steps_this_run=max_steps_this_run, config=cfg, preset=preset, overwrite=overwrite) as run:
+        env = run.env
+        set_threads(tc.threads or None)
+        seed_everything(tc.seed)
+        data = _task_data(cfg)
+        model = build_model(cfg)
+        if init_tensors is not None:
+            init_from_imported(model, init_tensors, cfg.model.init)
+        model = model.to(env.device)
+        net = wrap_ddp(model, env)
+        opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
+        sched = make_scheduler(opt, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
+        run.restore(model=model, optimizer=opt, scheduler=sched)
+
+        def state() -> dict[str, Any]:
+            return {"model": model, "optimizer": opt, "scheduler": sched}
+
+        done = run.start
+        net.train()
+        for step in progress(run.steps(), desc=f"train {cfg.model.task}"):
+            loss = batch_loss(net, cfg, data, step, env)
+            optimizer_step(loss, opt, model=model, scheduler=sched, grad_clip=tc.grad_clip)
+            done = step + 1
+            if done % tc.log_every == 0 or done == tc.steps:
+                run.log.log(done, loss=all_reduce_mean(loss.item(), env), lr=sched.get_last_lr()[0])
+            run.checkpoint(done, **state())
+        else:
+            paused = run.pause(done, **state())
+            if paused:
+                return paused
+
+        metrics = evaluate_model(model, data, device=env.device)
+        metrics["steps"] = done
+        if run.is_main:
+            name = "mtb-h37rv" if cfg.model.task == "cds" else "bacteria-genomes"
+            model.save_pretrained(
+                out_dir, preset=preset, metrics=metrics,
+                data={"name": name, "sha256": data.fingerprint(), "seed": tc.seed},
+                extra={"training": {"world_size": env.world_size, "backend": env.backend,
+                                    "init": cfg.model.init or None}},
+            )
+        run.finish()
+        return metrics
