@@ -27,6 +27,10 @@ class BackboneConfig:
     final_norm: bool = True
     bidirectional: bool = False  # wrap each mixer in a forward + reversed pass
     bidirectional_merge: str = "add"  # "add" or "proj"
+    # Caduceus-PS reverse-complement equivariance (backbones/caduceus.py): the layers run at
+    # d_model // 2 on the first channel half and, with the same weights, on the reverse
+    # complement of the second half; f(RC(x)) == RC(f(x)) with RC(h) = h.flip(length, channels)
+    rc_equivariant: bool = False
     dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from .base import Backbone, RMSNorm, State
 from .bidirectional import Bidirectional
 from .block import Block, residual_dtype
+from .caduceus import rc_fold, rc_unfold
 from .config import BackboneConfig
 from .io import CheckpointError, load_weights_dir, save_weights_dir
 from .mlp import GatedMLP
@@ -99,6 +100,10 @@ class SequenceBackbone(Backbone):
         self.cfg = cfg
         self.d_model = cfg.d_model
         self.symbols = layer_symbols(cfg)
+        # rc_equivariant (Caduceus-PS, backbones/caduceus.py): layers at half width, run on both RC halves
+        if cfg.rc_equivariant and cfg.d_model % 2:
+            raise ValueError(f"rc_equivariant needs an even d_model (two RC halves), got {cfg.d_model}")
+        width = cfg.d_model // 2 if cfg.rc_equivariant else cfg.d_model
         unknown = set(cfg.mixer_kwargs) - set(list_mixers())
         if unknown:  # kwargs for a symbol unused by this pattern are fine (pattern overrides)
             raise ValueError(f"mixer_kwargs for unknown mixer symbol(s) {sorted(unknown)}; known: {sorted(list_mixers())}")
@@ -109,17 +114,18 @@ class SequenceBackbone(Backbone):
             # bidirectional=True wraps causal token mixers; already non-causal or position-wise
             # mixers (``token_mixing = False`` class attribute) are used as they are
             if cfg.bidirectional and getattr(cls, "is_causal", True) and getattr(cls, "token_mixing", True):
-                mixer: Backbone = Bidirectional.build(cls, cfg.d_model, merge=cfg.bidirectional_merge, **kw)
+                mixer: Backbone = Bidirectional.build(cls, width, merge=cfg.bidirectional_merge, **kw)
             else:
-                mixer = cls(cfg.d_model, **kw)
-            mlp = GatedMLP(cfg.d_model, cfg.d_intermediate) if cfg.d_intermediate > 0 else None
-            layers.append(Block(cfg.d_model, mixer, mlp, norm_eps=cfg.norm_eps, dropout=cfg.dropout))
+                mixer = cls(width, **kw)
+            mlp = GatedMLP(width, cfg.d_intermediate) if cfg.d_intermediate > 0 else None
+            layers.append(Block(width, mixer, mlp, norm_eps=cfg.norm_eps, dropout=cfg.dropout))
         self.layers = nn.ModuleList(layers)
-        self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.final_norm else None
+        self.norm_f = RMSNorm(width, eps=cfg.norm_eps) if cfg.final_norm else None
         mixers = [blk.mixer for blk in self.layers]
-        self.is_causal = all(m.is_causal for m in mixers)  # type: ignore[misc]
-        self.supports_step = all(m.supports_step for m in mixers)  # type: ignore[misc]
-        self.supports_state = all(m.supports_state for m in mixers)  # type: ignore[misc]
+        rc = cfg.rc_equivariant  # the RC half sees the sequence backwards: neither causal nor streamable
+        self.is_causal = not rc and all(m.is_causal for m in mixers)  # type: ignore[misc]
+        self.supports_step = not rc and all(m.supports_step for m in mixers)  # type: ignore[misc]
+        self.supports_state = not rc and all(m.supports_state for m in mixers)  # type: ignore[misc]
         # recompute each block in backward instead of storing its activations (long L training)
         self.gradient_checkpointing = False
 
@@ -149,6 +155,9 @@ class SequenceBackbone(Backbone):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"backbone input must be (batch, length, {self.d_model}), got {tuple(x.shape)}")
         states = self._check_state(state)
+        rc_mask = None if mask is None or bool(mask.all()) else mask
+        if self.cfg.rc_equivariant:  # (b, l, d) -> (2b, l, d/2): first half, RC of the second half
+            x_in, (x, mask) = x, rc_fold(x, rc_mask)
         h = x.to(residual_dtype(x.dtype, self.cfg.residual_in_fp32))  # residual stream
         new_states = []
         ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
@@ -159,6 +168,8 @@ class SequenceBackbone(Backbone):
                 h, st = blk(h, st, mask=mask)
             new_states.append(st)
         y = self.norm_f(h) if self.norm_f is not None else h
+        if self.cfg.rc_equivariant:
+            return rc_unfold(y, rc_mask).to(x_in.dtype), None
         return y.to(x.dtype), (new_states if self.supports_state else None)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:

@@ -20,7 +20,15 @@ Known layouts (:data:`LAYOUTS`):
   mamba2 + ``model.safetensors``, possibly sharded) -> :func:`~longstream.backbones.convert.load_hf`;
 - ``hyenadna``: LongSafari/hyenadna-* (Lightning ``weights.ckpt`` + ``config.json``) and the
   ``-hf`` repos (``model_type`` hyenadna + ``model.safetensors``) ->
-  :func:`longstream.backbones.hyenadna.load_hyenadna`.
+  :func:`longstream.backbones.hyenadna.load_hyenadna`; every published size is listed in
+  :data:`HYENADNA_SIZES`.
+- ``caduceus``: kuleshov-group/caduceus-{ph,ps}_* (``model_type`` caduceus +
+  ``model.safetensors``) -> :func:`longstream.backbones.caduceus.convert_caduceus_state_dict`:
+  Ph becomes a ``LanguageModel`` over the ``"BM"`` stack, PS an RC-equivariant
+  :class:`~longstream.encoders.dna_rc.RCLanguageModel` (``model_type`` ``longstream_rc_lm``).
+
+:func:`load_imported_backbone` returns what a fine-tuning pipeline needs from any imported
+checkpoint: the backbone config, the backbone and embedding weights (see :class:`ImportedBackbone`).
 
 Offline (``LONGSTREAM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``): an imported name resolves from
 the cache; anything else is a :class:`UserError` raised before ``huggingface_hub`` is even
@@ -55,6 +63,11 @@ __all__ = [
     "imported",
     "load_imported",
     "detect_hf_layout",
+    "HYENADNA_SIZES",
+    "CADUCEUS_REPOS",
+    "ImportedBackbone",
+    "caduceus_from_upstream",
+    "load_imported_backbone",
 ]
 
 HF_PREFIX = "hf:"
@@ -64,7 +77,26 @@ LAYOUTS: dict[str, str] = {
     "transformers": "transformers Mamba / Mamba-2: config.json (model_type mamba|mamba2) + model.safetensors",
     "hyenadna": "HyenaDNA (LongSafari/hyenadna-*): weights.ckpt (+ config.json), or the -hf repos' "
                 "config.json (model_type hyenadna) + model.safetensors / pytorch_model.bin",
+    "caduceus": "Caduceus (kuleshov-group/caduceus-ph_*, caduceus-ps_*): config.json (model_type caduceus) + "
+                "model.safetensors",
 }  # fmt: skip
+
+#: Every published HyenaDNA size: repo -> (d_model, n_layer, longest input in bases). Each also exists
+#: as ``<repo>-hf``. Configs pinned in tests/fixtures/upstream_keys/hyenadna_sizes.json.
+HYENADNA_SIZES: dict[str, tuple[int, int, int]] = {
+    "LongSafari/hyenadna-tiny-1k-seqlen": (128, 2, 1024),
+    "LongSafari/hyenadna-tiny-1k-seqlen-d256": (256, 2, 1024),
+    "LongSafari/hyenadna-tiny-16k-seqlen-d128": (128, 2, 16384),
+    "LongSafari/hyenadna-small-32k-seqlen": (256, 4, 32768),
+    "LongSafari/hyenadna-medium-160k-seqlen": (256, 8, 160000),
+    "LongSafari/hyenadna-medium-450k-seqlen": (256, 8, 450000),
+    "LongSafari/hyenadna-large-1m-seqlen": (256, 8, 1000000),
+}
+#: The public Caduceus checkpoints: repo -> (variant, d_model, n_layer, training length).
+CADUCEUS_REPOS: dict[str, tuple[str, int, int, int]] = {
+    "kuleshov-group/caduceus-ph_seqlen-131k_d_model-256_n_layer-16": ("ph", 256, 16, 131072),
+    "kuleshov-group/caduceus-ps_seqlen-131k_d_model-256_n_layer-16": ("ps", 256, 16, 131072),
+}
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REV = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HF_TRUE = ("1", "true", "yes", "on")
@@ -138,6 +170,9 @@ def detect_hf_layout(files: list[str], config: dict[str, Any] | None, repo: str 
         w = ["weights.ckpt"] if "weights.ckpt" in fs else weights[:1]
         if w:
             return "hyenadna", w
+    elif mt == "caduceus":
+        if weights:
+            return "caduceus", weights[:1]
     elif mt in ("mamba", "mamba2"):
         if "model.safetensors" in fs:
             return "transformers", ["model.safetensors"]
@@ -273,6 +308,8 @@ def _convert(layout: str, src: Path, trust_pickle: bool) -> tuple[dict[str, Any]
             model = convert.load_mamba_ssm(src)
         elif layout == "transformers":
             model = convert.load_hf(src)
+        elif layout == "caduceus":
+            return _convert_caduceus(src, trust_pickle)
         else:
             model = load_hyenadna(src, trust_pickle=trust_pickle)
             return {"model_type": "hyenadna", **dataclasses.asdict(model.config)}, model
@@ -367,11 +404,20 @@ def imported(cache: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def load_imported(directory: str | os.PathLike, map_location: str = "cpu") -> Any:
-    """The model in an imported checkpoint dir (sha256 verified): a ``LanguageModel`` or a ``HyenaDNAModel``."""
+    """The model in an imported checkpoint dir (sha256 verified): a ``LanguageModel``, an
+    ``RCLanguageModel`` (Caduceus-PS) or a ``HyenaDNAModel``."""
     from longstream.backbones.lm import LanguageModel
 
     d = Path(directory)
     meta = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
+    if meta.get("model_type") == RC_LM:
+        config, tensors = load_checkpoint(d, map_location=map_location)
+        model = _rc_lm(config)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise UserError(f"weights in {d} do not fit the model in its config.json: {e}") from None
+        return model.eval()
     if meta.get("model_type") != "hyenadna":
         return LanguageModel.from_pretrained(d, map_location=map_location)
     from longstream.backbones.hyenadna import HyenaDNAConfig, load_hyenadna
@@ -379,3 +425,122 @@ def load_imported(directory: str | os.PathLike, map_location: str = "cpu") -> An
     config, tensors = load_checkpoint(d, map_location=map_location)
     fields = {f.name for f in dataclasses.fields(HyenaDNAConfig)}
     return load_hyenadna(tensors, HyenaDNAConfig(**{k: v for k, v in config.items() if k in fields}))
+
+
+# ----------------------------------------------------------------------------- Caduceus
+RC_LM = "longstream_rc_lm"  # config.json model_type of an RC-equivariant DNA LM (Caduceus-PS)
+
+
+def _rc_lm(config: dict[str, Any]) -> Any:
+    """An untrained ``RCLanguageModel`` shaped by a ``longstream_rc_lm`` config dict."""
+    from longstream.backbones.config import BackboneConfig
+    from longstream.backbones.stack import SequenceBackbone
+    from longstream.encoders.dna_rc import RCLanguageModel
+
+    backbone = SequenceBackbone(BackboneConfig.from_dict(config["backbone"]))
+    return RCLanguageModel(backbone, config["vocab_size"], config.get("complement_map"))
+
+
+def caduceus_from_upstream(sd: dict[str, Any], hf_config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """``(config to record, model)`` from an upstream Caduceus state dict and its config.json dict.
+
+    Ph -> ``LanguageModel`` (tied head, ``model_type`` longstream_lm); PS -> ``RCLanguageModel``
+    (``model_type`` longstream_rc_lm, the complement map recorded in the config).
+    """
+    from longstream.backbones.caduceus import CaduceusConversionError, convert_caduceus_state_dict
+    from longstream.backbones.lm import LanguageModel
+
+    cfg, bsd, emb = convert_caduceus_state_dict(sd, hf_config)
+    rows = int(emb.shape[0])
+    tensors = {"embedding.weight": emb, **{f"backbone.{k}": v for k, v in bsd.items()}}
+    if cfg.rc_equivariant:
+        raw = hf_config.get("complement_map") or {}
+        comp = [int(raw.get(str(i), raw.get(i, i))) for i in range(rows)]  # upstream pads with identity
+        for k in ("caduceus.backbone.embeddings.word_embeddings.complement_map", "lm_head.complement_map"):
+            if k in sd and [int(c) for c in sd[k].tolist()] != comp:
+                raise CaduceusConversionError(f"{k} in the weights differs from config.json complement_map")
+        config = {"model_type": RC_LM, "vocab_size": rows, "complement_map": comp, "backbone": cfg.to_dict()}
+        model = _rc_lm(config)
+    else:
+        model = LanguageModel(rows, cfg, tie_embeddings=True, pad_vocab_size_multiple=1)
+        tensors["lm_head.weight"] = emb
+        config = dict(model.config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CaduceusConversionError(f"Caduceus checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    config["tokenizer"] = "dna_char"  # HyenaDNA's character ids (encoders/dna.py): A=7 C=8 G=9 T=10 N=11
+    return config, model.eval()
+
+
+def _convert_caduceus(src: Path, trust_pickle: bool) -> tuple[dict[str, Any], Any]:
+    cfg_path = src / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"no config.json next to the Caduceus weights in {src}")
+    weights = next((src / f for f in ("model.safetensors", "pytorch_model.bin") if (src / f).exists()), None)
+    if weights is None:
+        raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {src}")
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(weights))
+    else:
+        import torch
+
+        sd = torch.load(str(weights), map_location="cpu", weights_only=not trust_pickle)
+    return caduceus_from_upstream(dict(sd), json.loads(cfg_path.read_text()))
+
+
+# ----------------------------------------------------------------------------- fine-tuning entry
+@dataclass
+class ImportedBackbone:
+    """What :func:`load_imported_backbone` returns: enough to build ``embedding -> backbone`` and fine-tune.
+
+    - ``kind``: ``"lm"`` (``LanguageModel``: Mamba, Mamba-2, Caduceus-Ph), ``"rc_lm"``
+      (Caduceus-PS, RC-equivariant) or ``"hyenadna"``.
+    - ``backbone_config``: a :class:`~longstream.backbones.config.BackboneConfig` (``lm``,
+      ``rc_lm``) or a :class:`~longstream.backbones.hyenadna.HyenaDNAConfig`.
+    - ``backbone_state`` / ``embedding_state``: state dicts of ``model.backbone`` and
+      ``model.embedding`` (for ``hyenadna``: of ``model.backbone`` without the embedding,
+      and ``{"weight": word_embeddings}``).
+    - ``model``: the whole loaded model (its ``hidden(ids)`` / forward give features).
+    - ``d_model``: the width of the hidden states; ``vocab_size``: embedding rows;
+      ``rc_equivariant``: pool with :func:`longstream.encoders.dna_rc.rc_pool`.
+    """
+
+    kind: str
+    name: str
+    backbone_config: Any
+    backbone_state: dict[str, Any]
+    embedding_state: dict[str, Any]
+    model: Any
+    d_model: int
+    vocab_size: int
+    rc_equivariant: bool
+    config: dict[str, Any]
+
+
+def load_imported_backbone(directory: str | os.PathLike, map_location: str = "cpu") -> ImportedBackbone:
+    """Load a checkpoint dir written by ``longstream hub import`` (or any ``save_pretrained`` LM) for fine-tuning.
+
+    Raises a :class:`UserError` naming the directory if it is not a checkpoint.
+    """
+    d = Path(directory)
+    if not (d / "config.json").is_file():
+        raise UserError(f"{d} is not an imported checkpoint (no config.json); run `longstream hub import hf:<repo>` "
+                        "and pass the directory it prints")
+    try:
+        meta = json.loads((d / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{d / 'config.json'} is not valid JSON ({e})") from e
+    model = load_imported(d, map_location=map_location)
+    name = (meta.get("source") or {}).get("name") or str(d)
+    if meta.get("model_type") == "hyenadna":
+        bsd = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith("embeddings.")}
+        emb = {"weight": model.backbone.embeddings.word_embeddings.weight.detach()}
+        return ImportedBackbone("hyenadna", name, model.config, bsd, emb, model, model.config.d_model,
+                                model.config.padded_vocab, False, meta)
+    kind = "rc_lm" if meta.get("model_type") == RC_LM else "lm"
+    cfg = model.backbone.cfg
+    rows = int(model.embedding.weight.shape[0])
+    return ImportedBackbone(kind, name, cfg, model.backbone.state_dict(), model.embedding.state_dict(), model,
+                            cfg.d_model, rows, bool(cfg.rc_equivariant), meta)

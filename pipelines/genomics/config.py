@@ -40,7 +40,7 @@ class DataConfig:
     headline_length: int = 16384  # `accuracy` is the accuracy at this L (the issue's target)
     # language-model evaluation
     lm_contexts: list[int] = field(default_factory=lambda: [1024, 4096, 16384, 65536])
-    lm_points: int = 64  # target positions (each scores its last `lm_target` bases)
+    lm_points: int = 16  # target positions per test strain (each scores its last `lm_target` bases)
     lm_target: int = 512
     # CDS segmentation
     cds_stride: int = 0  # prediction stride over the test region; 0 = train_len // 2
@@ -105,7 +105,7 @@ def tiny() -> Config:
 def tiny_lm() -> Config:
     """The DNA language model, seconds on one CPU core (tests)."""
     return Config(
-        data=DataConfig(train_len=128, lm_contexts=[128, 512], lm_points=4, lm_target=64, eval_segment=256,
+        data=DataConfig(train_len=128, lm_contexts=[128, 512], lm_points=1, lm_target=64, eval_segment=256,
                         eval_batch=4),
         model=ModelConfig(task="lm"),
         backbone=BackboneConfig(d_model=16, n_layers=1, pattern="M"),
@@ -129,7 +129,7 @@ def release() -> Config:
         data=DataConfig(train_len=2048, train_len_min=1024),
         model=ModelConfig(task="species"),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
-        train=TrainConfig(steps=1200, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+        train=TrainConfig(steps=1000, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )
 
 
@@ -139,7 +139,7 @@ def release_lm() -> Config:
         data=DataConfig(train_len=2048),
         model=ModelConfig(task="lm"),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
-        train=TrainConfig(steps=1000, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+        train=TrainConfig(steps=800, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )
 
 
@@ -149,7 +149,7 @@ def release_cds() -> Config:
         data=DataConfig(train_len=2048, rc_prob=0.5),
         model=ModelConfig(task="cds"),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M", bidirectional=True),
-        train=TrainConfig(steps=1000, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+        train=TrainConfig(steps=700, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )
 
 

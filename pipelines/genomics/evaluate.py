@@ -32,7 +32,6 @@ from longstream.pipelines.common import (
     as_file,
     check_finite_output,
     check_finite_result,
-    check_text_file,
     dumps_strict,
     macro_f1,
     mcc,
@@ -124,7 +123,8 @@ def evaluate_lm(model, data: D.SpeciesData, device: str | torch.device = "cpu") 
     from .model import lm_target_nll
 
     dc = model.cfg.data
-    pts = splits.lm_eval_points(data.raw, n=dc.lm_points, seed=dc.seed)
+    pts = splits.lm_eval_points(data.raw, n=dc.lm_points, seed=dc.seed, contexts=tuple(dc.lm_contexts),
+                                target=dc.lm_target)
     m: dict[str, Any] = {}
     n_bases = 0
     for C in dc.lm_contexts:
@@ -153,10 +153,20 @@ def evaluate_lm(model, data: D.SpeciesData, device: str | torch.device = "cpu") 
 
 # ---------------------------------------------------------------------------- cds
 def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> dict[str, Any]:
-    """Gene calls from per-base probabilities (``genes.py``, helper gen-bench) scored on the test genes."""
+    """Gene calls decoded from the per-base probabilities (ORF-aware, ``genes.decode_genes`` of helper
+    gen-bench) scored against the annotated CDS fully inside ``[lo, hi)``, plus the per-base
+    metrics of the decoded calls (``*_decoded``)."""
     from . import genes
 
-    return genes.gene_metrics(probs, data.record, lo, hi)
+    seq = data.record.sequence[lo:hi].upper()
+    calls = genes.decode_genes(probs, seq)
+    true = [(f.start - lo, f.end - lo, f.strand) for f in data.record.cds if f.start >= lo and f.end <= hi]
+    m = {f"gene_{k}": v for k, v in genes.gene_metrics(calls, true).items()}
+    dec = genes.genes_to_labels(calls, hi - lo)
+    y = data.labels[lo:hi]
+    m.update({"mcc_decoded": mcc(y, dec), "mcc_binary_decoded": mcc(y > 0, dec > 0),
+              "macro_f1_decoded": macro_f1(y, dec, labels=[0, 1, 2])})
+    return m
 
 
 @torch.no_grad()
@@ -221,10 +231,6 @@ def read_sequences(spec: str) -> list[tuple[str, str, str]]:
             raise UserError(f"input {spec[:40]!r} is neither an existing FASTA file nor a DNA sequence "
                             "(letters A, C, G, T, N)")
         return [(spec, "input", seq)]
-    with open(p, "rb") as f:
-        magic = f.read(2)
-    if magic != b"\x1f\x8b":
-        check_text_file(p, what="FASTA file", hint="predict reads FASTA (.fa, .fasta, optionally gzipped)")
     recs = formats.read_fasta(p)
     if not recs:
         raise UserError(f"{p}: no FASTA record; a FASTA file starts with a '>name' line")

@@ -51,15 +51,31 @@ class GenomicsModel(nn.Module):
             raise common.UserError(f"unknown --model.task {task!r}; use one of {', '.join(TASKS)}")
         self.cfg, self.task = cfg, task
         d = cfg.backbone.d_model
-        self.embed = nn.Embedding(VOCAB, d)
+        self.rc = bool(cfg.backbone.rc_equivariant)  # Caduceus-PS: RC embedding, RC-invariant / equivariant heads
+        if self.rc:
+            from longstream.encoders.dna_rc import RCEmbedding
+
+            if d % 2:
+                raise common.UserError(f"--backbone.rc_equivariant needs an even --backbone.d_model, got {d}")
+            self.embed = RCEmbedding(VOCAB, d)
+        else:
+            self.embed = nn.Embedding(VOCAB, d)
         self.backbone = common.build_backbone(cfg.backbone)  # bad --backbone.* -> UserError
         if task == "lm" and not getattr(self.backbone, "is_causal", False):
             raise common.UserError("--model.task lm needs a causal backbone; drop --backbone.bidirectional "
                                    "(or pick a causal --backbone.pattern such as M or H)")
         if task == "species":
-            self.head = common.SequenceClassifier(d, N_SPECIES, pool=cfg.model.pool, dropout=cfg.model.dropout)
+            self.head = common.SequenceClassifier(d // 2 if self.rc else d, N_SPECIES, pool=cfg.model.pool,
+                                                  dropout=cfg.model.dropout)
         elif task == "lm":
-            self.head = nn.Linear(d, VOCAB)
+            if self.rc:
+                from longstream.encoders.dna_rc import RCLMHead
+
+                self.head = RCLMHead(self.embed)
+            else:
+                self.head = nn.Linear(d, VOCAB)
+        elif self.rc:
+            self.head = RCStrandHead(d)
         else:
             self.head = common.TokenClassifier(d, N_CDS, dropout=cfg.model.dropout)
 
@@ -71,13 +87,15 @@ class GenomicsModel(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
         h = self.features(ids, mask)  # (b, l, d)
         if self.task == "species":
-            return self.head(h, mask)  # (b, 4)
+            return self.head(rc_symmetric(h) if self.rc else h, mask)  # (b, 4)
         if self.task == "lm":
             return self.head(h)  # (b, l, v)
         return self.head(h, mask)  # (b, l, 3)
 
     def classify_pooled(self, pooled: Tensor) -> Tensor:
         """Species logits from a pooled ``(b, d)`` vector (the streamed path)."""
+        if self.rc:
+            pooled = rc_symmetric(pooled)
         return self.head.mlp(self.head.dropout(pooled))
 
     def save_pretrained(self, out_dir: str | Path, **kw: Any) -> Path:
@@ -87,6 +105,35 @@ class GenomicsModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path) -> GenomicsModel:
         return from_pretrained(name_or_dir)
+
+
+def rc_symmetric(h: Tensor) -> Tensor:
+    """``(..., d) -> (..., d/2)``: the mean of the two RC halves, ``(h[:w] + reverse(h[w:])) / 2``.
+
+    For an RC-equivariant stream the result at position t of the RC input equals the result at
+    position l - 1 - t of the input, so any pooling over positions is RC-invariant.
+    """
+    w = h.shape[-1] // 2
+    return (h[..., :w] + h[..., w:].flip(-1)) / 2
+
+
+class RCStrandHead(nn.Module):
+    """RC-equivariant per-base strand head: ``(b, l, d) -> (b, l, 3)`` [non-coding, plus, minus].
+
+    One linear map ``g: w -> (n, same, opposite)`` reads both halves: non-coding =
+    ``g_n(h1) + g_n(h2)``, plus = ``g_same(h1) + g_opp(h2)``, minus = ``g_opp(h1) + g_same(h2)``
+    with ``h2`` the channel-reversed second half. Reverse complementing the input reverses the
+    positions and swaps plus and minus, as the labels do.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.g = nn.Linear(d_model // 2, 3)
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        w = h.shape[-1] // 2
+        a, b = self.g(h[..., :w]), self.g(h[..., w:].flip(-1))  # (b, l, 3) each
+        return torch.stack([a[..., 0] + b[..., 0], a[..., 1] + b[..., 2], a[..., 2] + b[..., 1]], -1)
 
 
 def build_model(cfg: Config) -> GenomicsModel:
