@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from longstream.backbones.io import atomic_file
-from longstream.pipelines.common import UserError, derived_out, progress, resolve_out
+from longstream.pipelines.common import UserError, check_finite_output, derived_out, progress, resolve_out
 
 from . import data as D
 
@@ -260,9 +260,7 @@ class _ParquetRows:
 
 # ---------------------------------------------------------------------------- the command
 def _check_finite(emb: torch.Tensor, fa: Any, name: str, s: int) -> None:
-    if not torch.isfinite(emb).all():
-        raise FloatingPointError(f"non-finite embedding in record {name!r} of {fa.path} near base {s} "
-                                 "(a model bug; nothing was written)")
+    check_finite_output(emb, source=f"FASTA {fa.path}: record {name!r} near base {s}", what="embeddings")
 
 
 def embed_fasta(model: Any, fasta: str | Path, out: str | Path, opts: EmbedOptions | None = None, *,

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from longstream.pipelines.common import UserError, progress, resolve_out
+from longstream.pipelines.common import UserError, check_finite_output, progress, resolve_out
 
 from . import data as D
 
@@ -155,8 +155,8 @@ def llr_scores(model: Any, fa: Any, alleles: list[Allele], *, window: int = 512,
     ll = (logp.double() * keep).sum(1).view(-1, 4)  # (b, [ref_f, alt_f, ref_r, alt_r])
     fwd = (ll[:, 1] - ll[:, 0]).cpu().numpy()
     rev = (ll[:, 3] - ll[:, 2]).cpu().numpy()
-    if not (np.isfinite(fwd).all() and np.isfinite(rev).all()):
-        raise FloatingPointError("non-finite log-likelihood ratio (a model bug; nothing was written)")
+    check_finite_output((fwd, rev), source=[f"{a.chrom}:{a.start + 1} {a.ref}>{a.alt}" for a in alleles],
+                        what="log-likelihood ratios")
     return fwd, rev
 
 
