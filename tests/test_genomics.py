@@ -169,18 +169,24 @@ def test_model_init_loads_an_imported_language_model_backbone(tmp_path):
     torch.manual_seed(3)
     lm = LanguageModel(12, bb)
     lm.save_pretrained(tmp_path / "imported")
-    cfg_bb, tensors = M.imported_backbone(str(tmp_path / "imported"))
-    assert cfg_bb["d_model"] == 16
+    imp = M.imported_backbone(str(tmp_path / "imported"))
+    assert imp.backbone_config.d_model == 16
     m = _model()
-    keys = M.init_from_imported(m, tensors, "imported")
+    keys = M.init_from_imported(m, imp, "imported")
     assert "embed.weight" in keys and any(k.startswith("backbone.") for k in keys)
-    sd = m.state_dict()
+    sd, tensors = m.state_dict(), lm.state_dict()
     for k in keys:
         if k.startswith("backbone."):
             assert torch.equal(sd[k], tensors[k])
     assert torch.equal(sd["embed.weight"][:16], tensors["embedding.weight"][:16])
     with pytest.raises(UserError, match="no config.json"):
         M.imported_backbone(str(tmp_path))
+    # one command: train a task from the imported backbone
+    out = tmp_path / "ft"
+    assert cli_main(["train", "--preset", "tiny", "--model.init", str(tmp_path / "imported"), "--out", str(out),
+                     "--train.steps", "2", "--train.save_every", "0", "--quiet"]) == 0
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["backbone"]["d_model"] == 16 and meta["config"]["model"]["init"]
 
 
 def test_presets_are_distinct_tasks_and_json_round_trips(capsys):
@@ -222,3 +228,19 @@ def test_tiny_lm_and_cds_train_on_real_data_and_evaluate_reproduces(preset, tmp_
     assert set(keys) <= set(got)
     for k in keys:
         assert got[k] == pytest.approx(trained[k], rel=1e-5, abs=1e-6) if isinstance(got[k], float) else got[k] == trained[k]
+
+
+def test_lm_chunks_with_carried_state_equal_one_long_window():
+    """``data.lm_train_chunks``: the chunked (truncated-BPTT) loss equals the loss of one full window."""
+    from longstream.pipelines.common import DistEnv
+    from longstream.pipelines.genomics.train import batch_loss
+
+    data, cfg = _synthetic_species(), C.tiny_lm()
+    cfg.data.lm_train_chunks = 3
+    m = _model(C.tiny_lm)
+    w = D.lm_batch(data, cfg, 5)
+    assert w.shape == (cfg.train.batch_size, 3 * cfg.data.train_len + 1)
+    with torch.no_grad():
+        chunked = batch_loss(m, cfg, data, 5, DistEnv())
+        full = F.cross_entropy(m(w[:, :-1]).transpose(1, 2), w[:, 1:])
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)

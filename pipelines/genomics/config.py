@@ -42,6 +42,7 @@ class DataConfig:
     lm_contexts: list[int] = field(default_factory=lambda: [1024, 4096, 16384, 65536])
     lm_points: int = 16  # target positions per test strain (each scores its last `lm_target` bases)
     lm_target: int = 512
+    lm_train_chunks: int = 1  # >1: each LM training window is this many train_len chunks, state carried
     # CDS segmentation
     cds_stride: int = 0  # prediction stride over the test region; 0 = train_len // 2
     cds_max_test: int = 0  # >0: score only the first N bases of the test region (tests)
@@ -134,12 +135,13 @@ def release() -> Config:
 
 
 def release_lm() -> Config:
-    """DNA language model (shipped ``genomics/mamba-lm``): 2-layer Mamba d=64 on 2K windows."""
+    """DNA language model (shipped ``genomics/mamba-lm``): 2-layer Mamba d=64 on 4K windows, run as
+    4 chunks of 1K with the state carried (truncated BPTT), so the model learns to use a long state."""
     return Config(
-        data=DataConfig(train_len=2048),
+        data=DataConfig(train_len=1024, lm_train_chunks=4),
         model=ModelConfig(task="lm"),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
-        train=TrainConfig(steps=800, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+        train=TrainConfig(steps=400, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )
 
 

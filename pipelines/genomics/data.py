@@ -129,9 +129,10 @@ def species_batch(data: SpeciesData, cfg: Config, step: int) -> tuple[torch.Tens
 
 
 def lm_batch(data: SpeciesData, cfg: Config, step: int) -> torch.Tensor:
-    """``ids (b, l + 1)`` int64: windows of every training genome (species uniform), for next-base prediction."""
+    """``ids (b, k l + 1)`` int64 (k = ``data.lm_train_chunks``): windows of the training genomes
+    (species uniform), for next-base prediction."""
     tc, dc = cfg.train, cfg.data
-    L = step_length(dc, tc.seed, step) + 1
+    L = step_length(dc, tc.seed, step) * max(1, dc.lm_train_chunks) + 1
     r = _rng(tc.seed, step)
     rows = []
     for y in r.integers(0, len(data.species), tc.batch_size):

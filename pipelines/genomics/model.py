@@ -18,7 +18,6 @@ Axis legend: b batch, l length, d model width, c classes, v vocabulary.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +83,11 @@ class GenomicsModel(nn.Module):
         h, _ = self.backbone(self.embed(ids), mask=mask)
         return h
 
-    def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor | None = None, state: Any = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
+        if return_state:  # continue a stream (truncated back-propagation through time, causal backbones)
+            h, state = self.backbone(self.embed(ids), state, mask=mask)
+            return self.head(h) if self.task == "lm" else self.head(h, mask), state
         h = self.features(ids, mask)  # (b, l, d)
         if self.task == "species":
             return self.head(rc_symmetric(h) if self.rc else h, mask)  # (b, 4)
@@ -156,47 +159,37 @@ def from_pretrained(name_or_dir: str | Path) -> GenomicsModel:
 
 
 # ---------------------------------------------------------------------------- --model.init
-def imported_backbone(init_dir: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(backbone config dict, tensors)`` of a ``longstream hub import`` output dir (sha256 verified).
+def imported_backbone(init_dir: str):
+    """The ``ImportedBackbone`` (``pipelines/hf_import.py``) of a ``longstream hub import`` output dir.
 
-    Supported: longstream language models (``model_type`` ``longstream_lm``: Mamba / Mamba-2 /
-    DNA LMs converted by ``hub import``). The embedding is kept when it has HyenaDNA's
-    character vocabulary (12 ids).
+    Supported kinds: ``lm`` (Mamba / Mamba-2 / Caduceus-Ph language models) and ``rc_lm``
+    (Caduceus-PS). A HyenaDNA import (``hyenadna``) has LayerNorm + GELU-MLP blocks that the
+    registry stack does not describe, so it cannot initialise this pipeline's backbone yet.
     """
-    d = Path(init_dir)
-    cfg_file = d / "config.json"
-    if not cfg_file.is_file():
-        raise common.UserError(f"--model.init {init_dir}: no config.json there; give a folder written by "
-                               "`longstream hub import NAME` (see `longstream hub list`)")
-    meta = json.loads(cfg_file.read_text())
-    kind = meta.get("model_type")
-    if kind != "longstream_lm":
-        raise common.UserError(f"--model.init {init_dir}: model_type {kind!r} cannot initialise this pipeline's "
-                               "backbone yet; use a longstream language model (model_type 'longstream_lm')")
-    from longstream.backbones.lm import load_checkpoint
+    from longstream.pipelines.hf_import import load_imported_backbone
 
-    config, tensors = load_checkpoint(d)
-    return config["backbone"], tensors
+    imp = load_imported_backbone(init_dir)
+    if imp.kind not in ("lm", "rc_lm"):
+        raise common.UserError(f"--model.init {init_dir}: a {imp.kind} checkpoint cannot initialise this "
+                               "pipeline's backbone yet; import a Mamba or Caduceus model instead")
+    return imp
 
 
-def init_from_imported(model: GenomicsModel, tensors: dict[str, Tensor], source: str) -> list[str]:
-    """Copy an imported LM's backbone (and DNA embedding) into ``model``; returns the keys loaded."""
+def init_from_imported(model: GenomicsModel, imp, source: str) -> list[str]:
+    """Copy an imported LM's backbone (and its DNA embedding) into ``model``; returns the keys loaded."""
     own = model.state_dict()
-    new: dict[str, Tensor] = {}
-    for k, v in tensors.items():
-        if k.startswith("backbone.") and k in own:
-            if own[k].shape != v.shape:
-                raise common.UserError(f"--model.init {source}: {k} has shape {tuple(v.shape)}, this model "
-                                       f"{tuple(own[k].shape)}; keep the imported backbone's settings")
-            new[k] = v
-    emb = tensors.get("embedding.weight")
-    if emb is not None and emb.shape[1] == own["embed.weight"].shape[1] and emb.shape[0] >= 12:
-        w = own["embed.weight"].clone()
+    new = {f"backbone.{k}": v for k, v in imp.backbone_state.items()}
+    bad = [k for k, v in new.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise common.UserError(f"--model.init {source}: {len(bad)} backbone weights (e.g. {bad[0]}) do not fit "
+                               "this model; keep the imported backbone's settings")
+    emb = imp.embedding_state.get("weight")
+    w = own["embed.weight"]
+    if emb is not None and emb.shape[1] == w.shape[1] and emb.shape[0] >= 12:  # HyenaDNA's character ids
+        w = w.clone()
         n = min(emb.shape[0], w.shape[0])
         w[:n] = emb[:n]
         new["embed.weight"] = w
-    if not any(k.startswith("backbone.") for k in new):
-        raise common.UserError(f"--model.init {source}: no backbone weight matches this model")
     model.load_state_dict(new, strict=False)
     return sorted(new)
 

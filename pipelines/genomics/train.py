@@ -41,6 +41,16 @@ def _task_data(cfg: Config):
     return D.load_cds(root) if cfg.model.task == "cds" else D.load_species(root)
 
 
+def _detach(state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if isinstance(state, dict):
+        return {k: _detach(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_detach(v) for v in state)
+    return state
+
+
 def batch_loss(net, cfg: Config, data, step: int, env) -> torch.Tensor:
     """The training loss of ``step`` (this rank's share of the global batch)."""
     task = cfg.model.task
@@ -49,9 +59,19 @@ def batch_loss(net, cfg: Config, data, step: int, env) -> torch.Tensor:
         x, y = D.species_batch(data, cfg, step)
         return F.cross_entropy(net(x[idx].to(env.device)), y[idx].to(env.device))
     if task == "lm":
-        w = D.lm_batch(data, cfg, step)[idx].to(env.device)  # (b, l + 1)
-        logits = net(w[:, :-1])  # (b, l, v)
-        return F.cross_entropy(logits.transpose(1, 2).float(), w[:, 1:])
+        w = D.lm_batch(data, cfg, step)[idx].to(env.device)  # (b, k l + 1)
+        k = max(1, cfg.data.lm_train_chunks)
+        if k == 1:
+            logits = net(w[:, :-1])  # (b, l, v)
+            return F.cross_entropy(logits.transpose(1, 2).float(), w[:, 1:])
+        # truncated BPTT: k chunks of l bases, the state carried (detached) from chunk to chunk
+        n, state, total = (w.shape[1] - 1) // k, None, 0.0
+        for c in range(k):
+            seg = w[:, c * n : (c + 1) * n + 1]
+            logits, state = net(seg[:, :-1], state=state, return_state=True)
+            state = _detach(state)
+            total = total + F.cross_entropy(logits.transpose(1, 2).float(), seg[:, 1:])
+        return total / k
     x, y = D.cds_batch(data, cfg, step)
     return TokenClassifier.loss(net(x[idx].to(env.device)), y[idx].to(env.device))
 
@@ -68,10 +88,8 @@ def train(
         raise UserError("--train.batch_size and --train.steps must be >= 1")
     init_tensors = None
     if cfg.model.init:
-        bb, init_tensors = imported_backbone(cfg.model.init)
-        keep_bi = cfg.backbone.bidirectional
-        cfg.backbone = BackboneConfig.from_dict(bb)
-        cfg.backbone.bidirectional = cfg.backbone.bidirectional or (keep_bi and cfg.model.task == "cds")
+        init_tensors = imported_backbone(cfg.model.init)
+        cfg.backbone = BackboneConfig.from_dict(init_tensors.backbone_config.to_dict())
     build_model(cfg)  # a bad --model.task / --backbone.* fails here, before anything is written
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
                   max_steps_this_run=max_steps_this_run, config=cfg, preset=preset, overwrite=overwrite) as run:
