@@ -201,7 +201,12 @@ def _index_paths(p: Path, kind: str) -> tuple[str, str | None]:
     from longstream.pipelines.hub import cache_root
 
     d = cache_root() / "fai"
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:  # no writable cache either: the system's temporary folder
+        import tempfile
+
+        d = Path(tempfile.gettempdir())
     key = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:16]
     return str(d / f"{key}-{p.name}.fai"), (str(d / f"{key}-{p.name}.gzi") if kind == "bgzip" else None)
 
@@ -238,15 +243,13 @@ class FastaFile:
                                         sequence_always_upper=False, strict_bounds=True, rebuild=True)
         except pyfaidx.FastaIndexingError:  # uneven line widths: legal FASTA, not indexable
             return False
-        except ValueError as e:  # duplicate names, bad header: the exact line comes from the full scan
-            if "uplicate" in str(e):
-                raise read_fasta_error(self.path) from None
-            raise UserError(f"FASTA {self.path}: cannot be indexed ({e}); {_FASTA_HINT}") from None
+        except ValueError:  # duplicate names, undecodable header, ...: the exact line comes from a full scan
+            raise _fasta_error(self.path) from None
         except (EOFError, zlib.error, OSError) as e:
-            raise read_fasta_error(self.path, e) from None
+            raise _fasta_error(self.path, e) from None
         self._lengths = {k: len(self._faidx[k]) for k in self._faidx.keys()}
         if not self._lengths or any(n == 0 for n in self._lengths.values()):
-            raise read_fasta_error(self.path)
+            raise _fasta_error(self.path)
         return True
 
     def _sniff(self) -> None:
@@ -256,9 +259,11 @@ class FastaFile:
             with opener(self.path, "rb") as f:
                 head = f.read(1 << 16)
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
-            raise read_fasta_error(self.path, e) from None
+            raise _fasta_error(self.path, e) from None
         if b"\0" in head:
             raise UserError(f"FASTA {self.path} is a binary file, not text; {_FASTA_HINT}")
+        if not head.strip():
+            raise UserError(f"FASTA {self.path} is empty (only blank lines); {_FASTA_HINT}")
         if not head.lstrip().startswith(b">"):
             raise UserError(f"FASTA {self.path}, line 1: not a FASTA file (the first line does not start "
                             f"with '>'); {_FASTA_HINT}")
@@ -287,7 +292,7 @@ class FastaFile:
             return self._seqs[name][start:end]
         seq = str(self._faidx[name][start:end]) if end > start else ""
         if not valid_bases(seq):
-            raise read_fasta_error(self.path)
+            raise _fasta_error(self.path)
         return seq
 
     def sequence(self, name: str) -> str:
@@ -312,7 +317,7 @@ class FastaFile:
         return f"FastaFile({str(self.path)!r}, {len(self._lengths)} records, {self.kind})"
 
 
-def read_fasta_error(path: Path, cause: BaseException | None = None) -> UserError:
+def _fasta_error(path: Path, cause: BaseException | None = None) -> UserError:
     """The UserError for a FASTA file found broken after indexing: rescan it for the line."""
     if isinstance(cause, OSError) and not isinstance(cause, gzip.BadGzipFile):
         return UserError(f"cannot read FASTA {path}: {cause.strerror or cause}")

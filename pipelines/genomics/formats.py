@@ -34,7 +34,15 @@ unknown contig (see :mod:`.vcf`).
 
 from .annotations import Feature, GenBankRecord, Interval, read_bed, read_genbank
 from .fasta import BASES, FastaFile, compression, iter_lines, read_fasta, read_text, valid_bases
-from .vcf import KIND_REASONS, VARIANT_TSV_COLUMNS, Variant, read_vcf, write_scored_vcf, write_tsv
+from .vcf import (
+    KIND_REASONS,
+    VARIANT_TSV_COLUMNS,
+    Variant,
+    count_records,
+    read_vcf,
+    write_scored_vcf,
+    write_tsv,
+)
 
 __all__ = [
     "BASES",
@@ -53,6 +61,7 @@ __all__ = [
     "KIND_REASONS",
     "VARIANT_TSV_COLUMNS",
     "read_vcf",
+    "count_records",
     "write_scored_vcf",
     "write_tsv",
 ]

@@ -41,7 +41,8 @@ from longstream.pipelines.common import UserError
 
 from .fasta import FastaFile, iter_lines
 
-__all__ = ["Variant", "KIND_REASONS", "VARIANT_TSV_COLUMNS", "read_vcf", "write_scored_vcf", "write_tsv"]
+__all__ = ["Variant", "KIND_REASONS", "VARIANT_TSV_COLUMNS", "read_vcf", "count_records", "write_scored_vcf",
+           "write_tsv"]
 
 VCF_HINT = ("a VCF file starts with '##fileformat=VCFv4.x', then a '#CHROM POS ID REF ALT QUAL FILTER INFO' "
             "line, then one tab-separated record per line")
@@ -187,6 +188,8 @@ def read_vcf(path: str | os.PathLike, fasta: str | os.PathLike | FastaFile | Non
     try:
         vcf = cyvcf2.VCF(str(p))
     except Exception as e:  # cyvcf2 raises OSError, or a bare Exception for a bad header
+        for _ in lines:  # htslib reads ahead: a truncated gzip fails here; let the line reader name it
+            pass
         raise UserError(f"VCF {p}: cyvcf2 cannot read the header ({e}); {VCF_HINT}") from None
     try:
         records = iter(vcf)
@@ -206,6 +209,11 @@ def read_vcf(path: str | os.PathLike, fasta: str | os.PathLike | FastaFile | Non
         vcf.close()
         if fa is not None and fa is not fasta:
             fa.close()
+
+
+def count_records(path: str | os.PathLike) -> int:
+    """Number of record lines of a VCF (a progress bar's total), read in one streamed pass."""
+    return sum(1 for _, line in iter_lines(path, what="VCF", hint=VCF_HINT) if line and not line.startswith("#"))
 
 
 # ---------------------------------------------------------------- writers
