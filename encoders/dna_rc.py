@@ -29,17 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dna import COMPLEMENT_IDS
+
 __all__ = ["RCEmbedding", "RCLMHead", "RCLanguageModel", "dna_complement", "rc_hidden", "rc_pool"]
 
-#: HyenaDNA / Caduceus character ids of the four bases (encoders/dna.py: A=7 C=8 G=9 T=10).
-_BASE_PAIRS = {7: 10, 10: 7, 8: 9, 9: 8}
-
-
 def dna_complement(vocab_rows: int = 16) -> list[int]:
-    """The complement of each token id in ``range(vocab_rows)`` (A<->T, C<->G, others fixed)."""
-    if vocab_rows < 11:
-        raise ValueError(f"the DNA vocabulary needs at least 11 rows (T = id 10), got {vocab_rows}")
-    return [_BASE_PAIRS.get(i, i) for i in range(vocab_rows)]
+    """The complement of each token id in ``range(vocab_rows)``: ``encoders/dna.py``'s
+    ``COMPLEMENT_IDS`` (A<->T, C<->G, N and specials fixed), padding rows mapped to themselves."""
+    base = [int(c) for c in COMPLEMENT_IDS]
+    if vocab_rows < len(base):
+        raise ValueError(f"the DNA vocabulary has {len(base)} ids; an embedding needs at least that many rows, got {vocab_rows}")
+    return base + list(range(len(base), vocab_rows))
 
 
 def _check_complement(complement: Sequence[int], vocab_rows: int) -> Tensor:

@@ -504,7 +504,8 @@ class ImportedBackbone:
       and ``{"weight": word_embeddings}``).
     - ``model``: the whole loaded model (its ``hidden(ids)`` / forward give features).
     - ``d_model``: the width of the hidden states; ``vocab_size``: embedding rows;
-      ``rc_equivariant``: pool with :func:`longstream.encoders.dna_rc.rc_pool`.
+      ``rc_equivariant``: pool with :func:`longstream.encoders.dna_rc.rc_pool`, and build the
+      embedding as ``RCEmbedding(vocab_size, d_model, complement_map)``.
     """
 
     kind: str
@@ -517,6 +518,7 @@ class ImportedBackbone:
     vocab_size: int
     rc_equivariant: bool
     config: dict[str, Any]
+    complement_map: list[int] | None = None
 
 
 def load_imported_backbone(directory: str | os.PathLike, map_location: str = "cpu") -> ImportedBackbone:
@@ -543,4 +545,4 @@ def load_imported_backbone(directory: str | os.PathLike, map_location: str = "cp
     cfg = model.backbone.cfg
     rows = int(model.embedding.weight.shape[0])
     return ImportedBackbone(kind, name, cfg, model.backbone.state_dict(), model.embedding.state_dict(), model,
-                            cfg.d_model, rows, bool(cfg.rc_equivariant), meta)
+                            cfg.d_model, rows, bool(cfg.rc_equivariant), meta, meta.get("complement_map"))

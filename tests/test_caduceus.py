@@ -24,20 +24,12 @@ from longstream.backbones.caduceus import CaduceusConversionError, CaduceusMixer
 from longstream.backbones.mamba import Mamba
 from longstream.backbones.registry import backbone_config
 from longstream.backbones.stack import SequenceBackbone, create_backbone
+from longstream.encoders.dna import reverse_complement_ids
 from longstream.encoders.dna_rc import RCLanguageModel, dna_complement, rc_pool
 from longstream.pipelines.hf_import import caduceus_from_upstream
 
 torch.set_num_threads(1)
 COMP = torch.tensor(dna_complement(16))
-
-try:  # gen-io's encoders/dna.py, once merged
-    from longstream.encoders.dna import reverse_complement_ids
-except ImportError:  # pragma: no cover - until then, the same function in five lines
-
-    def reverse_complement_ids(ids, dim=-1):
-        """Reverse the order along ``dim`` and complement A<->T, C<->G (ids 7..10); others kept."""
-        return COMP[ids.flip(dim)]
-
 
 def _rc_logits(logits: torch.Tensor) -> torch.Tensor:
     """RC of per-position logits (b, l, v): positions reversed, vocabulary complemented."""
@@ -127,7 +119,7 @@ def _rcps_per_layer(bb: SequenceBackbone, x: torch.Tensor) -> torch.Tensor:
     wrap = lambda f, h: torch.cat([f(h[..., :w]), flip(f(flip(h[..., w:])))], -1)
     h = x
     for blk in bb.layers:
-        h = h + wrap(lambda t: blk.mixer(blk.norm(t))[0], h)
+        h = h + wrap(lambda t, blk=blk: blk.mixer(blk.norm(t))[0], h)
     return wrap(bb.norm_f, h)
 
 
@@ -290,3 +282,9 @@ def test_conversion_errors_name_the_problem():
         convert_caduceus_state_dict({**sd, "caduceus.backbone.extra.weight": torch.zeros(1)}, _hf_config("ph"))
     cfg, _, _ = convert_caduceus_state_dict(sd, _hf_config("ph"))
     assert dataclasses.asdict(cfg)["pattern"] == "BM" and backbone_config("caduceus_ph").pattern == "BM"
+
+
+def test_complement_map_is_the_tokenizers():
+    ids = torch.arange(12)
+    assert reverse_complement_ids(ids).flip(0).tolist() == dna_complement(12)
+    assert dna_complement(16)[12:] == [12, 13, 14, 15]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_caduceus import _hf_config as caduceus_config
+from test_caduceus import upstream_state_dict as caduceus_state_dict
 from test_hyenadna_loader import DIMS as HY_DIMS
 from test_hyenadna_loader import hf_state_dict, lightning_state_dict
 
@@ -23,7 +25,15 @@ from longstream.backbones.convert import load_hf, load_mamba_ssm
 from longstream.backbones.hyenadna import load_hyenadna
 from longstream.backbones.lm import CheckpointError, LanguageModel
 from longstream.pipelines.common import UserError
-from longstream.pipelines.hf_import import import_dir, import_hf, load_imported
+from longstream.pipelines.hf_import import (
+    CADUCEUS_REPOS,
+    HYENADNA_SIZES,
+    caduceus_from_upstream,
+    import_dir,
+    import_hf,
+    load_imported,
+    load_imported_backbone,
+)
 from longstream.pipelines.hub import Hub
 
 pytest.importorskip("huggingface_hub")
@@ -88,6 +98,14 @@ def _hyenadna_repo(hf: bool) -> Repo:
                                                                                "epoch": 3})})
 
 
+def _caduceus_repo(variant: str) -> Repo:
+    cfg = {**caduceus_config(variant), "architectures": ["CaduceusForMaskedLM"],
+           "auto_map": {"AutoModelForMaskedLM": "modeling_caduceus.CaduceusForMaskedLM"}}
+    return Repo({"config.json": json.dumps(cfg).encode(), "model.safetensors": _st(caduceus_state_dict(variant, seed=7)),
+                 "modeling_caduceus.py": b"# remote code, never downloaded\n", "README.md": b"# caduceus\n"})
+
+
+CADUCEUS_PH, CADUCEUS_PS = sorted(CADUCEUS_REPOS)
 REPOS = {
     "state-spaces/mamba-tiny": ("mamba_ssm", lambda: _mamba_ssm_repo("Mamba1")),
     "state-spaces/mamba2-tiny": ("mamba_ssm", lambda: _mamba_ssm_repo("Mamba2")),
@@ -95,6 +113,8 @@ REPOS = {
     "tiny/mamba2-tiny-hf": ("transformers", lambda: _transformers_repo("mamba2")),
     "LongSafari/hyenadna-tiny-1k-seqlen": ("hyenadna", lambda: _hyenadna_repo(False)),
     "LongSafari/hyenadna-tiny-1k-seqlen-hf": ("hyenadna", lambda: _hyenadna_repo(True)),
+    CADUCEUS_PH: ("caduceus", lambda: _caduceus_repo("ph")),
+    CADUCEUS_PS: ("caduceus", lambda: _caduceus_repo("ps")),
 }
 
 
@@ -128,6 +148,10 @@ def _direct(layout: str, repo: Repo, tmp: Path):
         return load_mamba_ssm(d)
     if layout == "transformers":
         return load_hf(d)
+    if layout == "caduceus":
+        from safetensors.torch import load_file
+
+        return caduceus_from_upstream(load_file(str(d / "model.safetensors")), json.loads((d / "config.json").read_text()))[1]
     return load_hyenadna(d)
 
 
@@ -155,10 +179,10 @@ def test_round_trip(repo_id, env, monkeypatch):
         import hashlib
 
         assert rec["sha256"] == hashlib.sha256(repo.files[f]).hexdigest()
-    ids = torch.randint(0, 12 if layout == "hyenadna" else 50, (2, 11))
+    ids = torch.randint(0, 12 if layout in ("hyenadna", "caduceus") else 50, (2, 11))
     ref = _logits(_direct(layout, repo, env), ids)
     model = load_imported(path)
-    if layout != "hyenadna":
+    if layout not in ("hyenadna", "caduceus"):
         model = LanguageModel.from_pretrained(path)
     got = _logits(model.eval(), ids)
     assert ref.abs().max() > 1e-2
@@ -277,3 +301,73 @@ def test_missing_huggingface_hub_names_the_extra(env, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(UserError, match=r"longstream\[hub\]"):
         import_hf("hf:state-spaces/mamba-tiny", cache=env / "home")
+
+
+# ----------------------------------------------------------------------------- genomics: sizes, Caduceus, fine-tuning entry
+def test_every_hyenadna_size_is_known_and_converts_by_shape():
+    """Each published size's pinned config.json gives a model whose converted tensors have
+    exactly the shapes of the pinned Lightning key list at that size (built on meta)."""
+    from longstream.backbones.hyenadna import HyenaDNAConfig, HyenaDNAModel
+
+    sizes = upstream_keys.fixture("hyenadna_sizes")["sizes"]
+    assert set(sizes) == set(HYENADNA_SIZES) and len(sizes) == 7
+    for repo, rec in sizes.items():
+        cfg = HyenaDNAConfig.from_json_dict(rec["config"])
+        d, n, longest = HYENADNA_SIZES[repo]
+        assert (cfg.d_model, cfg.n_layer, cfg.l_max - 2) == (d, n, longest) == (d, n, rec["max_seq_len"]), repo
+        dims = {"d_model": cfg.d_model, "n_layer": cfg.n_layer, "d_inner": cfg.d_inner, "vocab_rows": cfg.padded_vocab,
+                "order": cfg.order, "l_max": cfg.l_max, "emb_dim": cfg.emb_dim, "filter_order": cfg.filter_order,
+                "short_filter_order": cfg.short_filter_order}
+        upstream = {"backbone." + k[len("model.backbone."):]: v
+                    for k, v in upstream_keys.shapes("hyenadna_lightning", dims).items() if k.startswith("model.backbone.")}
+        with torch.device("meta"):
+            ours = {k: tuple(v.shape) for k, v in HyenaDNAModel(cfg).state_dict().items() if k != "lm_head.weight"}
+        assert ours == upstream, repo
+
+
+def test_caduceus_layout_is_detected():
+    from longstream.pipelines.hf_import import detect_hf_layout
+
+    files = ["config.json", "model.safetensors", "modeling_caduceus.py", "tokenizer_config.json"]
+    assert detect_hf_layout(files, {"model_type": "caduceus"}) == ("caduceus", ["model.safetensors"])
+    with pytest.raises(UserError, match="caduceus"):
+        detect_hf_layout(["config.json"], {"model_type": "caduceus"}, "kuleshov-group/x")
+
+
+@pytest.mark.parametrize("repo_id", ["LongSafari/hyenadna-tiny-1k-seqlen", "state-spaces/mamba-tiny", CADUCEUS_PH,
+                                     CADUCEUS_PS])
+def test_load_imported_backbone_rebuilds_the_features(repo_id, env, monkeypatch):
+    """What gen-pipe's ``--model.init DIR`` loads: the backbone config + weights + embedding,
+    from which a fresh embedding -> backbone reproduces the imported model's hidden states."""
+    from longstream.backbones.hyenadna import HyenaDNAModel
+    from longstream.backbones.stack import SequenceBackbone
+
+    layout, make = REPOS[repo_id]
+    with _serve(monkeypatch, {repo_id: make()}):
+        path = import_hf(f"hf:{repo_id}", cache=env / "home")
+    imp = load_imported_backbone(path)
+    assert imp.name == f"hf:{repo_id}" and imp.config["source"]["layout"] == layout
+    ids = torch.randint(7, 12, (2, 10))
+    with torch.no_grad():
+        if imp.kind == "hyenadna":
+            fresh = HyenaDNAModel(imp.backbone_config)
+            fresh.backbone.load_state_dict({**imp.backbone_state,
+                                            "embeddings.word_embeddings.weight": imp.embedding_state["weight"]})
+            want, got = imp.model(ids), fresh(ids)
+        else:
+            bb = SequenceBackbone(imp.backbone_config)
+            bb.load_state_dict(imp.backbone_state)
+            kw = {"complement": imp.complement_map} if imp.rc_equivariant else {}
+            fresh_emb = type(imp.model.embedding)(imp.vocab_size, imp.d_model, **kw)
+            fresh_emb.load_state_dict(imp.embedding_state)
+            got = bb(fresh_emb(ids))[0]
+            want = imp.model.hidden(ids) if imp.rc_equivariant else imp.model.backbone(imp.model.embedding(ids))[0]
+    assert got.shape == (2, 10, imp.d_model) and want.abs().max() > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert imp.rc_equivariant == (repo_id == CADUCEUS_PS)
+    assert imp.kind == {"hyenadna": "hyenadna", "mamba_ssm": "lm"}.get(layout, "rc_lm" if imp.rc_equivariant else "lm")
+
+
+def test_load_imported_backbone_names_a_bad_directory(tmp_path):
+    with pytest.raises(UserError, match="not an imported checkpoint"):
+        load_imported_backbone(tmp_path)

@@ -226,15 +226,15 @@ def _best_set(s: np.ndarray, e: np.ndarray, st: np.ndarray, w: np.ndarray, max_o
     return sorted(out)
 
 
-def genes_to_labels(genes: list[Gene] | list[tuple[int, int, int]], length: int) -> np.ndarray:
+def genes_to_labels(genes: Any, length: int) -> np.ndarray:
     """Per-base labels (L,) uint8: 0 non-coding, 1 plus CDS, 2 minus CDS.
 
-    A base inside genes of both strands gets the label of the longer gene (the rule of
-    ``splits.cds_labels``); genes are painted shortest first so the longest one wins.
+    A base inside genes of both strands gets the label of the longer gene, the plus strand on
+    equal lengths (the rule of ``splits.cds_labels``): genes are painted shortest first.
     """
     lab = np.zeros(length, dtype=np.uint8)
-    items = [(g.start, g.end, g.strand) if isinstance(g, Gene) else tuple(g[:3]) for g in genes]
-    for s, e, st in sorted(items, key=lambda t: t[1] - t[0]):
+    items = _as_keys(genes)
+    for s, e, st in sorted(items, key=lambda t: (t[1] - t[0], t[2] > 0)):
         lab[max(s, 0) : min(e, length)] = 1 if st > 0 else 2
     return lab
 
@@ -245,8 +245,15 @@ def labels_to_probs(labels: np.ndarray) -> np.ndarray:
     return np.eye(3, dtype=np.float64)[lab]
 
 
+def _key(g: Any) -> tuple[int, int, int]:
+    """``(start, end, strand)`` of a :class:`Gene`, a ``Feature``-like object or a tuple."""
+    if hasattr(g, "start"):
+        return (int(g.start), int(g.end), int(g.strand))
+    return (int(g[0]), int(g[1]), int(g[2]))
+
+
 def _as_keys(genes: Any) -> list[tuple[int, int, int]]:
-    return [(g.start, g.end, g.strand) if isinstance(g, Gene) else (int(g[0]), int(g[1]), int(g[2])) for g in genes]
+    return [_key(g) for g in genes]
 
 
 def gene_metrics(pred: Any, true: Any) -> dict[str, Any]:
