@@ -170,16 +170,10 @@ def _lm_model(checkpoint: str):
     return model
 
 
-def _count_records(vcf: Path) -> int:
-    from .formats import iter_lines
-
-    return sum(1 for _, line in iter_lines(vcf, what="VCF") if line and not line.startswith("#"))
-
-
 def _scored_rows(model: Any, fa: Any, vcf: Path, *, window: int, batch: int, device: Any,
                  stats: Counter) -> Iterator[tuple[Any, list[tuple[float, float, float]] | None, str | None]]:
     """Yield ``(variant, [(score, fwd, rev) per ALT] or None, skip reason or None)`` in file order."""
-    from .formats import read_vcf
+    from .formats import count_records, read_vcf
 
     pending: list[tuple[Any, str | None]] = []
     alleles: list[Allele] = []
@@ -197,7 +191,7 @@ def _scored_rows(model: Any, fa: Any, vcf: Path, *, window: int, batch: int, dev
         pending.clear()
         alleles.clear()
 
-    total = _count_records(vcf)
+    total = count_records(vcf)
     with progress(total=total, desc="score-variants", unit="variant") as bar:
         for var in read_vcf(vcf, fasta=fa):
             reason = skip_reason(var)
