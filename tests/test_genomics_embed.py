@@ -148,3 +148,31 @@ def test_interrupt_leaves_nothing(ckpts, fasta, tmp_path, monkeypatch):
     monkeypatch.setattr(embed, "record_outputs", interrupted)
     assert _run(fasta, "--checkpoint", ckpts["lm"], "--out", tmp_path / "i.parquet", "--chunk", 64) == 130
     assert not any(p.suffix in (".parquet", ".tmp") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_one_mbp_under_2gb_peak(tmp_path, data_root):
+    """The issue's acceptance: ``embed`` of a 1 Mbp sequence (M. tuberculosis) stays under 2 GB peak RSS."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    src = data_root / "genomics" / "mtb" / "NC_000962.3.fa.gz"
+    if not src.is_file():
+        pytest.skip(f"{src} missing (shared data)")
+    from longstream.pipelines.genomics.formats import FastaFile
+
+    with FastaFile(src) as fa:
+        seq = fa.fetch(fa.names[0], 0, 1_000_000)
+    fasta = _write_fasta(tmp_path / "mtb1m.fa", {"mtb_0_1M": seq}, width=80)
+    torch.manual_seed(0)
+    build_model(C.release_lm()).save_pretrained(tmp_path / "lm", preset="release-lm", metrics={})
+    out = tmp_path / "m.npy"
+    res = subprocess.run([sys.executable, "-m", "longstream.apps.cli", "genomics", "embed", str(fasta), "--checkpoint",
+                          str(tmp_path / "lm"), "--out", str(out), "--mode", "base", "--threads", "1", "--quiet"],
+                         capture_output=True, text=True, env={**os.environ}, timeout=900)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 1_000_000 and np.load(out, mmap_mode="r").shape == (1_000_000, 64)
+    assert 100 < summary["peak_rss_mib"] < 2048  # the child's own peak (getrusage RUSAGE_SELF)
