@@ -17,7 +17,9 @@ The checkpoint is the pipeline's smallest shipped one that has a backbone sectio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -68,7 +70,9 @@ def base_ckpt(tmp_path_factory):
             src = _shipped(domain)
             if src is None:  # no shipped checkpoint yet: train the tiny preset once
                 src = tmp_path_factory.mktemp(f"{domain}-tiny") / "run"
-                rc = get_pipeline(domain, "cli").main(["train", "--preset", "tiny", "--out", str(src), "--quiet"])
+                # its "saved DIR" line and metrics must not land in the first test's captured output
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    rc = get_pipeline(domain, "cli").main(["train", "--preset", "tiny", "--out", str(src), "--quiet"])
                 assert rc == 0, f"{domain}: training the tiny preset failed ({rc})"
             cache[domain] = src
         return cache[domain]

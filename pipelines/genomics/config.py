@@ -58,6 +58,7 @@ class ModelConfig:
     task: str = "species"  # species | lm | cds
     pool: str = "mean"  # species pooling (common.POOLS; streamed evaluation supports mean / last)
     dropout: float = 0.0
+    rc_conjoin: bool = False  # species: average the logits of a window and its reverse complement
     init: str = ""  # start from a `longstream hub import` output dir (embedding + backbone weights)
 
 

@@ -205,10 +205,20 @@ def species_logits(model: GenomicsModel, ids: Tensor, *, segment: int, device: s
 
     A causal backbone runs as a chunked forward with carried state and an online masked
     mean over the outputs (equal to one full forward); a bidirectional backbone sees each
-    chunk on its own and the chunk means are averaged by length.
+    chunk on its own and the chunk means are averaged by length. With ``model.rc_conjoin`` the
+    logits of the window and of its reverse complement are averaged.
     """
     model.eval()
     ids = ids.to(device)
+    if model.cfg.model.rc_conjoin:  # post-hoc conjoining (Caduceus): mean logits of both strands
+        from . import data as D
+
+        one = _species_logits(model, ids, segment)
+        return (one + _species_logits(model, D.rc_ids(ids), segment)) / 2
+    return _species_logits(model, ids, segment)
+
+
+def _species_logits(model: GenomicsModel, ids: Tensor, segment: int) -> Tensor:
     if model.cfg.model.pool not in ("mean", "last") or ids.shape[1] <= segment:
         return model(ids)
     if _causal(model):
