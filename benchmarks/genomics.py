@@ -296,7 +296,9 @@ def _f(v, nd=3) -> str:
 def render(res: dict) -> str:
     m = res["meta"]
     lines = ["# Genomics benchmark (issue 13)", "",
-             f"CPU: {m['cpu']}; threads {m['threads']}; load average at start {m['load_start']}, end {m['load_end']}; "
+             f"CPU: {m['cpu']}; threads {m['threads']}; load average (1/5/15 min) at start "
+             f"{' / '.join(f'{v:.1f}' for v in m['load_start'])}, end {' / '.join(f'{v:.1f}' for v in m['load_end'])} "
+             "(a shared 2-core machine: absolute times are noisy, compare within a row group); "
              f"torch {m['torch']}; {m['date']}. Command: `{m['command']}`", ""]  # fmt: skip
     if "species" in res:
         s = res["species"]
@@ -328,6 +330,8 @@ def render(res: dict) -> str:
         s = res["speed"]
         lines += [f"## Speed and memory (random weights, d_model {s['d_model']}, {s['n_layers']} layers, "
                   f"batch 1, {m['threads']} thread(s))", "", f"Parameters: {s['params']}. {s.get('note', '')}", "",
+                  "Up to 64K the models are timed interleaved (min of repeats); at 1M each runs once, one "
+                  "after the other. Peak RSS is above the pre-run baseline.", "",
                   "| model | L | mode | bases/s | time (s) | time / M | peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['length']} | {r['mode']} | {r['bases_per_s']} | {r['time_s']} | "
                   f"{_f(r.get('time_vs_M'))} | {_f(r['peak_mib'], 1)} |" for r in s["rows"]]  # fmt: skip
