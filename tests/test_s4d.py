@@ -80,3 +80,27 @@ def test_gradients_reach_every_parameter():
     y, _ = m(torch.randn(1, 20, 8))
     y.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_step_cache_matches_reference_and_follows_parameter_updates():
+    """The cached-discretisation step equals the float64 recurrence, is refreshed after an
+    in-place parameter update, and with autograd still sends gradients to the parameters."""
+    torch.manual_seed(0)
+    m = S4D(8, d_state=8)
+    x = torch.randn(2, 5, 8)
+    for _ in range(2):
+        with torch.no_grad():
+            st, ys = m.init_state(2), []
+            for t in range(5):
+                y, st = m.step(x[:, t], st)
+                ys.append(y)
+        ref, xs = s4d_reference(m, x)
+        torch.testing.assert_close(torch.stack(ys, 1).double(), ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(torch.view_as_complex(st["ssm"].contiguous()).to(torch.complex128), xs,
+                                   atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            m.log_dt.add_(0.3)  # the next round must see the new dt, not the cached one
+            m.C.mul_(-1.5)
+    y, _ = m.step(x[:, 0], m.init_state(2))
+    y.sum().backward()
+    assert m.log_dt.grad is not None and m.C.grad is not None and float(m.C.grad.abs().sum()) > 0
