@@ -104,3 +104,25 @@ def test_step_cache_matches_reference_and_follows_parameter_updates():
     y, _ = m.step(x[:, 0], m.init_state(2))
     y.sum().backward()
     assert m.log_dt.grad is not None and m.C.grad is not None and float(m.C.grad.abs().sum()) > 0
+
+
+def test_step_compiled_equals_torch_fallback(monkeypatch):
+    """The compiled s4d_step (GELU fused) and the pure-PyTorch step give the same outputs/states."""
+    from longstream.backbones.ops import cpu_kernels
+
+    if not cpu_kernels.has_op("s4d_step"):
+        pytest.skip("compiled CPU kernels unavailable")
+    torch.manual_seed(0)
+    m = S4D(16, d_state=8).eval()
+    x = torch.randn(3, 4, 16)
+    outs = []
+    for use in (True, False):
+        monkeypatch.setitem(cpu_kernels._STATE, "op:s4d_step", use)
+        st, ys = m.init_state(3), []
+        with torch.no_grad():
+            for t in range(4):
+                y, st = m.step(x[:, t], st)
+                ys.append(y)
+        outs.append((torch.stack(ys, 1), st["ssm"]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-5, rtol=1e-4)

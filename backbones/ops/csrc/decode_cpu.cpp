@@ -393,6 +393,43 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return decode_linear(x, w, at::Tensor(), bias);
 }
 
+// One streaming step of a diagonal complex SSM (S4D, Gu et al. 2022) for rows u (b, h):
+//   x = dA x + dB u   (complex, per channel h and mode n),   y = sum_n Re(c2 x) + D u
+// with dA, dB (h, n, 2) as (re, im) pairs, c2 (h, n, 2) = [Re 2C, -Im 2C] and the state x
+// (b, h, n, 2). With gelu the output is GELU(y) (erf form). Returns {y (b, h), new x}; the
+// input state is not modified. Single-threaded (h n is a few thousand multiply-adds).
+std::vector<at::Tensor> s4d_step(const at::Tensor& u, const at::Tensor& x, const at::Tensor& dA,
+                                 const at::Tensor& dB, const at::Tensor& c2, const at::Tensor& D, bool gelu) {
+  need(u, "u", 2); need(x, "state", 4); need(dA, "dA", 3); need(dB, "dB", 3); need(c2, "c2", 3); need(D, "D", 1);
+  const int64_t Bsz = u.size(0), H = u.size(1), N = dA.size(1);
+  TORCH_CHECK(x.size(0) == Bsz && x.size(1) == H && x.size(2) == N && x.size(3) == 2, "s4d_step state shape");
+  TORCH_CHECK(dA.size(0) == H && dB.size(0) == H && c2.size(0) == H && D.size(0) == H, "s4d_step table shapes");
+  auto y = at::empty({Bsz, H}, u.options());
+  auto xn = at::empty_like(x);
+  const float *pu = u.data_ptr<float>(), *px = x.data_ptr<float>(), *pa = dA.data_ptr<float>();
+  const float *pb = dB.data_ptr<float>(), *pc = c2.data_ptr<float>(), *pd = D.data_ptr<float>();
+  float *py = y.data_ptr<float>(), *pn = xn.data_ptr<float>();
+  for (int64_t b = 0; b < Bsz; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      const float uv = pu[b * H + h];
+      const float* xr = px + (b * H + h) * N * 2;
+      float* nr = pn + (b * H + h) * N * 2;
+      const float *ar = pa + h * N * 2, *br = pb + h * N * 2, *cr = pc + h * N * 2;
+      float acc = 0.f;
+      for (int64_t n = 0; n < N; ++n) {
+        const float re = ar[2 * n] * xr[2 * n] - ar[2 * n + 1] * xr[2 * n + 1] + br[2 * n] * uv;
+        const float im = ar[2 * n] * xr[2 * n + 1] + ar[2 * n + 1] * xr[2 * n] + br[2 * n + 1] * uv;
+        nr[2 * n] = re;
+        nr[2 * n + 1] = im;
+        acc += cr[2 * n] * re + cr[2 * n + 1] * im;
+      }
+      const float v = acc + pd[h] * uv;
+      py[b * H + h] = gelu ? 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f)) : v;
+    }
+  }
+  return {y, xn};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
@@ -401,6 +438,7 @@ TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
   m.def("rms_norm_rows(Tensor x, Tensor w, float eps) -> Tensor");
   m.def("linear_rows(Tensor x, Tensor w, Tensor bias) -> Tensor");
   m.def("decode_linear(Tensor x, Tensor w, Tensor scale, Tensor bias) -> Tensor");
+  m.def("s4d_step(Tensor u, Tensor x, Tensor dA, Tensor dB, Tensor c2, Tensor D, bool gelu) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
@@ -408,4 +446,5 @@ TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("rms_norm_rows", &rms_norm_rows);
   m.impl("linear_rows", &linear_rows);
   m.impl("decode_linear", &decode_linear);
+  m.impl("s4d_step", &s4d_step);
 }
