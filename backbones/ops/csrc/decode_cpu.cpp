@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -181,7 +182,9 @@ class DecodePool {
 
   // run fn(ctx, c) for c in [0, total) on up to `threads` participants (the caller included)
   void run(int64_t total, Fn fn, const void* ctx, int threads) {
-    if (threads <= 1 || total <= 1 || total >= (1 << 20) || !caller_.try_lock()) {
+    // inline: one participant, tiny jobs, a forked child (the helpers live in the parent) or a
+    // second caller thread while the pool is busy
+    if (threads <= 1 || total <= 1 || total >= (1 << 20) || getpid() != pid_ || !caller_.try_lock()) {
       for (int64_t c = 0; c < total; ++c) fn(ctx, c);
       return;
     }
@@ -275,6 +278,7 @@ class DecodePool {
   Fn fn_ = nullptr;
   const void* ctx_ = nullptr;
   uint64_t epoch_ = 0;
+  const pid_t pid_ = getpid();
 };
 
 int participants(int64_t weight_bytes) {
