@@ -157,3 +157,21 @@ def test_lm_fused_step_equals_backbone_step(threads, monkeypatch):
     for a, b in zip(st_f, st_g):
         for k in a:
             close(a[k], b[k], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_lowp_linear_kernel_and_fallback_agree(mode, monkeypatch):
+    """LowpLinear through the compiled GEMV and through the PyTorch fallback (fbgemm int8 /
+    bf16 F.linear) stay within the rounding of the mode of the float32 product."""
+    from longstream.backbones.lowp import LowpLinear
+
+    torch.manual_seed(0)
+    w, b, x = torch.randn(96, 64) * 0.1, torch.randn(96), torch.randn(3, 64)
+    ref = F.linear(x, w, b)
+    # the kernel keeps float32 activations; fbgemm's int8 path also quantises them (per tensor)
+    tol = {(True, "int8"): 0.01, (False, "int8"): 0.1, (True, "bf16"): 0.01, (False, "bf16"): 0.01}
+    for use in ((True, False) if cpu_kernels.has_op("decode_linear") else (False,)):
+        monkeypatch.setitem(cpu_kernels._STATE, "op:decode_linear", use)
+        y = LowpLinear(w, b, mode)(x)
+        rel = float((y - ref).norm() / ref.norm())
+        assert 0 < rel < tol[use, mode], (mode, use, rel)

@@ -17,8 +17,11 @@
 // on a busy 2-core machine (the projections around it are the threaded GEMVs).
 // Returns {y (b, e), new conv (b, e, k-1), new ssm (b, e, n)} — the state is never written in
 // place, so a caller may step twice from one state. Needs n % 8 == 0 and e % 8 == 0.
-// Also rms_norm_rows (the RMSNorm of one token per row) and linear_rows (a single-threaded GEMV for
-// the small projections). Registered as torch.ops.longstream_ops.{mamba_step, rms_norm_rows, linear_rows} (a fragment of the library in scan_cpu.cpp).
+// Also rms_norm_rows (the RMSNorm of one token per row), decode_linear (the bandwidth-bound GEMV
+// of a token's projections and LM head, float32 / bf16 / int8 weights, on a caller-participating
+// pool: see DecodePool), linear_rows (decode_linear for float32 weights) and s4d_step (one step
+// of S4D's complex diagonal recurrence). Registered as torch.ops.longstream_ops.{mamba_step,
+// rms_norm_rows, linear_rows, decode_linear, s4d_step} (a fragment of the library in scan_cpu.cpp).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
