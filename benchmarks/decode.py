@@ -223,10 +223,15 @@ def main() -> None:
     for name, fn_of in (("lm_130m_decode", lambda: decode_fn(lm, "fp32", prompt, args.tokens)),
                         ("mamba_d256_step", lambda: layer_step_fn(small, 256))):
         fn = fn_of()
-        times = {}
-        for label, nt in (("one_thread", 1), ("default", default_threads)):
-            torch.set_num_threads(nt)
-            times[label] = interleaved({"x": fn}, args.repeats, self_timed=True)["x"]["time_s"]
+
+        def at(nt: int, f: Callable[[], float] = fn) -> Callable[[], float]:
+            def run() -> float:
+                torch.set_num_threads(nt)
+                return f()
+            return run
+
+        r = interleaved({"one_thread": at(1), "default": at(default_threads)}, args.repeats, self_timed=True)
+        times = {k: v["time_s"] for k, v in r.items()}
         n = args.tokens if name.startswith("lm") else 256
         res["default_threads"][name] = {
             "tok_s_one_thread": round(n / times["one_thread"], 1), "tok_s_default": round(n / times["default"], 1),

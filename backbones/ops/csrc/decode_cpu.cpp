@@ -169,7 +169,9 @@ at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
 // the caller waits only for chunks a helper has already claimed. A helper that the OS has not
 // scheduled (a loaded machine) claims nothing and costs nothing, so more threads never make a
 // step wait on a thread that is not running — unlike a fork/join region with a barrier.
-// Participants: min(at::get_num_threads(), hardware threads), only for weights >= kParBytes.
+// Participants: min(at::get_num_threads(), hardware threads), only for weights >= kParBytes; when
+// waiting on helpers has cost more than they saved (a preempted helper holding a chunk), the
+// caller runs alone for a while and then tries them again.
 
 constexpr int64_t kParBytes = 1 << 20;   // smaller products stay on the calling thread
 constexpr int64_t kChunkBytes = 64 << 10;
@@ -192,6 +194,11 @@ class DecodePool {
       return;
     }
     std::lock_guard<std::mutex> owner(caller_, std::adopt_lock);
+    if (backoff_ > 0) {  // helpers cost more than they saved lately (a loaded machine): go alone
+      --backoff_;
+      for (int64_t c = 0; c < total; ++c) fn(ctx, c);
+      return;
+    }
     ensure_helpers(threads - 1);
     active_.store(threads - 1, std::memory_order_relaxed);
     fn_ = fn;
@@ -203,14 +210,27 @@ class DecodePool {
       std::lock_guard<std::mutex> lk(m_);
       cv_.notify_all();
     }
+    const auto t0 = std::chrono::steady_clock::now();
     int64_t mine = 0, c;
     while ((c = claim(epoch_)) >= 0) {
       fn(ctx, c);
       ++mine;
     }
     done_.fetch_add(mine, std::memory_order_acq_rel);
+    const auto t1 = std::chrono::steady_clock::now();
     for (int spins = 0; done_.load(std::memory_order_acquire) < total; ++spins) {
       if (spins < 4096) _mm_pause(); else std::this_thread::yield();
+    }
+    // did the helpers pay? saved = their chunks at the caller's pace, lost = the wait for them.
+    // A running balance (decayed) below zero parks them for the next 512 jobs (~7 tokens of
+    // a 24-layer LM), then they are tried again: more threads never cost much more than one.
+    const double own = std::chrono::duration<double>(t1 - t0).count();
+    const double wait = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    const double saved = mine > 0 ? double(total - mine) * own / double(mine) : 0.0;
+    balance_ = 0.9 * balance_ + (saved - wait);
+    if (balance_ < -2e-3) {
+      backoff_ = 512;
+      balance_ = 0.0;
     }
   }
 
@@ -281,6 +301,8 @@ class DecodePool {
   Fn fn_ = nullptr;
   const void* ctx_ = nullptr;
   uint64_t epoch_ = 0;
+  double balance_ = 0.0;  // decayed sum of (time saved - time waited) over recent jobs, seconds
+  int backoff_ = 0;       // jobs left to run on the caller alone
   const pid_t pid_ = getpid();
 };
 
