@@ -76,8 +76,9 @@ _EMPTY = torch.empty(0)
 def _fused_layers(lm: LanguageModel) -> list[tuple[Block, Mamba]] | None:
     """The (block, mixer) pairs when the backbone is pre-norm Mamba blocks only (no MLP), else None."""
     bb = lm.backbone
+    key = (id(bb), *(id(blk) for blk in bb.layers), *(id(getattr(blk, "mixer", None)) for blk in bb.layers))
     cached = getattr(lm, "_fused_cache", None)
-    if cached is not None and cached[0] is bb:
+    if cached is not None and cached[0] == key:
         return cached[1]
     pairs: list[tuple[Block, Mamba]] | None = []
     for blk in bb.layers:
@@ -85,7 +86,7 @@ def _fused_layers(lm: LanguageModel) -> list[tuple[Block, Mamba]] | None:
             pairs = None
             break
         pairs.append((blk, blk.mixer))
-    lm._fused_cache = (bb, pairs)
+    lm._fused_cache = (key, pairs)  # rebuilt when a layer or mixer is replaced
     return pairs
 
 
