@@ -26,7 +26,10 @@ from torch import Tensor, nn
 from .base import State
 from .config import BackboneConfig
 from .io import CONFIG_NAME, CheckpointError, load_weights_dir, save_weights_dir, sha256_file
+from .block import Block
 from .lowp import quantize_decode
+from .mamba import Mamba
+from .ops import cpu_kernels
 from .registry import backbone_config
 from .stack import SequenceBackbone
 
@@ -52,6 +55,81 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     naming a missing file and :class:`CheckpointError` for a corrupt one.
     """
     return load_weights_dir(directory, map_location=map_location)
+
+
+# ---------------------------------------------------------------------- fused decode
+def decode_linear_ok(w: Tensor) -> bool:
+    """The compiled decode GEMV applies to weight ``w`` (o, i): contiguous, i % 8 == 0."""
+    return w.is_contiguous() and w.shape[1] % 8 == 0 and cpu_kernels.has_op("decode_linear")
+
+
+def decode_linear(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    """x (b, i) float32 -> x w^T + bias (b, o): the bandwidth-bound GEMV of ``csrc/decode_cpu.cpp``,
+    threaded on its decode pool (torch's thread count, weights >= 1 MB) and float32 throughout."""
+    empty = _EMPTY
+    return cpu_kernels.ops().decode_linear(x.contiguous(), w, empty, empty if bias is None else bias)
+
+
+_EMPTY = torch.empty(0)
+
+
+def _fused_layers(lm: LanguageModel) -> list[tuple[Block, Mamba]] | None:
+    """The (block, mixer) pairs when the backbone is pre-norm Mamba blocks only (no MLP), else None."""
+    bb = lm.backbone
+    key = (id(bb), *(id(blk) for blk in bb.layers), *(id(getattr(blk, "mixer", None)) for blk in bb.layers))
+    cached = getattr(lm, "_fused_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    pairs: list[tuple[Block, Mamba]] | None = []
+    for blk in bb.layers:
+        if not (isinstance(blk, Block) and blk.mlp is None and type(blk.mixer) is Mamba):
+            pairs = None
+            break
+        pairs.append((blk, blk.mixer))
+    lm._fused_cache = (key, pairs)  # rebuilt when a layer or mixer is replaced
+    return pairs
+
+
+def fused_step(lm: LanguageModel, h: Tensor, state: State) -> tuple[Tensor, State] | None:
+    """h (b, d) embedded token -> (normed output (b, d), new state), or None where it does not apply.
+
+    The same arithmetic as ``SequenceBackbone.step`` over Mamba blocks (``h + mixer(norm(h))``
+    per layer, then ``norm_f``), as compiled calls only: ``rms_norm_rows``, ``decode_linear``
+    (or the :meth:`LanguageModel.quantize` weights) for in_proj / out_proj, ``mamba_step``."""
+    pairs = _fused_layers(lm)
+    bb = lm.backbone
+    if (
+        not pairs
+        or h.dtype != torch.float32
+        or h.device.type != "cpu"
+        or bb.norm_f is None
+        or not isinstance(state, (list, tuple))
+        or len(state) != len(pairs)
+        or not cpu_kernels.has_op("decode_linear")
+        or not cpu_kernels.has_op("rms_norm_rows")
+    ):
+        return None
+    blk0, m0 = pairs[0]
+    if not (m0._step_fused(h, state[0]) and blk0.norm.weight.dtype == torch.float32):
+        return None
+    ops = cpu_kernels.ops()
+    new_states = []
+    h = h.contiguous()
+    for (blk, m), st in zip(pairs, state):
+        if not m._step_fused(h, st):
+            return None  # a layer that differs (dtype, backend): the generic path for all
+        x = ops.rms_norm_rows(h, blk.norm.weight, blk.norm.eps)  # (b, d)
+        lin = getattr(m, "_lowp_linears", None)  # set by LanguageModel.quantize
+        xz = lin[0](x) if lin is not None else decode_linear(x, m.in_proj.weight, m.in_proj.bias)  # (b, 2e)
+        conv_w, conv_b, dtw_t, A = m._step_consts()
+        y, conv, ssm = ops.mamba_step(
+            xz.contiguous(), st["conv"].contiguous(), conv_w, conv_b, m.x_proj.weight, dtw_t,
+            m.dt_proj.bias, A, m.D, st["ssm"].contiguous(),
+        )  # y (b, e), conv (b, e, k-1), ssm (b, e, n)
+        out = lin[1](y) if lin is not None else decode_linear(y, m.out_proj.weight, m.out_proj.bias)  # (b, d)
+        h = h + out
+        new_states.append({"conv": conv, "ssm": ssm})
+    return ops.rms_norm_rows(h, bb.norm_f.weight, bb.norm_f.eps), new_states
 
 
 # ---------------------------------------------------------------------- model
@@ -135,19 +213,31 @@ class LanguageModel(nn.Module):
                                         dtype=self.embedding.weight.dtype)
 
     def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
-        """token (b,) -> (logits (b, vocab_size), new state)."""
+        """token (b,) -> (logits (b, vocab_size), new state).
+
+        A stack of pre-norm Mamba blocks on CPU (float32, no autograd, compiled kernels built)
+        runs as one loop of compiled calls per layer (:func:`fused_step`):
+        RMSNorm, the in_proj GEMV, the fused SSM step, the out_proj GEMV; the other stacks go
+        through ``backbone.step``. Both give the same numbers (tests/test_decode.py)."""
         h = self.embedding(token.long())  # (b, d)
-        h, state = self.backbone.step(h, state)
+        fused = fused_step(self, h, state)
+        if fused is not None:
+            h, state = fused
+        else:
+            h, state = self.backbone.step(h, state)
         return self._head_last(h), state
 
     def _head_last(self, h: Tensor) -> Tensor:
-        """h (b, d) -> logits (b, vocab_size); the low-precision head when :meth:`quantize` set one."""
+        """h (b, d) -> logits (b, vocab_size); the low-precision head when :meth:`quantize` set one,
+        the compiled threaded GEMV (``decode_linear``) for one-token float32 CPU rows."""
+        w = self.lm_head.weight
+        fast = h.dtype == torch.float32 and h.device.type == "cpu" and not (torch.is_grad_enabled() and w.requires_grad)
         lowp = getattr(self, "_lowp_head", None)
-        if lowp is not None and h.dtype == torch.float32 and h.device.type == "cpu" and not (
-            torch.is_grad_enabled() and self.lm_head.weight.requires_grad
-        ):
+        if lowp is not None and fast:
             return lowp(h)[..., : self.vocab_size]
-        return F.linear(h, self.lm_head.weight, self.lm_head.bias)[..., : self.vocab_size]
+        if fast and h.dim() == 2 and w.dtype == torch.float32 and decode_linear_ok(w):
+            return decode_linear(h, w, self.lm_head.bias)[..., : self.vocab_size]
+        return F.linear(h, w, self.lm_head.bias)[..., : self.vocab_size]
 
     def quantize(self, mode: str | None = "int8") -> LanguageModel:
         """Opt in to low-precision decode weights: ``"int8"`` or ``"bf16"`` (``None`` undoes it).

@@ -7,11 +7,13 @@ Post-Training Quantization Recipe for Selective State Space Models", 2024) in sp
 the linear projections (Mamba's ``in_proj`` / ``out_proj``) and the head are quantised,
 while the conv, ``x_proj`` / ``dt_proj``, the SSM recurrence and its state stay float32.
 
-- ``"int8"``: symmetric per-output-channel int8 weights (scale = max|w| / 127), activations
-  quantised per tensor on the fly, int8 GEMM with int32 accumulation (fbgemm's dynamic
-  quantised linear, ``torch.ops.quantized.linear_dynamic``, when this torch has it;
-  otherwise ``torch._weight_int8pack_mm`` on bf16 activations).
-- ``"bf16"``: bfloat16 weights and activations, float32 result.
+- ``"int8"``: symmetric per-output-channel int8 weights (scale = max|w| / 127). With the
+  compiled kernels the weights are widened to float32 in registers and multiplied by float32
+  activations (``decode_linear``); otherwise activations are quantised per tensor on the fly
+  for an int8 GEMM (fbgemm's ``torch.ops.quantized.linear_dynamic``, or
+  ``torch._weight_int8pack_mm`` on bf16 activations).
+- ``"bf16"``: bfloat16 weights, float32 activations and result with the compiled kernels
+  (bf16 activations through ``F.linear`` without them).
 
 The low-precision copies serve :meth:`Mamba.step` (its compiled CPU path: float32, no
 autograd) and :meth:`LanguageModel.step` / ``generate``'s decode loop; ``forward`` (training,
@@ -42,8 +44,20 @@ def _fbgemm_int8() -> bool:
         return False
 
 
+def _kernel() -> bool:
+    from .ops import cpu_kernels
+
+    return cpu_kernels.has_op("decode_linear")
+
+
 class LowpLinear:
-    """``y = x W^T + bias`` for x (b, i) float32 -> y (b, o) float32 with W held in ``mode``."""
+    """``y = x W^T + bias`` for x (b, i) float32 -> y (b, o) float32 with W held in ``mode``.
+
+    With the compiled kernels (``torch.ops.longstream_ops.decode_linear``) the bf16 / int8 weight
+    is streamed by a bandwidth-bound GEMV that widens it to float32 in registers (activations
+    stay float32; threaded on the decode pool, see ``csrc/decode_cpu.cpp``); without them bf16
+    is ``F.linear`` in bfloat16 and int8 is fbgemm's dynamic quantised linear (or
+    ``torch._weight_int8pack_mm``)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, mode: str) -> None:
         if mode not in LOWP_MODES:
@@ -53,14 +67,23 @@ class LowpLinear:
         self.out_features = w.shape[0]
         self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
         self._fn: Callable[[Tensor], Tensor]
+        use_kernel = _kernel() and w.shape[1] % 8 == 0
         if mode == "bf16":
             wb = w.to(torch.bfloat16).contiguous()
             self.nbytes = wb.numel() * 2
-            self._fn = lambda x: F.linear(x.to(torch.bfloat16), wb).float()
+            if use_kernel:
+                self._fn = _kernel_fn(wb, None, self.bias)
+                self.bias = None
+            else:
+                self._fn = lambda x: F.linear(x.to(torch.bfloat16), wb).float()
             return
         scale = (w.abs().amax(1) / 127.0).clamp(min=1e-12)  # (o,) per output channel
         self.nbytes = w.numel()
-        if _fbgemm_int8():
+        if use_kernel:
+            q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (o, i)
+            self._fn = _kernel_fn(q, scale.contiguous(), self.bias)
+            self.bias = None
+        elif _fbgemm_int8():
             with warnings.catch_warnings():  # quantised-tensor creation is deprecated upstream
                 warnings.simplefilter("ignore")
                 qw = torch.quantize_per_channel(
@@ -77,6 +100,17 @@ class LowpLinear:
     def __call__(self, x: Tensor) -> Tensor:
         y = self._fn(x.contiguous())  # (b, o)
         return y if self.bias is None else y + self.bias
+
+
+def _kernel_fn(w: Tensor, scale: Tensor | None, bias: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """x (b, i) float32 -> (b, o) through the compiled low-precision GEMV."""
+    from .ops import cpu_kernels
+
+    op = cpu_kernels.ops().decode_linear
+    empty = torch.empty(0)
+    s = empty if scale is None else scale
+    b = empty if bias is None else bias
+    return lambda x: op(x, w, s, b)
 
 
 def quantize_decode(lm: nn.Module, mode: str | None) -> int:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
 from .config import BackboneConfig
+from .ops import cpu_kernels
 from .ops.diag_ssm import diag_ssm_chunked
 from .ops.fftconv import right_align, ssm_final_state, ssm_kernel
 from .registry import register_backbone, register_mixer
@@ -131,12 +132,45 @@ class S4D(Backbone):
         out = self._out(y.transpose(1, 2)).to(x.dtype)  # (B, L, D)
         return out, {"ssm": torch.view_as_real(xs).float()}
 
+    def _step_consts(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(dA (H, N/2, 2), dB (H, N/2, 2), [Re 2C, -Im 2C] (H, N/2, 2), D (H,))`` (re, im pairs) for
+        ``step``; cached (no autograd) until a parameter changes (in place or replaced)."""
+        params = (self.log_dt, self.log_A_real, self.A_imag, self.C, self.D)
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        cached = getattr(self, "_step_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            log_dA, dB, C = self.discrete()
+            c2 = torch.view_as_real(2 * C)  # (H, N/2, 2)
+            consts = (torch.view_as_real(torch.exp(log_dA)).contiguous(), torch.view_as_real(dB).contiguous(),
+                      torch.stack([c2[..., 0], -c2[..., 1]], -1).contiguous(), self.D.float().contiguous())
+        self._step_cache = (key, consts)
+        return consts
+
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        log_dA, dB, C = self.discrete()
-        xs = torch.view_as_complex(state["ssm"].float().contiguous())  # (B, H, N/2)
+        """x_t (B, H) -> (y_t (B, H), new state): ``x = dA x + dB u``, ``y = 2 Re(C x) + D u``.
+
+        Without autograd the discretisation is cached (:meth:`_step_consts`); with it, it is
+        recomputed so gradients reach the parameters."""
         u = x_t.float()  # (B, H)
-        xs = torch.exp(log_dA) * xs + dB * u[..., None]
-        y = 2 * (xs * C).sum(-1).real + self.D.float() * u  # (B, H)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            log_dA, dB, C = self.discrete()
+            xs = torch.view_as_complex(state["ssm"].float().contiguous())  # (B, H, N/2)
+            xs = torch.exp(log_dA) * xs + dB * u[..., None]
+            y = 2 * (xs * C).sum(-1).real + self.D.float() * u  # (B, H)
+            return self._out(y).to(x_t.dtype), {"ssm": torch.view_as_real(xs).float()}
+        dA, dB, c2, D = self._step_consts()  # (H, N/2, 2) x3, (H,)
+        st = state["ssm"].float().contiguous()  # (B, H, N/2, 2)
+        if u.device.type == "cpu" and cpu_kernels.has_op("s4d_step"):  # one compiled call (+ GELU)
+            fuse_gelu = not (self.training and self.dropout.p > 0)
+            y, st = cpu_kernels.ops().s4d_step(u.contiguous(), st, dA, dB, c2, D, fuse_gelu)
+            if fuse_gelu:
+                return F.glu(self.output_linear(y.to(self.output_linear.weight.dtype)), dim=-1).to(x_t.dtype), {"ssm": st}
+            return self._out(y).to(x_t.dtype), {"ssm": st}
+        xs = torch.view_as_complex(st)
+        xs = torch.addcmul(torch.view_as_complex(dB) * u[..., None], torch.view_as_complex(dA), xs)  # (B, H, N/2)
+        y = torch.addcmul((torch.view_as_real(xs) * c2).sum((-1, -2)), D, u)  # 2 Re(C x) + D u
         return self._out(y).to(x_t.dtype), {"ssm": torch.view_as_real(xs).float()}
 
 

@@ -6,8 +6,9 @@ vocab 50,280, random weights, float32) is built once; for each thread count (pin
 ``--repeats``; the machine is shared):
 
 - decode tokens/s of ``generate`` after a short prompt (prefill excluded), for
-  ``base`` (the pure-PyTorch ``step``: ~30 small ops per layer, what ``main`` ran before the
-  fused kernel), ``fp32`` (the compiled one-call Mamba step + one-row RMSNorm), and the opt-in
+  ``base`` (the pure-PyTorch ``step``: ~30 small ops per layer and torch's GEMVs), ``fp32``
+  (``LanguageModel.step``'s fused loop: one-row RMSNorm, the pooled decode GEMV for in_proj /
+  out_proj / head, the compiled one-call Mamba step), and the opt-in
   low-precision decode weights ``int8`` / ``bf16`` (:meth:`LanguageModel.quantize`);
 - prefill tokens/s (one ``forward`` of the prompt, head on the last token) at 512 and 2,048;
 - a streaming ``step`` with torch's default thread count against one thread (the 130m LM and
@@ -15,10 +16,12 @@ vocab 50,280, random weights, float32) is built once; for each thread count (pin
 - the logit error of each low-precision mode against float32 (one step after a 64-token
   prefill: max |diff|, relative L2, and greedy-token agreement over a teacher-forced run).
 
-llama.cpp's figures are cited, not built: measured on this machine with llama.cpp built from
-the sources of the ``llama-cpp-python`` 0.3.36 sdist, the same weights converted by its
-``convert_hf_to_gguf.py``, ``llama-bench`` (issue 12): float32 decode 21.8 tok/s at one thread,
-39.3 at two; bf16 decode 33.8 at one thread; prefill 196 tok/s at 512 and 2,048 tokens.
+llama.cpp's figures come from ``benchmarks/results/llamacpp.json`` when it exists, written by
+``benchmarks/llamacpp.py`` (llama.cpp built from the sources of the ``llama-cpp-python`` 0.3.36
+sdist, the same weights converted by its ``convert_hf_to_gguf.py``, ``llama-bench`` at 1 and 2
+threads, on the CPU recorded there). Without it they are the figures of issue 12, measured on
+a different machine (an Intel Xeon): float32 decode 21.8 tok/s at one thread, 39.3 at two; bf16
+33.8 at one; prefill 196 tok/s at 512 and 2,048 tokens.
 
 Writes ``benchmarks/results/decode.json`` and ``.md``. Benchmarks are not tests. Usage::
 
@@ -47,15 +50,42 @@ from longstream.backbones.mamba import Mamba  # noqa: E402
 from longstream.backbones.ops import cpu_kernels  # noqa: E402
 from longstream.backbones.presets import mamba_130m  # noqa: E402
 
-LLAMA_CPP = {  # tok/s, measured on this machine (issue 12)
+LLAMA_CPP_JSON = REPO / "benchmarks" / "results" / "llamacpp.json"
+LLAMA_CPP_ISSUE = {  # tok/s from issue 12, measured on a different machine (an Intel Xeon)
     "decode_fp32": {1: 21.8, 2: 39.3},
     "decode_bf16": {1: 33.8},
     "prefill": {512: 196.0, 2048: 196.0},
+    "source": "cited from issue 12 (measured on an Intel Xeon, not on this machine)",
 }
+
+
+def load_llama_cpp(path: Path = LLAMA_CPP_JSON) -> dict:
+    """llama.cpp's tok/s as ``{"decode_fp32": {threads: x}, "decode_bf16": {...}, "prefill": {L: x at
+    1 thread}, "prefill_by_threads": {L: {threads: x}}, "source": ...}``: from ``benchmarks/llamacpp.py``'s
+    JSON when it exists (measured with llama-bench on ``cpu``), else the issue-12 figures."""
+    if not path.exists():
+        return dict(LLAMA_CPP_ISSUE)
+    r = json.loads(path.read_text())
+    tok = r["tok_s"]
+
+    def by_threads(d: dict) -> dict:
+        return {int(k): float(v) for k, v in d.items()}
+
+    out = {"decode_fp32": by_threads(tok.get("fp32", {}).get("decode", {})),
+           "decode_bf16": by_threads(tok.get("bf16", {}).get("decode", {})),
+           "prefill_by_threads": {int(L): by_threads(v) for L, v in tok.get("fp32", {}).get("prefill", {}).items()},
+           "source": f"benchmarks/results/llamacpp.json (llama-bench on {r['meta']['cpu']}, {r['meta']['date']}, "
+                     f"load {' '.join(r['meta']['loadavg_start'])})"}
+    out["prefill"] = {L: v.get(1, max(v.values())) for L, v in out["prefill_by_threads"].items()}
+    return out
+
+
+LLAMA_CPP = load_llama_cpp()
 VOCAB = 50280
 MODES = ("base", "fp32", "int8", "bf16")
 _FUSED_STEP = Mamba._step_fused
 _ROWS_OP = cpu_kernels.has_op("rms_norm_rows")  # real availability, before set_mode toggles it
+_GEMV_OP = cpu_kernels.has_op("decode_linear")
 
 
 def set_mode(lm: LanguageModel, mode: str) -> None:
@@ -63,6 +93,7 @@ def set_mode(lm: LanguageModel, mode: str) -> None:
     fused = mode != "base"
     Mamba._step_fused = _FUSED_STEP if fused else (lambda *a, **k: False)  # type: ignore[method-assign]
     cpu_kernels._STATE["op:rms_norm_rows"] = fused and _ROWS_OP
+    cpu_kernels._STATE["op:decode_linear"] = fused and _GEMV_OP
     lm.quantize(mode if mode in ("int8", "bf16") else None)
 
 
@@ -146,7 +177,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48, help="decoded tokens per timing")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prefill", type=int, nargs="*", default=[512, 2048])
-    ap.add_argument("--prefill-threads", type=int, nargs="*", default=[1], help="thread counts timed for prefill")
+    ap.add_argument("--prefill-threads", type=int, nargs="*", default=[1, 2], help="thread counts timed for prefill")
     ap.add_argument("--error-steps", type=int, default=32)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "decode"))
     args = ap.parse_args()
@@ -180,8 +211,9 @@ def main() -> None:
             ids = torch.randint(0, VOCAB, (1, L), generator=g)
             p = interleaved({"fp32": prefill_fn(lm, ids)}, max(1, args.repeats - 1), self_timed=True)["fp32"]
             tps = L / p["time_s"]
+            ref = LLAMA_CPP.get("prefill_by_threads", {}).get(L, {}).get(nt) or LLAMA_CPP["prefill"].get(L)
             res["prefill"].setdefault(str(nt), {})[str(L)] = {
-                "tok_s": round(tps, 1), "vs_llama_cpp_1thread": round(tps / LLAMA_CPP["prefill"][L], 3),
+                "tok_s": round(tps, 1), "llama_cpp": ref, "vs_llama_cpp": round(tps / ref, 3) if ref else None,
                 "times_s": p["times_s"]}
             print(f"threads {nt} prefill {L}: {tps:.1f} tok/s", flush=True)
 
@@ -191,10 +223,15 @@ def main() -> None:
     for name, fn_of in (("lm_130m_decode", lambda: decode_fn(lm, "fp32", prompt, args.tokens)),
                         ("mamba_d256_step", lambda: layer_step_fn(small, 256))):
         fn = fn_of()
-        times = {}
-        for label, nt in (("one_thread", 1), ("default", default_threads)):
-            torch.set_num_threads(nt)
-            times[label] = interleaved({"x": fn}, args.repeats, self_timed=True)["x"]["time_s"]
+
+        def at(nt: int, f: Callable[[], float] = fn) -> Callable[[], float]:
+            def run() -> float:
+                torch.set_num_threads(nt)
+                return f()
+            return run
+
+        r = interleaved({"one_thread": at(1), "default": at(default_threads)}, args.repeats, self_timed=True)
+        times = {k: v["time_s"] for k, v in r.items()}
         n = args.tokens if name.startswith("lm") else 256
         res["default_threads"][name] = {
             "tok_s_one_thread": round(n / times["one_thread"], 1), "tok_s_default": round(n / times["default"], 1),
@@ -217,8 +254,7 @@ def render(res: dict) -> str:
         f"{m['model']}; {m['params'] / 1e6:.0f}M parameters; CPU {m['cpu']}; torch {m['torch']}; "
         f"compiled kernels {m['kernels']}; load average {' '.join(m['loadavg_start'])} -> "
         f"{' '.join(m['loadavg_end'])}. Interleaved timing, min of {m['repeats']} runs of "
-        f"{m['decode_tokens']} tokens. llama.cpp figures cited from issue 12 (measured on this machine, "
-        "`llama-bench`, not rebuilt here).", "",
+        f"{m['decode_tokens']} tokens. llama.cpp figures: {LLAMA_CPP['source']}.", "",
         "## Decode tokens/s", "",
         "| threads | base (PyTorch step) | fp32 (fused) | fp32 / base | llama.cpp fp32 | fp32 / llama.cpp "
         "| int8 | bf16 | llama.cpp bf16 | int8 / llama.cpp bf16 | load |",
@@ -233,11 +269,14 @@ def render(res: dict) -> str:
             f"{r['bf16']['tok_s']:.1f} | {lb if lb else '—'} | "
             f"{(str(r['int8']['vs_llama_cpp']) + 'x') if 'vs_llama_cpp' in r['int8'] else '—'} | "
             f"{' '.join(r['loadavg'])} |")
-    lines += ["", "## Prefill tokens/s (llama.cpp 196 tok/s at 1 thread; bar 2x = 392)", "",
-              "| threads | length | tok/s | / llama.cpp |", "|---|---|---|---|"]
+    pre = ", ".join(f"{L}: {v:.0f}" for L, v in LLAMA_CPP["prefill"].items())
+    lines += ["", f"## Prefill tokens/s (llama.cpp at 1 thread {pre}; bar 2x)", "",
+              "| threads | length | tok/s | llama.cpp (same threads) | / llama.cpp |", "|---|---|---|---|---|"]
     for nt, rows in res["prefill"].items():
         for L, r in rows.items():
-            lines.append(f"| {nt} | {L} | {r['tok_s']:.0f} | {r['vs_llama_cpp_1thread']:.2f}x |")
+            v = r.get("vs_llama_cpp")
+            lines.append(f"| {nt} | {L} | {r['tok_s']:.0f} | {r.get('llama_cpp') or '—'} | "
+                         f"{f'{v:.2f}x' if v else '—'} |")
     lines += ["", f"## torch default threads ({m['torch_default_threads']}) vs one thread, streaming step", "",
               "| workload | tok/s 1 thread | tok/s default | default / one |", "|---|---|---|---|"]
     for name, r in res["default_threads"].items():

@@ -101,3 +101,77 @@ def test_quantized_decode_logits_close_and_state_dict_unchanged(mode, tol):
     assert all(torch.equal(lm.state_dict()[k], v) for k, v in keys.items())
     with pytest.raises(ValueError, match="quantize mode"):
         lm.quantize("int4")
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_linear_matches_f_linear(threads):
+    """The pooled GEMV (float32 / bf16 / int8 weights) against F.linear on the widened weights,
+    at one and two threads and above the 1 MB threading threshold."""
+    torch.manual_seed(0)
+    ops = cpu_kernels.ops()
+    e = torch.empty(0)
+    torch.set_num_threads(threads)
+    try:
+        for o, i in ((13, 40), (700, 512)):  # 80 KB (caller only) and 1.4 MB (pooled)
+            x, w, b = torch.randn(2, i), torch.randn(o, i), torch.randn(o)
+            close(ops.decode_linear(x, w, e, b), F.linear(x, w, b), atol=1e-3)
+            wb = w.to(torch.bfloat16)
+            close(ops.decode_linear(x, wb, e, e), F.linear(x, wb.float()), atol=1e-3)
+            q = torch.randint(-127, 128, (o, i), dtype=torch.int8)
+            s = torch.rand(o) * 0.01
+            close(ops.decode_linear(x, q, s, b), F.linear(x, q.float() * s[:, None], b), atol=1e-3)
+        with pytest.raises(RuntimeError, match="scale"):
+            ops.decode_linear(x, q, e, e)
+    finally:
+        torch.set_num_threads(1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lm_fused_step_equals_backbone_step(threads, monkeypatch):
+    """LanguageModel.step's fused loop gives the generic backbone.step's logits and states."""
+    import longstream.backbones.lm as lm_mod
+
+    torch.manual_seed(0)
+    cfg = BackboneConfig(d_model=64, n_layers=3, pattern="M", mixer_kwargs={"M": {"d_state": 8}})
+    lm = LanguageModel(100, cfg).eval()
+    ids = torch.randint(0, 100, (2, 5))
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            _, st = lm.backbone(lm.embedding(ids), None)
+            h = lm.embedding(ids[:, -1])
+            assert lm_mod.fused_step(lm, h, st) is not None
+            st_f, st_g, lf, lg = st, st, [], []
+            for t in range(4):
+                y, st_f = lm.step(ids[:, t], st_f)
+                lf.append(y)
+            monkeypatch.setattr(lm_mod, "fused_step", lambda *a: None)
+            for t in range(4):
+                y, st_g = lm.step(ids[:, t], st_g)
+                lg.append(y)
+    finally:
+        torch.set_num_threads(1)
+    close(torch.stack(lf), torch.stack(lg), atol=1e-4)
+    for a, b in zip(st_f, st_g):
+        for k in a:
+            close(a[k], b[k], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_lowp_linear_kernel_and_fallback_agree(mode, monkeypatch):
+    """LowpLinear through the compiled GEMV and through the PyTorch fallback (fbgemm int8 /
+    bf16 F.linear) stay within the rounding of the mode of the float32 product."""
+    from longstream.backbones.lowp import LowpLinear
+
+    torch.manual_seed(0)
+    w, b, x = torch.randn(96, 64) * 0.1, torch.randn(96), torch.randn(3, 64)
+    ref = F.linear(x, w, b)
+    # the kernel keeps float32 activations; fbgemm's int8 path also quantises them (per tensor)
+    tol = {(True, "int8"): 0.01, (False, "int8"): 0.1, (True, "bf16"): 0.01, (False, "bf16"): 0.01}
+    for use in ((True, False) if cpu_kernels.has_op("decode_linear") else (False,)):
+        monkeypatch.setitem(cpu_kernels._STATE, "op:decode_linear", use)
+        y = LowpLinear(w, b, mode)(x)
+        rel = float((y - ref).norm() / ref.norm())
+        assert 0 < rel < tol[use, mode], (mode, use, rel)

@@ -17,14 +17,26 @@
 // on a busy 2-core machine (the projections around it are the threaded GEMVs).
 // Returns {y (b, e), new conv (b, e, k-1), new ssm (b, e, n)} — the state is never written in
 // place, so a caller may step twice from one state. Needs n % 8 == 0 and e % 8 == 0.
-// Also rms_norm_rows (the RMSNorm of one token per row) and linear_rows (a single-threaded GEMV for
-// the small projections). Registered as torch.ops.longstream_ops.{mamba_step, rms_norm_rows, linear_rows} (a fragment of the library in scan_cpu.cpp).
+// Also rms_norm_rows (the RMSNorm of one token per row), decode_linear (the bandwidth-bound GEMV
+// of a token's projections and LM head, float32 / bf16 / int8 weights, on a caller-participating
+// pool: see DecodePool), linear_rows (decode_linear for float32 weights) and s4d_step (one step
+// of S4D's complex diagonal recurrence). Registered as torch.ops.longstream_ops.{mamba_step,
+// rms_norm_rows, linear_rows, decode_linear, s4d_step} (a fragment of the library in scan_cpu.cpp).
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -150,43 +162,301 @@ at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
   return y;
 }
 
-// y = x W^T + bias for a few rows x (b, i), W (o, i), single-threaded: the small projections of a
-// decode step, where a threaded GEMV costs more in hand-offs than it saves (i % 8 == 0).
-at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
-  need(x, "x", 2); need(w, "weight", 2);
-  const int64_t Bsz = x.size(0), I = x.size(1), O = w.size(0);
-  TORCH_CHECK(w.size(1) == I && I % kV == 0, "linear_rows needs weight (o, i) with i % 8 == 0");
-  const bool has_b = bias.numel() > 0;
-  if (has_b) need(bias, "bias", 1);
-  auto y = at::empty({Bsz, O}, x.options());
-  const float *px = x.data_ptr<float>(), *pw = w.data_ptr<float>();
-  const float* pb = has_b ? bias.data_ptr<float>() : nullptr;
-  float* py = y.data_ptr<float>();
-  for (int64_t b = 0; b < Bsz; ++b) {
-    const float* xr = px + b * I;
-    int64_t o = 0;
-    for (; o + 4 <= O; o += 4) {  // four output rows share each load of x
-      const float *w0 = pw + o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-      for (int64_t i = 0; i < I; i += kV) {
-        const __m256 xv = _mm256_loadu_ps(xr + i);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), xv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), xv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), xv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), xv, a3);
-      }
-      float* yr = py + b * O + o;
-      yr[0] = hsum256(a0); yr[1] = hsum256(a1); yr[2] = hsum256(a2); yr[3] = hsum256(a3);
-    }
-    for (; o < O; ++o) {
-      __m256 a0 = _mm256_setzero_ps();
-      for (int64_t i = 0; i < I; i += kV) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(pw + o * I + i), _mm256_loadu_ps(xr + i), a0);
-      py[b * O + o] = hsum256(a0);
-    }
-    if (has_b)
-      for (int64_t j = 0; j < O; ++j) py[b * O + j] += pb[j];
+// ---------------------------------------------------------------- decode GEMVs and their pool
+// A token's projections are matrix-vector products bound by memory bandwidth (the weights are
+// read once per token). They run on a small pool in which the calling thread takes part: the
+// rows are cut into chunks of ~64 KB that every participant claims from one atomic counter, and
+// the caller waits only for chunks a helper has already claimed. A helper that the OS has not
+// scheduled (a loaded machine) claims nothing and costs nothing, so more threads never make a
+// step wait on a thread that is not running — unlike a fork/join region with a barrier.
+// Participants: min(at::get_num_threads(), hardware threads), only for weights >= kParBytes; when
+// waiting on helpers has cost more than they saved (a preempted helper holding a chunk), the
+// caller runs alone for a while and then tries them again.
+
+constexpr int64_t kParBytes = 1 << 20;   // smaller products stay on the calling thread
+constexpr int64_t kChunkBytes = 64 << 10;
+
+class DecodePool {
+ public:
+  using Fn = void (*)(const void* ctx, int64_t chunk);
+
+  static DecodePool& get() {
+    static DecodePool* pool = new DecodePool();  // never destroyed (helpers live with the process)
+    return *pool;
   }
+
+  // run fn(ctx, c) for c in [0, total) on up to `threads` participants (the caller included)
+  void run(int64_t total, Fn fn, const void* ctx, int threads) {
+    // inline: one participant, tiny jobs, a forked child (the helpers live in the parent) or a
+    // second caller thread while the pool is busy
+    if (threads <= 1 || total <= 1 || total >= (1 << 20) || getpid() != pid_ || !caller_.try_lock()) {
+      for (int64_t c = 0; c < total; ++c) fn(ctx, c);
+      return;
+    }
+    std::lock_guard<std::mutex> owner(caller_, std::adopt_lock);
+    if (backoff_ > 0) {  // helpers cost more than they saved lately (a loaded machine): go alone
+      --backoff_;
+      for (int64_t c = 0; c < total; ++c) fn(ctx, c);
+      return;
+    }
+    ensure_helpers(threads - 1);
+    active_.store(threads - 1, std::memory_order_relaxed);
+    fn_ = fn;
+    ctx_ = ctx;
+    done_.store(0, std::memory_order_relaxed);
+    epoch_ = (epoch_ + 1) & 0xffffff;
+    state_.store(pack(epoch_, total, 0), std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lk(m_);
+      cv_.notify_all();
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    int64_t mine = 0, c;
+    while ((c = claim(epoch_)) >= 0) {
+      fn(ctx, c);
+      ++mine;
+    }
+    done_.fetch_add(mine, std::memory_order_acq_rel);
+    const auto t1 = std::chrono::steady_clock::now();
+    for (int spins = 0; done_.load(std::memory_order_acquire) < total; ++spins) {
+      if (spins < 4096) _mm_pause(); else std::this_thread::yield();
+    }
+    // did the helpers pay? saved = their chunks at the caller's pace, lost = the wait for them.
+    // A running balance (decayed) below zero parks them for the next 512 jobs (~7 tokens of
+    // a 24-layer LM), then they are tried again: more threads never cost much more than one.
+    const double own = std::chrono::duration<double>(t1 - t0).count();
+    const double wait = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    const double saved = mine > 0 ? double(total - mine) * own / double(mine) : 0.0;
+    balance_ = 0.9 * balance_ + (saved - wait);
+    if (balance_ < -2e-3) {
+      backoff_ = 512;
+      balance_ = 0.0;
+    }
+  }
+
+ private:
+  static uint64_t pack(uint64_t e, uint64_t total, uint64_t next) { return (e << 40) | (total << 20) | next; }
+
+  // claim the next chunk of epoch e, or -1 when none is left (or the job is another one)
+  int64_t claim(uint64_t e) {
+    uint64_t s = state_.load(std::memory_order_acquire);
+    for (;;) {
+      const uint64_t next = s & 0xfffff, total = (s >> 20) & 0xfffff;
+      if ((s >> 40) != e || next >= total) return -1;
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return int64_t(next);
+    }
+  }
+
+  void ensure_helpers(int n) {
+    n = std::min(n, int(std::max(1u, std::thread::hardware_concurrency())) - 1);
+    while (int(helpers_.size()) < n) {
+      const int idx = int(helpers_.size());
+      helpers_.emplace_back([this, idx] { helper(idx); });
+      helpers_.back().detach();
+    }
+  }
+
+  void helper(int idx) {
+    uint64_t seen = 0;  // the last epoch this helper looked at
+    for (;;) {
+      const uint64_t s = state_.load(std::memory_order_acquire);
+      const uint64_t e = s >> 40;
+      if (e != seen) {
+        seen = e;
+        if (idx < active_.load(std::memory_order_relaxed)) {
+          int64_t mine = 0, c;
+          Fn fn = nullptr;
+          const void* ctx = nullptr;
+          while ((c = claim(e)) >= 0) {
+            if (!fn) { fn = fn_; ctx = ctx_; }  // stable while a claimed chunk is unfinished
+            fn(ctx, c);
+            ++mine;
+          }
+          if (mine) done_.fetch_add(mine, std::memory_order_acq_rel);
+        }
+        continue;
+      }
+      // nothing new: spin ~100 us (the next projection is usually that close), then sleep
+      const auto t0 = std::chrono::steady_clock::now();
+      bool fresh = false;
+      for (int i = 0; !fresh; ++i) {
+        _mm_pause();
+        fresh = (state_.load(std::memory_order_acquire) >> 40) != seen;
+        if ((i & 255) == 255 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(100)) break;
+      }
+      if (fresh) continue;
+      std::unique_lock<std::mutex> lk(m_);
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      cv_.wait(lk, [&] { return (state_.load(std::memory_order_seq_cst) >> 40) != seen; });
+      sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+
+  std::mutex caller_, m_;
+  std::condition_variable cv_;
+  std::vector<std::thread> helpers_;
+  std::atomic<uint64_t> state_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> sleepers_{0}, active_{0};
+  Fn fn_ = nullptr;
+  const void* ctx_ = nullptr;
+  uint64_t epoch_ = 0;
+  double balance_ = 0.0;  // decayed sum of (time saved - time waited) over recent jobs, seconds
+  int backoff_ = 0;       // jobs left to run on the caller alone
+  const pid_t pid_ = getpid();
+};
+
+int participants(int64_t weight_bytes) {
+  if (weight_bytes < kParBytes) return 1;
+  const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, std::min({at::get_num_threads(), hw, int(weight_bytes / kParBytes)}));
+}
+
+// weights: float32, bfloat16 (raw 16-bit) or int8 with one float32 scale per output row
+enum class WKind { F32, BF16, I8 };
+
+static inline __m256 load_w8(const float* w) { return _mm256_loadu_ps(w); }
+static inline __m256 load_w8(const uint16_t* w) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+static inline __m256 load_w8(const int8_t* w) {
+  const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+}
+
+struct GemvCtx {
+  const float* x;      // (b, i)
+  const void* w;       // (o, i)
+  const float* scale;  // (o,) or null
+  const float* bias;   // (o,) or null
+  float* y;            // (b, o)
+  int64_t B, I, O, rows;  // rows per chunk (a multiple of 4)
+};
+
+// rows [o0, o1) of y = x W^T (* scale) + bias; four rows share each load of x
+template <typename T>
+void gemv_chunk(const void* vctx, int64_t chunk) {
+  const GemvCtx& g = *static_cast<const GemvCtx*>(vctx);
+  const T* W = static_cast<const T*>(g.w);
+  const int64_t o0 = chunk * g.rows, o1 = std::min(g.O, o0 + g.rows), I = g.I;
+  for (int64_t b = 0; b < g.B; ++b) {
+    const float* xr = g.x + b * I;
+    float* yr = g.y + b * g.O;
+    int64_t o = o0;
+    for (; o + 4 <= o1; o += 4) {
+      const T *w0 = W + o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+      constexpr int64_t kAhead = 1024 / sizeof(T);  // software prefetch 1 KB ahead in each row
+      int64_t i = 0;
+      for (; i + 2 * kV <= I; i += 2 * kV) {
+        if ((i * int64_t(sizeof(T))) % 64 == 0 || sizeof(T) == 4) {
+          _mm_prefetch(reinterpret_cast<const char*>(w0 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w1 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w2 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w3 + i + kAhead), _MM_HINT_T0);
+        }
+        const __m256 xv = _mm256_loadu_ps(xr + i), xu = _mm256_loadu_ps(xr + i + kV);
+        a0 = _mm256_fmadd_ps(load_w8(w0 + i), xv, a0);
+        a1 = _mm256_fmadd_ps(load_w8(w1 + i), xv, a1);
+        a2 = _mm256_fmadd_ps(load_w8(w2 + i), xv, a2);
+        a3 = _mm256_fmadd_ps(load_w8(w3 + i), xv, a3);
+        a0 = _mm256_fmadd_ps(load_w8(w0 + i + kV), xu, a0);
+        a1 = _mm256_fmadd_ps(load_w8(w1 + i + kV), xu, a1);
+        a2 = _mm256_fmadd_ps(load_w8(w2 + i + kV), xu, a2);
+        a3 = _mm256_fmadd_ps(load_w8(w3 + i + kV), xu, a3);
+      }
+      for (; i < I; i += kV) {
+        const __m256 xv = _mm256_loadu_ps(xr + i);
+        a0 = _mm256_fmadd_ps(load_w8(w0 + i), xv, a0);
+        a1 = _mm256_fmadd_ps(load_w8(w1 + i), xv, a1);
+        a2 = _mm256_fmadd_ps(load_w8(w2 + i), xv, a2);
+        a3 = _mm256_fmadd_ps(load_w8(w3 + i), xv, a3);
+      }
+      yr[o] = hsum256(a0); yr[o + 1] = hsum256(a1); yr[o + 2] = hsum256(a2); yr[o + 3] = hsum256(a3);
+    }
+    for (; o < o1; ++o) {
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t i = 0; i < I; i += kV) a0 = _mm256_fmadd_ps(load_w8(W + o * I + i), _mm256_loadu_ps(xr + i), a0);
+      yr[o] = hsum256(a0);
+    }
+    for (o = o0; o < o1; ++o) {
+      if (g.scale) yr[o] *= g.scale[o];
+      if (g.bias) yr[o] += g.bias[o];
+    }
+  }
+}
+
+// y = x W^T (* scale) + bias for a few rows x (b, i) float32; W (o, i) float32 / bfloat16 / int8
+// (int8 needs scale (o,)); i % 8 == 0. Threaded on the decode pool for weights >= 1 MB.
+at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& bias) {
+  need(x, "x", 2);
+  TORCH_CHECK(w.device().is_cpu() && w.is_contiguous() && w.dim() == 2, "weight must be a contiguous 2-d CPU tensor");
+  const int64_t Bsz = x.size(0), I = x.size(1), O = w.size(0);
+  TORCH_CHECK(w.size(1) == I && I % kV == 0, "decode_linear needs weight (o, i) with i == x.size(1) and i % 8 == 0");
+  WKind kind;
+  if (w.scalar_type() == at::kFloat) kind = WKind::F32;
+  else if (w.scalar_type() == at::kBFloat16) kind = WKind::BF16;
+  else if (w.scalar_type() == at::kChar) kind = WKind::I8;
+  else TORCH_CHECK(false, "decode_linear weight must be float32, bfloat16 or int8");
+  const bool has_s = scale.defined() && scale.numel() > 0, has_b = bias.defined() && bias.numel() > 0;
+  TORCH_CHECK(kind != WKind::I8 || has_s, "an int8 weight needs its per-row scale");
+  if (has_s) { need(scale, "scale", 1); TORCH_CHECK(scale.size(0) == O, "scale must have ", O, " entries"); }
+  if (has_b) { need(bias, "bias", 1); TORCH_CHECK(bias.size(0) == O, "bias must have ", O, " entries"); }
+  auto y = at::empty({Bsz, O}, x.options());
+  const int64_t esz = w.element_size();
+  const int64_t rows = std::max<int64_t>(4, (kChunkBytes / (I * esz)) / 4 * 4);
+  GemvCtx g{x.data_ptr<float>(), w.data_ptr(), has_s ? scale.data_ptr<float>() : nullptr,
+            has_b ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), Bsz, I, O, rows};
+  DecodePool::Fn fn = kind == WKind::F32 ? &gemv_chunk<float>
+                      : kind == WKind::BF16 ? &gemv_chunk<uint16_t> : &gemv_chunk<int8_t>;
+  const int64_t chunks = (O + rows - 1) / rows;
+  DecodePool::get().run(chunks, fn, &g, participants(O * I * esz * Bsz));
   return y;
+}
+
+// y = x W^T + bias, float32 (the small projections of a decode step; threaded like decode_linear
+// from 1 MB of weights up).
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  need(w, "weight", 2);
+  return decode_linear(x, w, at::Tensor(), bias);
+}
+
+// One streaming step of a diagonal complex SSM (S4D, Gu et al. 2022) for rows u (b, h):
+//   x = dA x + dB u   (complex, per channel h and mode n),   y = sum_n Re(c2 x) + D u
+// with dA, dB (h, n, 2) as (re, im) pairs, c2 (h, n, 2) = [Re 2C, -Im 2C] and the state x
+// (b, h, n, 2). With gelu the output is GELU(y) (erf form). Returns {y (b, h), new x}; the
+// input state is not modified. Single-threaded (h n is a few thousand multiply-adds).
+std::vector<at::Tensor> s4d_step(const at::Tensor& u, const at::Tensor& x, const at::Tensor& dA,
+                                 const at::Tensor& dB, const at::Tensor& c2, const at::Tensor& D, bool gelu) {
+  need(u, "u", 2); need(x, "state", 4); need(dA, "dA", 3); need(dB, "dB", 3); need(c2, "c2", 3); need(D, "D", 1);
+  const int64_t Bsz = u.size(0), H = u.size(1), N = dA.size(1);
+  TORCH_CHECK(x.size(0) == Bsz && x.size(1) == H && x.size(2) == N && x.size(3) == 2, "s4d_step state shape");
+  TORCH_CHECK(dA.size(0) == H && dB.size(0) == H && c2.size(0) == H && D.size(0) == H, "s4d_step table shapes");
+  auto y = at::empty({Bsz, H}, u.options());
+  auto xn = at::empty_like(x);
+  const float *pu = u.data_ptr<float>(), *px = x.data_ptr<float>(), *pa = dA.data_ptr<float>();
+  const float *pb = dB.data_ptr<float>(), *pc = c2.data_ptr<float>(), *pd = D.data_ptr<float>();
+  float *py = y.data_ptr<float>(), *pn = xn.data_ptr<float>();
+  for (int64_t b = 0; b < Bsz; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      const float uv = pu[b * H + h];
+      const float* xr = px + (b * H + h) * N * 2;
+      float* nr = pn + (b * H + h) * N * 2;
+      const float *ar = pa + h * N * 2, *br = pb + h * N * 2, *cr = pc + h * N * 2;
+      float acc = 0.f;
+      for (int64_t n = 0; n < N; ++n) {
+        const float re = ar[2 * n] * xr[2 * n] - ar[2 * n + 1] * xr[2 * n + 1] + br[2 * n] * uv;
+        const float im = ar[2 * n] * xr[2 * n + 1] + ar[2 * n + 1] * xr[2 * n] + br[2 * n + 1] * uv;
+        nr[2 * n] = re;
+        nr[2 * n + 1] = im;
+        acc += cr[2 * n] * re + cr[2 * n + 1] * im;
+      }
+      const float v = acc + pd[h] * uv;
+      py[b * H + h] = gelu ? 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f)) : v;
+    }
+  }
+  return {y, xn};
 }
 
 }  // namespace
@@ -196,10 +466,14 @@ TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
         "Tensor dt_b, Tensor A, Tensor D, Tensor ssm) -> Tensor[]");
   m.def("rms_norm_rows(Tensor x, Tensor w, float eps) -> Tensor");
   m.def("linear_rows(Tensor x, Tensor w, Tensor bias) -> Tensor");
+  m.def("decode_linear(Tensor x, Tensor w, Tensor scale, Tensor bias) -> Tensor");
+  m.def("s4d_step(Tensor u, Tensor x, Tensor dA, Tensor dB, Tensor c2, Tensor D, bool gelu) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("mamba_step", &mamba_step);
   m.impl("rms_norm_rows", &rms_norm_rows);
   m.impl("linear_rows", &linear_rows);
+  m.impl("decode_linear", &decode_linear);
+  m.impl("s4d_step", &s4d_step);
 }
