@@ -208,6 +208,8 @@ EVAL_SECONDS: dict[str, float] = {
     "timeseries/etth1-smamba-h720": 0.8,
     "recall/mamba-mqar": 9.7,
     "genomics/mamba-lm": 38.0,  # measured when trained (64 points x 4 contexts up to 64K, one thread)
+    "genomics/mamba-species": 360.0,  # 5 lengths up to 64K x 128 windows, one thread (gen-pipe's run)
+    "genomics/bimamba-cds": 120.0,  # 1.3 Mbp test region in overlapping windows
     # induction + sink-window: 89 s together here; the split below is config.json's eval_seconds
     "recall/mamba-induction": 21.0,
     "recall/mamba-sinkwindow-passkey": 41.1,

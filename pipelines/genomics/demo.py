@@ -205,11 +205,13 @@ def build_demo(checkpoint: str | None = None, checkpoints: dict[str, str] | None
         gr.Markdown("### Bacterial DNA: species, genes and variant effects\nPaste bases (A, C, G, T, N) or upload a "
                     "FASTA; list edits as `POS:ALT` (1-based) to score them with the DNA language model "
                     "(log-likelihood ratio averaged over both strands; negative = unlikely).")
+        example = _example_sequence()  # the tab opens on a real example, like every other tab
         with gr.Row():
-            seq = gr.Textbox(label="pasted sequence", lines=6, elem_id="genomics-sequence")
+            seq = gr.Textbox(label="pasted sequence", value=example, lines=6, elem_id="genomics-sequence")
             upload = gr.File(label="or upload a FASTA", file_types=[".fa", ".fasta", ".fna", ".gz"], type="filepath",
                              elem_id="genomics-upload")
-        edits = gr.Textbox(label="edits (POS:ALT)", placeholder="120:T, 455:G", elem_id="genomics-edits")
+        edits = gr.Textbox(label="edits (POS:ALT)", value=_example_edits(example), placeholder="120:T, 455:G",
+                           elem_id="genomics-edits")
         btn = gr.Button("Analyse", variant="primary", elem_id="genomics-run")
         out = gr.Textbox(label="result", lines=3, elem_id="genomics-output")
         probs = gr.Label(label="species probabilities", num_top_classes=4)
@@ -217,6 +219,5 @@ def build_demo(checkpoint: str | None = None, checkpoints: dict[str, str] | None
         table = gr.Dataframe(headers=VARIANT_COLUMNS, label="variant scores", interactive=False)
         connect(btn.click, run, [seq, upload, edits], [out, probs, plot, table], api_name="genomics_analyse",
                 flags={"--fasta": "the upload box"})
-        example = _example_sequence()
         gr.Examples([[example, _example_edits(example)]], [seq, edits])
     return demo
