@@ -45,6 +45,19 @@ constexpr float kLog2e = 1.44269504088896341f;
 
 #include "avx2_math.h"  // exp256, exp2_256, log256, softplus256, silu256, hsum256, FtzGuard
 
+// Each task walks time with a stride of one (b, l, e) row (E floats) and reads / writes only its
+// block of channels (nv * 32 bytes) per row: the hardware prefetchers do not follow that stride
+// across 4 KiB pages, so without these hints every row is a cache (and often TLB) miss that the
+// scan's short dependency chain cannot hide. kAhead rows ahead covers the memory latency.
+constexpr int64_t kAhead = 4;
+template <int nv>
+static inline void prefetch_row(const float* p, bool write = false) {
+  for (int v = 0; v < nv; v += 2) {  // one 64-byte line holds two registers of channels
+    if (write) __builtin_prefetch(p + v * kVec, 1, 3);
+    else __builtin_prefetch(p + v * kVec, 0, 3);
+  }
+}
+
 // A pool of large float32 blocks, reused across calls. A fresh (l, e) activation at long lengths
 // is tens to hundreds of MB; glibc maps it fresh and returns it to the OS when it dies, so every
 // call faults all of its pages in again (one fault and one zeroed page per 4 KiB: ~0.5 s of
@@ -181,6 +194,11 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
           A[n * kMaxV + v] = _mm256_mul_ps(_mm256_loadu_ps(pA + n * E + e0 + v * kVec), _mm256_set1_ps(kLog2e));
         }
       for (int64_t t = 0; t < L; ++t) {
+        if (t + kAhead < L) {
+          const int64_t pf = (b * L + t + kAhead) * E + e0;
+          prefetch_row<nv>(pdt + pf); prefetch_row<nv>(pu + pf); prefetch_row<nv>(py + pf, true);
+          if (has_z) prefetch_row<nv>(pz + pf);
+        }
         if (save_ckpt && t % chunk == 0) {
           float* ck = pck + ((b * nc + t / chunk) * N) * E + e0;
           for (int64_t n = 0; n < N; ++n)
@@ -328,6 +346,11 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           for (int v = 0; v < nv; ++v) hs[n * kMaxV + v] = _mm256_loadu_ps(ck + n * E + v * kVec);
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t off = (b * L + t) * E + e0;
+          if (t + kAhead < t1) {
+            prefetch_row<nv>(pdt + off + kAhead * E); prefetch_row<nv>(pu + off + kAhead * E);
+          } else {  // the chunk's last rows are the reverse sweep's first: fetch their dy and z
+            prefetch_row<nv>(pdy + off); if (has_z) prefetch_row<nv>(pz + off);
+          }
           const float* Bt = pB + (b * L + t) * N;
           __m256* hp = hs.data() + (t - t0) * N * kMaxV;
           __m256* hn = hp + N * kMaxV;
@@ -351,6 +374,15 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
         // reverse sweep
         for (int64_t t = t1 - 1; t >= t0; --t) {
           const int64_t off = (b * L + t) * E + e0;
+          if (t - kAhead >= t0) {
+            const int64_t pf = off - kAhead * E;
+            prefetch_row<nv>(pdy + pf); if (has_z) prefetch_row<nv>(pz + pf);
+            prefetch_row<nv>(pdu + pf, true); prefetch_row<nv>(pddt + pf, true);
+            if (has_z) prefetch_row<nv>(pdz + pf, true);
+          } else if (c > 0) {  // the first rows of the previous chunk's recompute (dt, u from t0 - chunk)
+            const int64_t pf = (b * L + t0 - chunk + (t0 + kAhead - 1 - t)) * E + e0;
+            prefetch_row<nv>(pdt + pf); prefetch_row<nv>(pu + pf);
+          }
           const float* Bt = pB + (b * L + t) * N;
           const float* Ct = pC + (b * L + t) * N;
           const __m256* hp = hs.data() + (t - t0) * N * kMaxV;
@@ -378,24 +410,41 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           }
           float* dBrow = pdB + ((b * nblk + blk) * L + t) * N;
           float* dCrow = pdC + ((b * nblk + blk) * L + t) * N;
-          for (int64_t n = 0; n < N; ++n) {
-            const __m256 bn = _mm256_set1_ps(Bt[n]), cn = _mm256_set1_ps(Ct[n]);
-            __m256 sB = _mm256_setzero_ps(), sC = _mm256_setzero_ps();
-            for (int v = 0; v < nv; ++v) {
-              const int i = n * kMaxV + v;
-              __m256 d = _mm256_fmadd_ps(gv[v], cn, dh[i]);          // dL/dh_t
-              sC = _mm256_fmadd_ps(gv[v], hc[i], sC);
-              yv[v] = _mm256_fmadd_ps(hc[i], cn, yv[v]);  // y_t, for dL/dz (no branch in the loop)
-              sB = _mm256_fmadd_ps(d, duv[v], sB);
-              dxu[v] = _mm256_fmadd_ps(d, bn, dxu[v]);
-              const __m256 ad = _mm256_mul_ps(ap[i], d);   // dL/dh_{t-1} through the decay
-              const __m256 daa = _mm256_mul_ps(ad, hp[i]);  // dL/d(dt A) for this n
-              ddtv[v] = _mm256_fmadd_ps(daa, A[i], ddtv[v]);
-              dA[i] = _mm256_fmadd_ps(daa, dtv[v], dA[i]);
-              dh[i] = ad;
+          // The (n, channel-register) loop runs over groups of at most two registers: with all
+          // four at once the 6 per-register accumulators / inputs (24 ymm) spill out of the 16
+          // AVX2 registers in the innermost loop. The per-n dB / dC partial sums carry across
+          // the groups in sBC (L1).
+          auto group = [&](auto g_c, int v0, bool first) {
+            constexpr int G = decltype(g_c)::value;
+            __m256 g_[G], du_[G], dt_[G], xu_[G], dd_[G], y_[G];
+            for (int j = 0; j < G; ++j) {
+              g_[j] = gv[v0 + j]; du_[j] = duv[v0 + j]; dt_[j] = dtv[v0 + j];
+              xu_[j] = _mm256_setzero_ps(); dd_[j] = _mm256_setzero_ps(); y_[j] = _mm256_setzero_ps();
             }
-            sBC[n] = sB;
-            sBC[N + n] = sC;
+            for (int64_t n = 0; n < N; ++n) {
+              const __m256 bn = _mm256_broadcast_ss(Bt + n), cn = _mm256_broadcast_ss(Ct + n);
+              __m256 sB = first ? _mm256_setzero_ps() : sBC[n], sC = first ? _mm256_setzero_ps() : sBC[N + n];
+              for (int j = 0; j < G; ++j) {
+                const int i = n * kMaxV + v0 + j;
+                const __m256 d = _mm256_fmadd_ps(g_[j], cn, dh[i]);  // dL/dh_t
+                sC = _mm256_fmadd_ps(g_[j], hc[i], sC);
+                y_[j] = _mm256_fmadd_ps(hc[i], cn, y_[j]);  // y_t, for dL/dz (no branch in the loop)
+                sB = _mm256_fmadd_ps(d, du_[j], sB);
+                xu_[j] = _mm256_fmadd_ps(d, bn, xu_[j]);
+                const __m256 ad = _mm256_mul_ps(ap[i], d);    // dL/dh_{t-1} through the decay
+                const __m256 daa = _mm256_mul_ps(ad, hp[i]);  // dL/d(dt A) for this n
+                dd_[j] = _mm256_fmadd_ps(daa, A[i], dd_[j]);
+                dA[i] = _mm256_fmadd_ps(daa, dt_[j], dA[i]);
+                dh[i] = ad;
+              }
+              sBC[n] = sB;
+              sBC[N + n] = sC;
+            }
+            for (int j = 0; j < G; ++j) { dxu[v0 + j] = xu_[j]; ddtv[v0 + j] = dd_[j]; yv[v0 + j] = y_[j]; }
+          };
+          for (int v0 = 0; v0 < nv; v0 += 2) {
+            if (v0 + 2 <= nv) group(std::integral_constant<int, 2>{}, v0, v0 == 0);
+            else group(std::integral_constant<int, 1>{}, v0, v0 == 0);
           }
           int64_t n8 = 0;
           for (; n8 + kVec <= N; n8 += kVec) {  // 8 horizontal sums at once
