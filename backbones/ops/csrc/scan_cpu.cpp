@@ -416,29 +416,35 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           // the groups in sBC (L1).
           auto group = [&](auto g_c, int v0, bool first) {
             constexpr int G = decltype(g_c)::value;
+            // local copies of the pointers: __m256 stores may alias anything (may_alias), so
+            // pointers reached through the closure would be reloaded after every store
+            const __m256 *const Hp = hp, *const Hc = hc, *const Ap = ap, *const Av = A.data();
+            __m256 *const Dh = dh.data(), *const DA = dA.data(), *const S = sBC.data();
+            const float *const Bp = Bt, *const Cp = Ct;
+            const int64_t NN = N;
             __m256 g_[G], du_[G], dt_[G], xu_[G], dd_[G], y_[G];
             for (int j = 0; j < G; ++j) {
               g_[j] = gv[v0 + j]; du_[j] = duv[v0 + j]; dt_[j] = dtv[v0 + j];
               xu_[j] = _mm256_setzero_ps(); dd_[j] = _mm256_setzero_ps(); y_[j] = _mm256_setzero_ps();
             }
-            for (int64_t n = 0; n < N; ++n) {
-              const __m256 bn = _mm256_broadcast_ss(Bt + n), cn = _mm256_broadcast_ss(Ct + n);
-              __m256 sB = first ? _mm256_setzero_ps() : sBC[n], sC = first ? _mm256_setzero_ps() : sBC[N + n];
+            for (int64_t n = 0; n < NN; ++n) {
+              const __m256 bn = _mm256_broadcast_ss(Bp + n), cn = _mm256_broadcast_ss(Cp + n);
+              __m256 sB = first ? _mm256_setzero_ps() : S[n], sC = first ? _mm256_setzero_ps() : S[NN + n];
               for (int j = 0; j < G; ++j) {
-                const int i = n * kMaxV + v0 + j;
-                const __m256 d = _mm256_fmadd_ps(g_[j], cn, dh[i]);  // dL/dh_t
-                sC = _mm256_fmadd_ps(g_[j], hc[i], sC);
-                y_[j] = _mm256_fmadd_ps(hc[i], cn, y_[j]);  // y_t, for dL/dz (no branch in the loop)
+                const int64_t i = n * kMaxV + v0 + j;
+                const __m256 d = _mm256_fmadd_ps(g_[j], cn, Dh[i]);  // dL/dh_t
+                sC = _mm256_fmadd_ps(g_[j], Hc[i], sC);
+                y_[j] = _mm256_fmadd_ps(Hc[i], cn, y_[j]);  // y_t, for dL/dz (no branch in the loop)
                 sB = _mm256_fmadd_ps(d, du_[j], sB);
                 xu_[j] = _mm256_fmadd_ps(d, bn, xu_[j]);
-                const __m256 ad = _mm256_mul_ps(ap[i], d);    // dL/dh_{t-1} through the decay
-                const __m256 daa = _mm256_mul_ps(ad, hp[i]);  // dL/d(dt A) for this n
-                dd_[j] = _mm256_fmadd_ps(daa, A[i], dd_[j]);
-                dA[i] = _mm256_fmadd_ps(daa, dt_[j], dA[i]);
-                dh[i] = ad;
+                const __m256 ad = _mm256_mul_ps(Ap[i], d);    // dL/dh_{t-1} through the decay
+                const __m256 daa = _mm256_mul_ps(ad, Hp[i]);  // dL/d(dt A) for this n
+                dd_[j] = _mm256_fmadd_ps(daa, Av[i], dd_[j]);
+                DA[i] = _mm256_fmadd_ps(daa, dt_[j], DA[i]);
+                Dh[i] = ad;
               }
-              sBC[n] = sB;
-              sBC[N + n] = sC;
+              S[n] = sB;
+              S[NN + n] = sC;
             }
             for (int j = 0; j < G; ++j) { dxu[v0 + j] = xu_[j]; ddtv[v0 + j] = dd_[j]; yv[v0 + j] = y_[j]; }
           };
