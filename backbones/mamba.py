@@ -57,6 +57,57 @@ def _decode_linear(x: Tensor, lin: nn.Linear) -> Tensor:
     return F.linear(x, w, lin.bias)
 
 
+class _InProjFn(torch.autograd.Function):
+    """``in_proj`` split into its stream and gate halves, (..., d) -> (..., e), (..., e), both
+    contiguous pooled buffers. Backward: the input gradient is ``g_x @ W_x + g_z @ W_z`` formed in
+    one pooled buffer (a GEMM and an in-place ``addmm_``), not two GEMM outputs and an add."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, e: int):  # type: ignore[override]
+        x2 = x.reshape(-1, x.shape[-1])  # (m, d)
+        outs = []
+        for lo in (0, e):
+            o = bigbuf.empty(x2.shape[0], e, dtype=x.dtype, device=x.device)  # (m, e)
+            if b is None:
+                torch.mm(x2, w[lo : lo + e].t(), out=o)
+            else:
+                torch.addmm(b[lo : lo + e], x2, w[lo : lo + e].t(), out=o)
+            outs.append(o.view(*x.shape[:-1], e))
+        ctx.save_for_backward(x, w)
+        ctx.e, ctx.has_bias = e, b is not None
+        return outs[0], outs[1]
+
+    @staticmethod
+    def backward(ctx, gxi: Tensor | None, gz: Tensor | None):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        e = ctx.e
+        x2 = x.reshape(-1, x.shape[-1])  # (m, d)
+        gs = [None if g is None else g.reshape(-1, e) for g in (gxi, gz)]  # (m, e) each
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = bigbuf.empty(*x2.shape, dtype=x.dtype, device=x.device)  # (m, d)
+            first = True
+            for g, lo in zip(gs, (0, e)):
+                if g is None:
+                    continue
+                if first:
+                    torch.mm(g, w[lo : lo + e], out=gx)
+                else:
+                    gx.addmm_(g, w[lo : lo + e])
+                first = False
+            if first:
+                gx.zero_()
+            gx = gx.view(*x.shape)
+        if ctx.needs_input_grad[1]:
+            gw = torch.zeros_like(w) if any(g is None for g in gs) else torch.empty_like(w)  # (2e, d)
+            for g, lo in zip(gs, (0, e)):
+                if g is not None:
+                    torch.mm(g.t(), x2, out=gw[lo : lo + e])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = torch.cat([g.sum(0) if g is not None else w.new_zeros(e) for g in gs])
+        return gx, gw, gb, None
+
+
 @register_mixer("M")
 class Mamba(Backbone):
     """Selective SSM mixer, (b, l, d) -> (b, l, d), streamable with O(1) state per token."""
@@ -118,8 +169,17 @@ class Mamba(Backbone):
     # ------------------------------------------------------------------ helpers
     def _in(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (..., d) -> stream, gate (..., e), each contiguous (two GEMMs on in_proj's halves;
-        large outputs in pooled buffers, see ``ops/bigbuf.py``)."""
+        large outputs in pooled buffers, see ``ops/bigbuf.py``). In training the two halves
+        share one autograd node whose input gradient is one pooled buffer (``_InProjFn``)."""
         w, b, e = self.in_proj.weight, self.in_proj.bias, self.d_inner
+        if (
+            torch.is_grad_enabled()
+            and (x.requires_grad or w.requires_grad)
+            and x.dtype == w.dtype == torch.float32
+            and (b is None or b.dtype == torch.float32)
+            and bigbuf._pooled(x.dtype, x.device, x.numel() // max(1, x.shape[-1]) * e * 4)
+        ):
+            return _InProjFn.apply(x, w, b, e)
         xi = bigbuf.linear(x, w[:e], None if b is None else b[:e])
         z = bigbuf.linear(x, w[e:], None if b is None else b[e:])
         return xi, z

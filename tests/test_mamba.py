@@ -142,3 +142,32 @@ def test_initialisation_follows_the_paper():
 def test_bad_mamba2_sizes_raise():
     with pytest.raises(ValueError, match="headdim"):
         Mamba2(16, headdim=7)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("halves", ["both", "stream", "gate"])
+def test_in_proj_training_node_matches_float64(bias, halves):
+    """The pooled in_proj training node (_InProjFn, taken from 4 MiB outputs on) against F.linear on
+    the halves in float64: outputs and the gradients of x, weight and bias, also when only one half
+    receives a gradient."""
+    torch.manual_seed(0)
+    m = Mamba(64, bias=bias)
+    e = m.d_inner
+    x = torch.randn(1, 8192, 64, requires_grad=True)  # 8192 x 128 float32 = 4 MiB: pooled path
+    xi, z = m._in(x)
+    assert xi.grad_fn is not None and "_InProjFn" in type(xi.grad_fn).__name__
+    g1, g2 = torch.randn_like(xi), torch.randn_like(z)
+    parts = [(xi * g1).sum()] * (halves != "gate") + [(z * g2).sum()] * (halves != "stream")
+    loss = sum(parts)  # a half left out of the loss gets no gradient (None in the backward)
+    gx, gw, *gb = torch.autograd.grad(loss, [x] + [p for p in (m.in_proj.weight, m.in_proj.bias) if p is not None])
+    xd, wd = x.detach().double().requires_grad_(), m.in_proj.weight.detach().double().requires_grad_()
+    bd = m.in_proj.bias.detach().double().requires_grad_() if bias else None
+    ri, rz = F.linear(xd, wd[:e], None if bd is None else bd[:e]), F.linear(xd, wd[e:], None if bd is None else bd[e:])
+    close(xi, ri, atol=1e-4)
+    close(z, rz, atol=1e-4)
+    ref = sum([(ri * g1.double()).sum()] * (halves != "gate") + [(rz * g2.double()).sum()] * (halves != "stream"))
+    rgx, rgw, *rgb = torch.autograd.grad(ref, [xd, wd] + ([bd] if bias else []))
+    close(gx, rgx, atol=1e-3, rtol=1e-4, msg="grad x")
+    close(gw, rgw, atol=1e-2, rtol=1e-4, msg="grad weight")
+    if bias:
+        close(gb[0], rgb[0], atol=1e-2, rtol=1e-4, msg="grad bias")

@@ -142,7 +142,7 @@ class _ScanFn(torch.autograd.Function):
             none = u.new_empty(0)
             y, hT, ck = cpu_kernels.ops().scan_fwd(
                 u, dt, A.t().contiguous(), B, C, h0.transpose(1, 2).contiguous(), chunk, save, none, False, none, none
-            )
+            )[:3]
             hT = hT.transpose(1, 2).contiguous()
         else:
             y, hT, ck = _torch_fwd(u, dt, A, B, C, h0, chunk, save)
@@ -171,7 +171,8 @@ class _ScanFn(torch.autograd.Function):
 class _FusedScanFn(torch.autograd.Function):
     """Training path of the compiled kernels with the prologue / epilogue fused on both sides:
     ``dt <- softplus(dt + dt_bias)``, ``y <- (y + D u) * silu(z)``. The forward is one
-    ``scan_fwd`` call (it also stores the chunk checkpoints); the backward one ``scan_bwd_fused``
+    ``scan_fwd`` call (it also stores the chunk checkpoints, the step it used and the softplus
+    derivative, so the backward runs no softplus); the backward one ``scan_bwd_fused``
     call that returns the gradients of the raw dt, D, z and dt_bias too, so none of the
     (b, l, e) elementwise tensors of the unfused path (and their autograd copies) exist.
     All float32 contiguous; D, z, dt_bias may be empty (absent). Returns (out (b,l,e), h_T (b,e,n))."""
@@ -179,21 +180,23 @@ class _FusedScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, dt, A, B, C, D, z, dt_bias, h0, softplus: bool, chunk: int):  # type: ignore[override]
         At = A.t().contiguous()  # (n, e)
-        y, hT, ck = cpu_kernels.ops().scan_fwd(
+        y, hT, ck, dts, dsp = cpu_kernels.ops().scan_fwd(
             u, dt, At, B, C, h0.transpose(1, 2).contiguous(), chunk, True, dt_bias, softplus, D, z
         )
-        ctx.save_for_backward(u, dt, At, B, C, D, z, dt_bias, ck)
+        # with a dt prologue the kernel returns the step it used (dts) and, for softplus, its
+        # derivative (dsp); the backward reads those instead of the raw dt (not kept alive)
+        ctx.save_for_backward(u, dts if dts.numel() else dt, At, B, C, D, z, dt_bias, ck, dts, dsp)
         ctx.chunk, ctx.softplus = chunk, softplus
         return y, hT.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, dy, dhT):  # type: ignore[override]
-        u, dt, At, B, C, D, z, dt_bias, ck = ctx.saved_tensors
+        u, dt, At, B, C, D, z, dt_bias, ck, dts, dsp = ctx.saved_tensors
         b, _, e = u.shape
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
         dhT = u.new_zeros(b, At.shape[0], e) if dhT is None else dhT.transpose(1, 2).contiguous()  # (b, n, e)
         du, ddt, dAt, dBp, dCp, dh0, dDp, dz, dbp = cpu_kernels.ops().scan_bwd_fused(
-            u, dt, At, B, C, ck, dy, dhT, ctx.chunk, dt_bias, ctx.softplus, D, z
+            u, dt, At, B, C, ck, dy, dhT, ctx.chunk, dt_bias, ctx.softplus, D, z, dts, dsp
         )
         gD = dDp.sum(0) if D.numel() else None
         gz = dz if z.numel() else None
@@ -290,11 +293,11 @@ def selective_scan(
         and _want_cpp(u, backend)
     ):  # inference: softplus, D skip and gate fused into the compiled kernel
         f32 = lambda t: u.new_empty(0) if t is None else t.float().contiguous()
-        y, hT, _ = cpu_kernels.ops().scan_fwd(
+        y, hT = cpu_kernels.ops().scan_fwd(
             u.contiguous(), dt.float().contiguous(), A.float().t().contiguous(), B.float().contiguous(),
             C.float().contiguous(), h0.float().transpose(1, 2).contiguous(), int(chunk_size), False,
             f32(dt_bias), bool(dt_softplus), f32(D), f32(z),
-        )
+        )[:2]
         return y, hT.transpose(1, 2).contiguous()
     if (
         needs_grad

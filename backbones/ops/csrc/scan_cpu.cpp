@@ -45,6 +45,19 @@ constexpr float kLog2e = 1.44269504088896341f;
 
 #include "avx2_math.h"  // exp256, exp2_256, log256, softplus256, silu256, hsum256, FtzGuard
 
+// Each task walks time with a stride of one (b, l, e) row (E floats) and reads / writes only its
+// block of channels (nv * 32 bytes) per row: the hardware prefetchers do not follow that stride
+// across 4 KiB pages, so without these hints every row is a cache (and often TLB) miss that the
+// scan's short dependency chain cannot hide. kAhead rows ahead covers the memory latency.
+constexpr int64_t kAhead = 4;
+template <int nv>
+static inline void prefetch_row(const float* p, bool write = false) {
+  for (int v = 0; v < nv; v += 2) {  // one 64-byte line holds two registers of channels
+    if (write) __builtin_prefetch(p + v * kVec, 1, 3);
+    else __builtin_prefetch(p + v * kVec, 0, 3);
+  }
+}
+
 // A pool of large float32 blocks, reused across calls. A fresh (l, e) activation at long lengths
 // is tens to hundreds of MB; glibc maps it fresh and returns it to the OS when it dies, so every
 // call faults all of its pages in again (one fault and one zeroed page per 4 KiB: ~0.5 s of
@@ -139,7 +152,9 @@ inline void dispatch_nv(int nv, F&& f) {
   }
 }
 
-// Forward. Returns (y (b,l,e), hT (b,n,e), ckpt (b,nc,n,e) or empty).
+// Forward. Returns (y (b,l,e), hT (b,n,e), ckpt (b,nc,n,e) or empty, dts (b,l,e) or empty,
+// dsp (b,l,e) or empty): with save_ckpt and a dt prologue, dts is the step the scan used and dsp
+// (softplus only) its derivative sigmoid(dt + dt_bias), for scan_bwd_fused.
 // Optional fused epilogue / prologue (pass empty tensors to skip; inference path):
 //   dt <- softplus(dt + dt_bias) if softplus, else dt + dt_bias;  y <- (y + D u) * silu(z).
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
@@ -162,6 +177,13 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
   auto y = empty_big_like(u);
   auto hT = at::empty_like(h0);
   auto ckpt = empty_big({Bsz, nc, N, E}, u.options());
+  // training (save_ckpt) with a prologue: also the step as the scan saw it and d(step)/d(raw dt),
+  // so the backward neither re-runs the softplus nor needs the raw dt
+  const bool save_dt = save_ckpt && (has_bias || softplus);
+  auto dts = save_dt ? empty_big_like(u) : at::empty({0}, u.options());
+  auto dsp = save_dt && softplus ? empty_big_like(u) : at::empty({0}, u.options());
+  float* pdts = save_dt ? dts.data_ptr<float>() : nullptr;
+  float* pdsp = save_dt && softplus ? dsp.data_ptr<float>() : nullptr;
   const int64_t nblk = (E + kBlock - 1) / kBlock;
   const float *pu = u.data_ptr<float>(), *pdt = dt.data_ptr<float>(), *pA = At.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>(), *ph0 = h0.data_ptr<float>();
@@ -181,6 +203,13 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
           A[n * kMaxV + v] = _mm256_mul_ps(_mm256_loadu_ps(pA + n * E + e0 + v * kVec), _mm256_set1_ps(kLog2e));
         }
       for (int64_t t = 0; t < L; ++t) {
+        if (t + kAhead < L) {
+          const int64_t pf = (b * L + t + kAhead) * E + e0;
+          prefetch_row<nv>(pdt + pf); prefetch_row<nv>(pu + pf); prefetch_row<nv>(py + pf, true);
+          if (save_dt) prefetch_row<nv>(pdts + pf, true);
+          if (pdsp) prefetch_row<nv>(pdsp + pf, true);
+          if (has_z) prefetch_row<nv>(pz + pf);
+        }
         if (save_ckpt && t % chunk == 0) {
           float* ck = pck + ((b * nc + t / chunk) * N) * E + e0;
           for (int64_t n = 0; n < N; ++n)
@@ -191,7 +220,17 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
         for (int v = 0; v < nv; ++v) {
           dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
           if (has_bias) dtv[v] = _mm256_add_ps(dtv[v], _mm256_loadu_ps(pbias + e0 + v * kVec));
-          if (softplus) dtv[v] = softplus256(dtv[v]);
+          if (softplus && save_dt) {  // softplus and its derivative sigmoid, sharing exp(-|x|)
+            const __m256 one = _mm256_set1_ps(1.0f), x = dtv[v];
+            const __m256 ex = exp256(_mm256_min_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), x)));
+            const __m256 onep = _mm256_add_ps(one, ex);
+            const __m256 num = _mm256_blendv_ps(ex, one, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
+            _mm256_storeu_ps(pdsp + off + v * kVec, _mm256_div_ps(num, onep));
+            dtv[v] = _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), log256(onep));
+          } else if (softplus) {
+            dtv[v] = softplus256(dtv[v]);
+          }
+          if (save_dt) _mm256_storeu_ps(pdts + off + v * kVec, dtv[v]);
           duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
           yv[v] = _mm256_setzero_ps();
         }
@@ -219,7 +258,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
       dispatch_nv(nv_rt, run);
     }
   });
-  return {y, hT, ckpt};
+  return {y, hT, ckpt, dts, dsp};
 }
 
 // (hsum(v[0]), ..., hsum(v[7])) in one register: a transpose-and-add tree.
@@ -244,11 +283,12 @@ static inline __m256 sigmoid256(__m256 x) {
 // also returns the gradients of D, z and dt_bias, and ddt is the gradient of the raw dt.
 // Returns (du (b,l,e), ddt (b,l,e), dAt (b,n,e), dB_part (b,nblk,l,n), dC_part (b,nblk,l,n),
 //          dh0 (b,n,e), dD_part (b,e), dz (b,l,e) or empty, dbias_part (b,e)).
+// dts / dsp: scan_fwd's saved step and derivative (empty: recomputed from dt, bias, softplus).
 std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt, const at::Tensor& At,
                                       const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
                                       const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk,
                                       const at::Tensor& dt_bias, bool softplus, const at::Tensor& Dv,
-                                      const at::Tensor& z) {
+                                      const at::Tensor& z, const at::Tensor& dts_in, const at::Tensor& dsp_in) {
   check(u, "u", 3); check(dt, "dt", 3); check(At, "At", 2); check(Bm, "B", 3); check(Cm, "C", 3);
   check(ckpt, "ckpt", 4); check(dy, "dy", 3); check(dhT, "dhT", 3);
   const int64_t Bsz = u.size(0), L = u.size(1), E = u.size(2), N = At.size(0);
@@ -263,6 +303,14 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
   const float* pbias = has_bias ? dt_bias.data_ptr<float>() : nullptr;
   const float* pD = has_D ? Dv.data_ptr<float>() : nullptr;
   const float* pz = has_z ? z.data_ptr<float>() : nullptr;
+  // the forward's saved step (and its derivative when softplus): then dt itself is not read
+  const bool has_dts = dts_in.numel() > 0;
+  if (has_dts) {
+    check(dts_in, "dts", 3); TORCH_CHECK(dts_in.sizes() == u.sizes(), "dts shape");
+    if (softplus) { check(dsp_in, "dsp", 3); TORCH_CHECK(dsp_in.sizes() == u.sizes(), "dsp shape"); }
+  }
+  const float* pdts = has_dts ? dts_in.data_ptr<float>() : nullptr;
+  const float* pdsp = has_dts && softplus ? dsp_in.data_ptr<float>() : nullptr;
   auto du = empty_big_like(u), ddt = empty_big_like(u);
   auto dAt = at::zeros({Bsz, N, E}, u.options());
   auto dBp = empty_big({Bsz, nblk, L, N}, u.options()), dCp = empty_big({Bsz, nblk, L, N}, u.options());
@@ -279,6 +327,10 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
 
   // dt as the scan sees it (bias + softplus applied) and d(dt)/d(raw dt), for one register
   auto step_dt = [&](int64_t off, int64_t e, __m256* dsp) {
+    if (has_dts) {
+      if (dsp) *dsp = softplus ? _mm256_loadu_ps(pdsp + off) : _mm256_set1_ps(1.0f);
+      return _mm256_loadu_ps(pdts + off);
+    }
     __m256 x = _mm256_loadu_ps(pdt + off);
     if (has_bias) x = _mm256_add_ps(x, _mm256_loadu_ps(pbias + e));
     if (!softplus) { if (dsp) *dsp = _mm256_set1_ps(1.0f); return x; }
@@ -328,6 +380,16 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           for (int v = 0; v < nv; ++v) hs[n * kMaxV + v] = _mm256_loadu_ps(ck + n * E + v * kVec);
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t off = (b * L + t) * E + e0;
+          if (t + kAhead < t1) {
+            if (has_dts) {
+              prefetch_row<nv>(pdts + off + kAhead * E); if (pdsp) prefetch_row<nv>(pdsp + off + kAhead * E);
+            } else {
+              prefetch_row<nv>(pdt + off + kAhead * E);
+            }
+            prefetch_row<nv>(pu + off + kAhead * E);
+          } else {  // the chunk's last rows are the reverse sweep's first: fetch their dy and z
+            prefetch_row<nv>(pdy + off); if (has_z) prefetch_row<nv>(pz + off);
+          }
           const float* Bt = pB + (b * L + t) * N;
           __m256* hp = hs.data() + (t - t0) * N * kMaxV;
           __m256* hn = hp + N * kMaxV;
@@ -351,6 +413,17 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
         // reverse sweep
         for (int64_t t = t1 - 1; t >= t0; --t) {
           const int64_t off = (b * L + t) * E + e0;
+          if (t - kAhead >= t0) {
+            const int64_t pf = off - kAhead * E;
+            prefetch_row<nv>(pdy + pf); if (has_z) prefetch_row<nv>(pz + pf);
+            prefetch_row<nv>(pdu + pf, true); prefetch_row<nv>(pddt + pf, true);
+            if (has_z) prefetch_row<nv>(pdz + pf, true);
+          } else if (c > 0) {  // the first rows of the previous chunk's recompute (dt, u from t0 - chunk)
+            const int64_t pf = (b * L + t0 - chunk + (t0 + kAhead - 1 - t)) * E + e0;
+            if (has_dts) { prefetch_row<nv>(pdts + pf); if (pdsp) prefetch_row<nv>(pdsp + pf); }
+            else prefetch_row<nv>(pdt + pf);
+            prefetch_row<nv>(pu + pf);
+          }
           const float* Bt = pB + (b * L + t) * N;
           const float* Ct = pC + (b * L + t) * N;
           const __m256* hp = hs.data() + (t - t0) * N * kMaxV;
@@ -378,24 +451,47 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           }
           float* dBrow = pdB + ((b * nblk + blk) * L + t) * N;
           float* dCrow = pdC + ((b * nblk + blk) * L + t) * N;
-          for (int64_t n = 0; n < N; ++n) {
-            const __m256 bn = _mm256_set1_ps(Bt[n]), cn = _mm256_set1_ps(Ct[n]);
-            __m256 sB = _mm256_setzero_ps(), sC = _mm256_setzero_ps();
-            for (int v = 0; v < nv; ++v) {
-              const int i = n * kMaxV + v;
-              __m256 d = _mm256_fmadd_ps(gv[v], cn, dh[i]);          // dL/dh_t
-              sC = _mm256_fmadd_ps(gv[v], hc[i], sC);
-              yv[v] = _mm256_fmadd_ps(hc[i], cn, yv[v]);  // y_t, for dL/dz (no branch in the loop)
-              sB = _mm256_fmadd_ps(d, duv[v], sB);
-              dxu[v] = _mm256_fmadd_ps(d, bn, dxu[v]);
-              const __m256 ad = _mm256_mul_ps(ap[i], d);   // dL/dh_{t-1} through the decay
-              const __m256 daa = _mm256_mul_ps(ad, hp[i]);  // dL/d(dt A) for this n
-              ddtv[v] = _mm256_fmadd_ps(daa, A[i], ddtv[v]);
-              dA[i] = _mm256_fmadd_ps(daa, dtv[v], dA[i]);
-              dh[i] = ad;
+          // The (n, channel-register) loop runs over groups of at most two registers: with all
+          // four at once the 6 per-register accumulators / inputs (24 ymm) spill out of the 16
+          // AVX2 registers in the innermost loop. The per-n dB / dC partial sums carry across
+          // the groups in sBC (L1).
+          auto group = [&](auto g_c, int v0, bool first) {
+            constexpr int G = decltype(g_c)::value;
+            // local copies of the pointers: __m256 stores may alias anything (may_alias), so
+            // pointers reached through the closure would be reloaded after every store
+            const __m256 *const Hp = hp, *const Hc = hc, *const Ap = ap, *const Av = A.data();
+            __m256 *const Dh = dh.data(), *const DA = dA.data(), *const S = sBC.data();
+            const float *const Bp = Bt, *const Cp = Ct;
+            const int64_t NN = N;
+            __m256 g_[G], du_[G], dt_[G], xu_[G], dd_[G], y_[G];
+            for (int j = 0; j < G; ++j) {
+              g_[j] = gv[v0 + j]; du_[j] = duv[v0 + j]; dt_[j] = dtv[v0 + j];
+              xu_[j] = _mm256_setzero_ps(); dd_[j] = _mm256_setzero_ps(); y_[j] = _mm256_setzero_ps();
             }
-            sBC[n] = sB;
-            sBC[N + n] = sC;
+            for (int64_t n = 0; n < NN; ++n) {
+              const __m256 bn = _mm256_broadcast_ss(Bp + n), cn = _mm256_broadcast_ss(Cp + n);
+              __m256 sB = first ? _mm256_setzero_ps() : S[n], sC = first ? _mm256_setzero_ps() : S[NN + n];
+              for (int j = 0; j < G; ++j) {
+                const int64_t i = n * kMaxV + v0 + j;
+                const __m256 d = _mm256_fmadd_ps(g_[j], cn, Dh[i]);  // dL/dh_t
+                sC = _mm256_fmadd_ps(g_[j], Hc[i], sC);
+                y_[j] = _mm256_fmadd_ps(Hc[i], cn, y_[j]);  // y_t, for dL/dz (no branch in the loop)
+                sB = _mm256_fmadd_ps(d, du_[j], sB);
+                xu_[j] = _mm256_fmadd_ps(d, bn, xu_[j]);
+                const __m256 ad = _mm256_mul_ps(Ap[i], d);    // dL/dh_{t-1} through the decay
+                const __m256 daa = _mm256_mul_ps(ad, Hp[i]);  // dL/d(dt A) for this n
+                dd_[j] = _mm256_fmadd_ps(daa, Av[i], dd_[j]);
+                DA[i] = _mm256_fmadd_ps(daa, dt_[j], DA[i]);
+                Dh[i] = ad;
+              }
+              S[n] = sB;
+              S[NN + n] = sC;
+            }
+            for (int j = 0; j < G; ++j) { dxu[v0 + j] = xu_[j]; ddtv[v0 + j] = dd_[j]; yv[v0 + j] = y_[j]; }
+          };
+          for (int v0 = 0; v0 < nv; v0 += 2) {
+            if (v0 + 2 <= nv) group(std::integral_constant<int, 2>{}, v0, v0 == 0);
+            else group(std::integral_constant<int, 1>{}, v0, v0 == 0);
           }
           int64_t n8 = 0;
           for (; n8 + kVec <= N; n8 += kVec) {  // 8 horizontal sums at once
@@ -446,7 +542,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& dt, cons
                                  const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& ckpt,
                                  const at::Tensor& dy, const at::Tensor& dhT, int64_t chunk) {
   auto none = at::empty({0}, u.options());
-  auto r = scan_bwd_impl(u, dt, At, Bm, Cm, ckpt, dy, dhT, chunk, none, false, none, none);
+  auto r = scan_bwd_impl(u, dt, At, Bm, Cm, ckpt, dy, dhT, chunk, none, false, none, none, none, none);
   r.resize(6);
   return r;
 }
@@ -594,7 +690,7 @@ TORCH_LIBRARY(longstream_ops, m) {
         "Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
   m.def("scan_bwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, int chunk) -> Tensor[]");
   m.def("scan_bwd_fused(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor ckpt, Tensor dy, Tensor dhT, "
-        "int chunk, Tensor dt_bias, bool softplus, Tensor D, Tensor z) -> Tensor[]");
+        "int chunk, Tensor dt_bias, bool softplus, Tensor D, Tensor z, Tensor dts, Tensor dsp) -> Tensor[]");
   m.def("conv_bwd(Tensor x, Tensor w, Tensor cache, Tensor pre, Tensor g, bool silu) -> Tensor[]");
   m.def("conv_fwd_train(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor[]");
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
