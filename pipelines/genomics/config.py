@@ -34,6 +34,7 @@ class DataConfig:
     train_len: int = 1024  # longest training window (bases)
     train_len_min: int = 0  # shortest training window; 0 = always train_len (a length per step)
     rc_prob: float = 0.5  # probability a training window is reverse-complemented
+    mutate_prob: float = 0.0  # species / cds training: each base replaced by a random base with this probability
     # species evaluation
     eval_lengths: list[int] = field(default_factory=lambda: [256, 1024, 4096, 16384, 65536])
     eval_per_species: int = 32  # windows per species and length (fewer where a test genome is short)
@@ -59,6 +60,8 @@ class ModelConfig:
     pool: str = "mean"  # species pooling (common.POOLS; streamed evaluation supports mean / last)
     dropout: float = 0.0
     rc_conjoin: bool = False  # species: average the logits of a window and its reverse complement
+    orf_features: bool = False  # add the 12 open-reading-frame channels of orf_features.py to the embedding
+    label_smoothing: float = 0.0  # species / cds training cross-entropy label smoothing
     init: str = ""  # start from a `longstream hub import` output dir (embedding + backbone weights)
 
 
