@@ -75,8 +75,13 @@ def batch_loss(net, cfg: Config, data, step: int, env) -> torch.Tensor:
         return total / k
     x, y = D.cds_batch(data, cfg, step)
     logits, y = net(x[idx].to(env.device)), y[idx].to(env.device)  # (b, l, 3), (b, l)
-    if cfg.model.label_smoothing > 0:
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), label_smoothing=cfg.model.label_smoothing)
+    cw = cfg.model.cds_class_weights
+    if cw and len(cw) != 3:
+        raise UserError(f"--model.cds_class_weights needs 3 numbers (non-coding, plus, minus), got {cw}")
+    if cfg.model.label_smoothing > 0 or cw:
+        weight = torch.tensor(cw, dtype=logits.dtype, device=logits.device) if cw else None
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), weight=weight,
+                               label_smoothing=cfg.model.label_smoothing)
     return TokenClassifier.loss(logits, y)
 
 
