@@ -146,7 +146,7 @@ def release_lm() -> Config:
         data=DataConfig(train_len=1024, lm_train_chunks=4),
         model=ModelConfig(task="lm"),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
-        train=TrainConfig(steps=400, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
+        train=TrainConfig(steps=800, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )
 
 
