@@ -207,9 +207,9 @@ EVAL_SECONDS: dict[str, float] = {
     "timeseries/etth1-smamba-h336": 0.9,
     "timeseries/etth1-smamba-h720": 0.8,
     "recall/mamba-mqar": 9.7,
-    "genomics/mamba-lm": 38.0,  # measured when trained (64 points x 4 contexts up to 64K, one thread)
-    "genomics/mamba-species": 360.0,  # 5 lengths up to 64K x 128 windows, one thread (gen-pipe's run)
-    "genomics/bimamba-cds": 120.0,  # 1.3 Mbp test region in overlapping windows
+    "genomics/mamba-lm": 35.0,  # measured when trained: 33-38 s (64 points x 4 contexts up to 64K, one thread)
+    "genomics/bimamba-cds": 55.0,  # measured when trained (1.32 Mbp test region + ORF decoding, one thread)
+    "genomics/mamba-species": 120.0,  # measured when trained: 75-330 s by load (640 windows up to 64K, one thread)
     # induction + sink-window: 89 s together here; the split below is config.json's eval_seconds
     "recall/mamba-induction": 21.0,
     "recall/mamba-sinkwindow-passkey": 41.1,

@@ -113,6 +113,17 @@ def _window(chroms: list[np.ndarray], r: np.random.Generator, length: int) -> np
     return c[s : s + length]
 
 
+def mutate(w: np.ndarray, r: np.random.Generator, prob: float) -> np.ndarray:
+    """Random base substitution (augmentation): each A/C/G/T base becomes a uniformly drawn
+    base (possibly itself) with probability ``prob``; N and specials are kept."""
+    if prob <= 0:
+        return w
+    hit = (r.random(len(w)) < prob) & (w >= 7) & (w <= 10)
+    out = w.copy()
+    out[hit] = r.integers(7, 11, int(hit.sum()), dtype=np.uint8) if hit.any() else out[hit]
+    return out
+
+
 def species_batch(data: SpeciesData, cfg: Config, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids (b, l) int64, species (b,) int64)``: class-balanced windows of the training strains."""
     tc, dc = cfg.train, cfg.data
@@ -124,7 +135,7 @@ def species_batch(data: SpeciesData, cfg: Config, step: int) -> tuple[torch.Tens
         w = _window(data.train[int(y)], r, L)
         if r.random() < dc.rc_prob:
             w = rc_ids(w)
-        rows.append(np.ascontiguousarray(w))
+        rows.append(np.ascontiguousarray(mutate(w, r, dc.mutate_prob)))
     return torch.from_numpy(np.stack(rows).astype(np.int64)), torch.from_numpy(ys.astype(np.int64))
 
 
@@ -191,6 +202,6 @@ def cds_batch(data: CdsData, cfg: Config, step: int) -> tuple[torch.Tensor, torc
         x, y = data.ids[s : s + L], data.labels[s : s + L]
         if r.random() < dc.rc_prob:
             x, y = rc_ids(x), rc_labels(y)
-        xs.append(np.ascontiguousarray(x))
+        xs.append(np.ascontiguousarray(mutate(x, r, dc.mutate_prob)))
         ys.append(np.ascontiguousarray(y))
     return (torch.from_numpy(np.stack(xs).astype(np.int64)), torch.from_numpy(np.stack(ys).astype(np.int64)))

@@ -134,7 +134,7 @@ def record_outputs(model: Any, fa: Any, name: str, *, minus: bool = False, chunk
     context on each side (see the module docstring).
     """
     model.eval()
-    backbone, embed = model.backbone, model.embed
+    backbone, embed = model.backbone, getattr(model, "embed_ids", model.embed)  # + ORF channels if any
     L = fa.length(name)
     if _carries_state(backbone):
         state = None

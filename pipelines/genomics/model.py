@@ -59,6 +59,14 @@ class GenomicsModel(nn.Module):
             self.embed = RCEmbedding(VOCAB, d)
         else:
             self.embed = nn.Embedding(VOCAB, d)
+        self.orf = None
+        if cfg.model.orf_features:
+            if self.rc:
+                raise common.UserError("--model.orf_features does not combine with --backbone.rc_equivariant; "
+                                       "drop one of them")
+            from .orf_features import N_FEATURES
+
+            self.orf = nn.Linear(N_FEATURES, d)
         self.backbone = common.build_backbone(cfg.backbone)  # bad --backbone.* -> UserError
         if task == "lm" and not getattr(self.backbone, "is_causal", False):
             raise common.UserError("--model.task lm needs a causal backbone; drop --backbone.bidirectional "
@@ -78,15 +86,24 @@ class GenomicsModel(nn.Module):
         else:
             self.head = common.TokenClassifier(d, N_CDS, dropout=cfg.model.dropout)
 
+    def embed_ids(self, ids: Tensor) -> Tensor:
+        """Input vectors ``(b, l, d)``: the base embedding (+ the ORF channels with ``model.orf_features``)."""
+        x = self.embed(ids)
+        if self.orf is not None:
+            from .orf_features import orf_features
+
+            x = x + self.orf(orf_features(ids).to(x.dtype))
+        return x
+
     def features(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
         """Backbone outputs ``(b, l, d)``."""
-        h, _ = self.backbone(self.embed(ids), mask=mask)
+        h, _ = self.backbone(self.embed_ids(ids), mask=mask)
         return h
 
     def forward(self, ids: Tensor, mask: Tensor | None = None, state: Any = None,
                 return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
         if return_state:  # continue a stream (truncated back-propagation through time, causal backbones)
-            h, state = self.backbone(self.embed(ids), state, mask=mask)
+            h, state = self.backbone(self.embed_ids(ids), state, mask=mask)
             return self.head(h) if self.task == "lm" else self.head(h, mask), state
         h = self.features(ids, mask)  # (b, l, d)
         if self.task == "species":

@@ -57,7 +57,8 @@ def batch_loss(net, cfg: Config, data, step: int, env) -> torch.Tensor:
     idx = shard_indices(torch.arange(cfg.train.batch_size), env)
     if task == "species":
         x, y = D.species_batch(data, cfg, step)
-        return F.cross_entropy(net(x[idx].to(env.device)), y[idx].to(env.device))
+        return F.cross_entropy(net(x[idx].to(env.device)), y[idx].to(env.device),
+                               label_smoothing=cfg.model.label_smoothing)
     if task == "lm":
         w = D.lm_batch(data, cfg, step)[idx].to(env.device)  # (b, k l + 1)
         k = max(1, cfg.data.lm_train_chunks)
@@ -73,7 +74,15 @@ def batch_loss(net, cfg: Config, data, step: int, env) -> torch.Tensor:
             total = total + F.cross_entropy(logits.transpose(1, 2).float(), seg[:, 1:])
         return total / k
     x, y = D.cds_batch(data, cfg, step)
-    return TokenClassifier.loss(net(x[idx].to(env.device)), y[idx].to(env.device))
+    logits, y = net(x[idx].to(env.device)), y[idx].to(env.device)  # (b, l, 3), (b, l)
+    cw = cfg.model.cds_class_weights
+    if cw and len(cw) != 3:
+        raise UserError(f"--model.cds_class_weights needs 3 numbers (non-coding, plus, minus), got {cw}")
+    if cfg.model.label_smoothing > 0 or cw:
+        weight = torch.tensor(cw, dtype=logits.dtype, device=logits.device) if cw else None
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), weight=weight,
+                               label_smoothing=cfg.model.label_smoothing)
+    return TokenClassifier.loss(logits, y)
 
 
 def train(
