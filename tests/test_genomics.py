@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from longstream.backbones.config import BackboneConfig
+from longstream.encoders.dna import reverse_complement_ids
 from longstream.pipelines.common import UserError
 from longstream.pipelines.genomics import config as C
 from longstream.pipelines.genomics import data as D
@@ -83,7 +84,7 @@ def test_rc_labels_swap_strands_and_reverse():
     lab = np.array([0, 1, 1, 2, 0], dtype=np.uint8)
     assert D.rc_labels(lab).tolist() == [0, 1, 2, 2, 0]
     ids = D.encode("AACGTN")
-    assert D.rc_ids(ids).tolist() == D.encode("NACGTT").tolist()
+    assert reverse_complement_ids(ids).tolist() == D.encode("NACGTT").tolist()
 
 
 def _synthetic_species() -> D.SpeciesData:
@@ -106,7 +107,7 @@ def test_species_batches_are_a_function_of_seed_and_step():
     # every window is a slice of its species' training genome, forward or reverse-complemented
     for w, y in zip(x1.numpy().astype(np.uint8), y1.tolist()):
         g = data.train[y][0].tobytes()
-        assert w.tobytes() in g or D.rc_ids(w).tobytes() in g
+        assert w.tobytes() in g or reverse_complement_ids(w).tobytes() in g
 
 
 def test_cds_batches_keep_labels_aligned_under_reverse_complement():
@@ -123,7 +124,7 @@ def test_cds_batches_keep_labels_aligned_under_reverse_complement():
         if s >= 0 and labels[s : s + len(xi)].tobytes() == yi.tobytes():
             assert s + len(xi) <= data.split  # training windows stay left of the test region
             continue
-        fx, fy = D.rc_ids(xi), D.rc_labels(yi)
+        fx, fy = reverse_complement_ids(xi), D.rc_labels(yi)
         s = ids.tobytes().find(fx.tobytes())
         assert s >= 0 and labels[s : s + len(xi)].tobytes() == fy.tobytes()
         seen_rc += 1
@@ -209,7 +210,7 @@ def test_caduceus_option_is_rc_invariant_for_species_and_equivariant_for_cds(pre
     m = M.build_model(cfg).eval()
     x = _ids(2, 300, seed=4)
     with torch.no_grad():
-        y, y_rc = m(x), m(D.rc_ids(x))
+        y, y_rc = m(x), m(reverse_complement_ids(x))
     if cfg.model.task == "species":
         torch.testing.assert_close(y_rc, y, rtol=1e-4, atol=1e-5)
     else:  # positions reversed, plus <-> minus

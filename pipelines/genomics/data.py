@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longstream.encoders.dna import reverse_complement_ids
 from longstream.pipelines.common import UserError
 from longstream.pipelines.datasets import dataset_path
 
@@ -49,13 +50,6 @@ def _tokenizer():
 def encode(seq: str) -> np.ndarray:
     """A DNA string -> ``uint8`` ids (soft-masked bases get the upper-case id)."""
     return _tokenizer().encode(seq).astype(np.uint8)
-
-
-def rc_ids(ids: np.ndarray | torch.Tensor, dim: int = -1):
-    """Reverse complement of token ids (A<->T, C<->G, order reversed)."""
-    from longstream.encoders.dna import reverse_complement_ids
-
-    return reverse_complement_ids(ids, dim=dim)
 
 
 # ---------------------------------------------------------------------------- species
@@ -134,7 +128,7 @@ def species_batch(data: SpeciesData, cfg: Config, step: int) -> tuple[torch.Tens
     for y in ys:
         w = _window(data.train[int(y)], r, L)
         if r.random() < dc.rc_prob:
-            w = rc_ids(w)
+            w = reverse_complement_ids(w)
         rows.append(np.ascontiguousarray(mutate(w, r, dc.mutate_prob)))
     return torch.from_numpy(np.stack(rows).astype(np.int64)), torch.from_numpy(ys.astype(np.int64))
 
@@ -149,7 +143,7 @@ def lm_batch(data: SpeciesData, cfg: Config, step: int) -> torch.Tensor:
     for y in r.integers(0, len(data.species), tc.batch_size):
         w = _window(data.train[int(y)], r, L)
         if r.random() < dc.rc_prob:
-            w = rc_ids(w)
+            w = reverse_complement_ids(w)
         rows.append(np.ascontiguousarray(w))
     return torch.from_numpy(np.stack(rows).astype(np.int64))
 
@@ -201,7 +195,7 @@ def cds_batch(data: CdsData, cfg: Config, step: int) -> tuple[torch.Tensor, torc
         s = int(r.integers(0, data.split - L + 1))
         x, y = data.ids[s : s + L], data.labels[s : s + L]
         if r.random() < dc.rc_prob:
-            x, y = rc_ids(x), rc_labels(y)
+            x, y = reverse_complement_ids(x), rc_labels(y)
         xs.append(np.ascontiguousarray(mutate(x, r, dc.mutate_prob)))
         ys.append(np.ascontiguousarray(y))
     return (torch.from_numpy(np.stack(xs).astype(np.int64)), torch.from_numpy(np.stack(ys).astype(np.int64)))

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from longstream.backbones.io import atomic_file
+from longstream.encoders.dna import reverse_complement_ids
 from longstream.pipelines.common import UserError, check_finite_output, derived_out, progress, resolve_out
 
 from . import data as D
@@ -119,7 +120,7 @@ def _ids(fa: Any, name: str, length: int, s: int, e: int, minus: bool) -> torch.
     except ValueError as err:
         raise UserError(f"FASTA {fa.path}: record {name!r}, bases {lo}..{hi}: {err}") from None
     if minus:
-        ids = D.rc_ids(ids)
+        ids = reverse_complement_ids(ids)
     return torch.from_numpy(np.ascontiguousarray(ids).astype(np.int64))[None]
 
 

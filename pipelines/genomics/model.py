@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longstream.encoders.dna import reverse_complement_ids
 from longstream.pipelines import common
 
 from . import DOMAIN
@@ -228,10 +229,9 @@ def species_logits(model: GenomicsModel, ids: Tensor, *, segment: int, device: s
     model.eval()
     ids = ids.to(device)
     if model.cfg.model.rc_conjoin:  # post-hoc conjoining (Caduceus): mean logits of both strands
-        from . import data as D
 
         one = _species_logits(model, ids, segment)
-        return (one + _species_logits(model, D.rc_ids(ids), segment)) / 2
+        return (one + _species_logits(model, reverse_complement_ids(ids), segment)) / 2
     return _species_logits(model, ids, segment)
 
 

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from longstream.encoders.dna import reverse_complement_ids
 from longstream.pipelines.common import UserError, check_finite_output, progress, resolve_out
 
 from . import data as D
@@ -129,7 +130,7 @@ def allele_windows(fa: Any, alleles: list[Allele], window: int) -> tuple[torch.T
         alt[v : v + len(a.ref)] = D.encode(a.alt)
         n = hi - lo
         v_rev = n - (v + len(a.ref))
-        for ids, first in ((ref, v), (alt, v), (D.rc_ids(ref), v_rev), (D.rc_ids(alt), v_rev)):
+        for ids, first in ((ref, v), (alt, v), (reverse_complement_ids(ref), v_rev), (reverse_complement_ids(alt), v_rev)):
             rows.append(np.ascontiguousarray(ids))
             firsts.append(first)
             valids.append(n)
