@@ -71,10 +71,12 @@ def read_text_file(path: str | os.PathLike, *, what: str = "input", max_bytes: i
         raw = p.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {what} {p}: {e.strerror or e}") from None
-    return _decode(raw, p, what, tail).removeprefix("\ufeff")
+    return decode_text(raw, p, what, tail).removeprefix("\ufeff")
 
 
-def _decode(raw: bytes, p: Path, what: str, tail: str, *, partial: bool = False) -> str:
+def decode_text(raw: bytes, p: Path, what: str, tail: str, *, partial: bool = False) -> str:
+    """``raw`` as UTF-8 text; a UserError naming ``p`` for a binary file (NUL bytes) or a
+    non-UTF-8 byte (with its line and offset). ``partial``: ``raw`` is a prefix of the file."""
     if b"\0" in raw[:65536]:
         raise UserError(f"{what} {p} is a binary file, not text{tail}")
     try:
@@ -82,7 +84,8 @@ def _decode(raw: bytes, p: Path, what: str, tail: str, *, partial: bool = False)
     except UnicodeDecodeError as e:
         if partial and e.start >= len(raw) - 3 and e.reason == "unexpected end of data":
             return raw[: e.start].decode("utf-8")  # a character cut at the end of the sniffed block
-        raise UserError(f"{what} {p} is not UTF-8 text (undecodable byte at offset {e.start}); "
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{what} {p}, line {line}: not UTF-8 text (undecodable byte at offset {e.start}); "
                         f"save it as UTF-8{tail}") from None
 
 
@@ -99,7 +102,7 @@ def check_text_file(path: str | os.PathLike, *, what: str = "input", hint: str =
             raw = f.read(sniff)
     except OSError as e:
         raise UserError(f"cannot read {what} {p}: {e.strerror or e}{tail}") from None
-    _decode(raw, p, what, tail, partial=len(raw) == sniff)
+    decode_text(raw, p, what, tail, partial=len(raw) == sniff)
     return p
 
 

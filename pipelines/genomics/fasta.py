@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from longstream.pipelines.common import UserError
+from longstream.pipelines.common.inputs import decode_text
 
 __all__ = ["BASES", "FastaFile", "read_fasta", "read_text", "iter_lines", "compression", "valid_bases"]
 
@@ -78,13 +79,7 @@ def read_text(path: str | os.PathLike, *, what: str = "file", hint: str = "") ->
     raw = b"".join(chunks)
     if not raw.strip():
         raise UserError(f"{what} {p} is empty{' after decompression' if compression(p) != 'plain' else ''}{tail}")
-    if b"\0" in raw[: 1 << 20]:
-        raise UserError(f"{what} {p} is a binary file, not text{tail}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{what} {p}, line {line}: not UTF-8 text (undecodable byte); save it as UTF-8{tail}") from None
+    return decode_text(raw, p, what, tail)
 
 
 def iter_lines(path: str | os.PathLike, *, what: str = "file", hint: str = "") -> Iterator[tuple[int, str]]:
