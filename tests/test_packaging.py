@@ -341,3 +341,14 @@ def test_editable_install_maps_the_api_and_the_data(tmp_path):
     mapping = ast.literal_eval(re.search(r"^MAPPING[^=]*= (\{.*?\})$", text, re.M).group(1))
     want = {"longstream": src / "apps" / "api", **{f"longstream.{d}": src / d for d in (*TOP_LEVEL, *DATA_DIRS)}}
     assert {k: Path(v) for k, v in mapping.items()} == want
+
+
+def test_no_symlinks_are_tracked():
+    """A symlink in the tree (a helper worktree's ``.ns`` link committed by mistake) dangles on a fresh
+    clone and breaks packaging: git must track none."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    listing = subprocess.run(["git", "ls-files", "-s"], cwd=root, capture_output=True, text=True, check=True)
+    links = [line.split("\t", 1)[1] for line in listing.stdout.splitlines() if line.startswith("120000 ")]
+    assert links == [], f"tracked symlinks: {links}"
