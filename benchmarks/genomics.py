@@ -293,6 +293,13 @@ def _f(v, nd=3) -> str:
     return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _model_note(model: dict) -> str:
+    """One line on the model row(s): which checkpoint, how long its evaluate() took, or why it is missing."""
+    if "metrics" in model:
+        return f"Model rows: `longstream genomics evaluate --checkpoint {model['checkpoint']}` ({model['time_s']} s)."
+    return f"Model: {model.get('error') or model.get('skipped')}."
+
+
 def render(res: dict) -> str:
     m = res["meta"]
     lines = ["# Genomics benchmark (issue 13)", "",
@@ -302,17 +309,24 @@ def render(res: dict) -> str:
              f"torch {m['torch']}; {m['date']}. Command: `{m['command']}`", ""]  # fmt: skip
     if "species" in res:
         s = res["species"]
+        mm = s["model"].get("metrics", {})
         lines += ["## Species (held-out strains)", "", s["protocol"], "",
-                  "| L | k-mer LR accuracy | macro-F1 | windows | issue's k-mer number |", "|---|---|---|---|---|"]
-        lines += [f"| {r['length']} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | {r['n_eval']} | "
-                  f"{_f(r['issue_measured'], 2)} |" for r in s["kmer_logreg"]]  # fmt: skip
-        lines += ["", f"Model: `{json.dumps(s['model'])[:600]}`", ""]
+                  f"| L | model ({s['model'].get('checkpoint', '-')}) accuracy | k-mer LR accuracy | k-mer macro-F1 "
+                  "| windows | issue's k-mer number |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in s["kmer_logreg"]:
+            acc = mm.get(f"accuracy_L{r['length']}")
+            lines.append(f"| {r['length']} | {_f(acc)} | {_f(r['accuracy'])} | "
+                         f"{_f(r['macro_f1'])} | {r['n_eval']} | {_f(r['issue_measured'], 2)} |")
+        lines += ["", _model_note(s["model"]), ""]
     if "lm" in res:
         s = res["lm"]
         lines += ["## DNA LM (bits per base, same 512 target bases at every context)", "",
                   "| baseline | bits/base | bases |", "|---|---|---|"]
         lines += [f"| Markov order {r['order']} | {_f(r['bits_per_base'], 4)} | {r['n_bases']} |" for r in s["markov"]]
-        lines += ["", s["note"] + ".", "", f"Model: `{json.dumps(s['model'])[:600]}`", ""]
+        mm = s["model"].get("metrics", {})
+        lines += [f"| model {s['model']['checkpoint']}, context {c} | {_f(mm.get(f'bpb_C{c}'), 4)} | {mm.get('n', '-')} |"
+                  for c in s["contexts"] if f"bpb_C{c}" in mm]  # fmt: skip
+        lines += ["", s["note"] + ".", "", _model_note(s["model"]), ""]
     if "cds" in res:
         s = res["cds"]
         keys = [k for k in s if isinstance(s[k], dict) and "strand_mcc" in s[k]]
@@ -324,8 +338,16 @@ def render(res: dict) -> str:
             lines.append(f"| {k} | {_f(r['binary_mcc'])} | {_f(r['strand_mcc'])} | {_f(r['macro_f1'])} | "
                          f"{_f(r.get('exact_sensitivity'))} | {_f(r.get('exact_precision'))} | "
                          f"{_f(r.get('stop_sensitivity'))} | {_f(r.get('stop_precision'))} |")  # fmt: skip
-        lines += ["", f"Issue's Prodigal measurement: {ISSUE_PRODIGAL}.", "",
-                  f"Model: `{json.dumps(s['model'])[:600]}`", ""]
+        mm = s["model"].get("metrics", {})
+        if mm:
+            name = s["model"]["checkpoint"]
+            lines.append(f"| model {name}, argmax | {_f(mm.get('mcc_binary'))} | {_f(mm.get('mcc'))} | "
+                         f"{_f(mm.get('macro_f1'))} | - | - | - | - |")
+            lines.append(f"| model {name}, decoded | {_f(mm.get('mcc_binary_decoded'))} | {_f(mm.get('mcc_decoded'))} | "
+                         f"{_f(mm.get('macro_f1_decoded'))} | {_f(mm.get('gene_exact_sensitivity'))} | "
+                         f"{_f(mm.get('gene_exact_precision'))} | {_f(mm.get('gene_stop_sensitivity'))} | "
+                         f"{_f(mm.get('gene_stop_precision'))} |")  # fmt: skip
+        lines += ["", f"Issue's Prodigal measurement: {ISSUE_PRODIGAL}.", "", _model_note(s["model"]), ""]
     if "speed" in res:
         s = res["speed"]
         lines += [f"## Speed and memory (random weights, d_model {s['d_model']}, {s['n_layers']} layers, "
@@ -344,11 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="genomics data folder (bacteria/, mtb/); default $LONGSTREAM_DATA/genomics")
     ap.add_argument("--tasks", nargs="+", default=["species", "lm", "cds", "speed"],
                     choices=["species", "lm", "cds", "speed"])
-    ap.add_argument("--species-checkpoint")
-    ap.add_argument("--lm-checkpoint")
-    ap.add_argument("--cds-checkpoint")
+    ap.add_argument("--species-checkpoint", default="genomics/mamba-species")
+    ap.add_argument("--lm-checkpoint", default="genomics/mamba-lm")
+    ap.add_argument("--cds-checkpoint", default="genomics/bimamba-cds")
+    ap.add_argument("--no-models", action="store_true", help="baselines only (skip the shipped checkpoints)")
     ap.add_argument("--lengths", type=int, nargs="+", default=list(SPECIES_LENGTHS))
-    ap.add_argument("--per-species", type=int, default=64, help="eval windows per species")
+    ap.add_argument("--per-species", type=int, default=32,
+                    help="eval windows per species (32 = the windows the shipped species checkpoint is scored on)")
     ap.add_argument("--train-per-species", type=int, default=512)
     ap.add_argument("--lm-points", type=int, default=16)
     ap.add_argument("--markov-orders", type=int, nargs="+", default=[2, 6, 10])
@@ -376,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         args.per_species, args.train_per_species, args.kmer_samples = 16, 64, 20_000
         args.speed_lengths, args.repeats, args.markov_orders = [4096, 32768], 1, [2, 6]
     torch.set_num_threads(args.threads)
+    if args.no_models:
+        args.species_checkpoint = args.lm_checkpoint = args.cds_checkpoint = None
     root = _data_root(args.data)
     res: dict = {"meta": {"cpu": cpu_name(), "threads": args.threads, "load_start": list(os.getloadavg()),
                           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
