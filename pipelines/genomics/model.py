@@ -30,6 +30,7 @@ from longstream.pipelines import common
 
 from . import DOMAIN
 from .config import TASKS, Config
+from .kmer_branch import KmerComposition, KmerCounter, kmer_counts
 
 VOCAB = 16  # DNATokenizer's 12 ids padded to a multiple of 8 (HyenaDNA's layout)
 N_SPECIES = 4
@@ -72,9 +73,14 @@ class GenomicsModel(nn.Module):
         if task == "lm" and not getattr(self.backbone, "is_causal", False):
             raise common.UserError("--model.task lm needs a causal backbone; drop --backbone.bidirectional "
                                    "(or pick a causal --backbone.pattern such as M or H)")
+        self.kmer = None
         if task == "species":
             self.head = common.SequenceClassifier(d // 2 if self.rc else d, N_SPECIES, pool=cfg.model.pool,
                                                   dropout=cfg.model.dropout)
+            if cfg.model.kmer_k:
+                self.kmer = KmerComposition(cfg.model.kmer_k, N_SPECIES, dropout=cfg.model.dropout)
+        elif cfg.model.kmer_k:
+            raise common.UserError(f"--model.kmer_k is a species-head option; drop it for --model.task {task}")
         elif task == "lm":
             if self.rc:
                 from longstream.encoders.dna_rc import RCLMHead
@@ -108,16 +114,25 @@ class GenomicsModel(nn.Module):
             return self.head(h) if self.task == "lm" else self.head(h, mask), state
         h = self.features(ids, mask)  # (b, l, d)
         if self.task == "species":
-            return self.head(rc_symmetric(h) if self.rc else h, mask)  # (b, 4)
+            logits = self.head(rc_symmetric(h) if self.rc else h, mask)  # (b, 4)
+            if self.kmer is not None:
+                logits = logits + self.kmer(kmer_counts(ids, self.kmer.k, mask))
+            return logits
         if self.task == "lm":
             return self.head(h)  # (b, l, v)
         return self.head(h, mask)  # (b, l, 3)
 
-    def classify_pooled(self, pooled: Tensor) -> Tensor:
-        """Species logits from a pooled ``(b, d)`` vector (the streamed path)."""
+    def classify_pooled(self, pooled: Tensor, kmer_counts: Tensor | None = None) -> Tensor:
+        """Species logits from a pooled ``(b, d)`` vector (the streamed path) and, with ``model.kmer_k``,
+        the window's k-mer counts ``(b, 4**k)``."""
         if self.rc:
             pooled = rc_symmetric(pooled)
-        return self.head.mlp(self.head.dropout(pooled))
+        logits = self.head.mlp(self.head.dropout(pooled))
+        if self.kmer is not None:
+            if kmer_counts is None:
+                raise ValueError("this species model has a k-mer branch: pass the window's kmer_counts")
+            logits = logits + self.kmer(kmer_counts)
+        return logits
 
     def save_pretrained(self, out_dir: str | Path, **kw: Any) -> Path:
         return common.save_pretrained(self, self.cfg, out_dir, pipeline=DOMAIN, backbone=self.cfg.backbone,
@@ -238,15 +253,21 @@ def species_logits(model: GenomicsModel, ids: Tensor, *, segment: int, device: s
 def _species_logits(model: GenomicsModel, ids: Tensor, segment: int) -> Tensor:
     if model.cfg.model.pool not in ("mean", "last") or ids.shape[1] <= segment:
         return model(ids)
+    counts = None
+    if model.kmer is not None:
+        counter = KmerCounter(model.kmer.k)
+        for s in range(0, ids.shape[1], segment):
+            counter.add(ids[:, s : s + segment])
+        counts = counter.counts
     if _causal(model):
         res = common.stream_evaluate(model.backbone, ids, segment_len=segment, embed=model.embed,
                                      keep_outputs=False, pool=model.cfg.model.pool, desc="species")
-        return model.classify_pooled(res.pooled)
+        return model.classify_pooled(res.pooled, counts)
     total = None
     for s in range(0, ids.shape[1], segment):
         h = model.features(ids[:, s : s + segment]).sum(1)  # (b, d)
         total = h if total is None else total + h
-    return model.classify_pooled(total / ids.shape[1])
+    return model.classify_pooled(total / ids.shape[1], counts)
 
 
 @torch.no_grad()

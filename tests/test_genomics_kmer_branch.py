@@ -1,0 +1,85 @@
+"""The species head's k-mer composition branch (pipelines/genomics/kmer_branch.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from longstream.encoders.dna import DNATokenizer, reverse_complement
+from longstream.pipelines.common import UserError
+from longstream.pipelines.genomics import config as C
+from longstream.pipelines.genomics.kmer_branch import KmerComposition, KmerCounter, kmer_counts
+from longstream.pipelines.genomics.model import build_model, species_logits
+
+TOK = DNATokenizer()
+COMP = {"A": "T", "C": "G", "G": "C", "T": "A"}
+
+
+def _ids(seq: str) -> torch.Tensor:
+    return torch.as_tensor(TOK.encode(seq), dtype=torch.long)[None]
+
+
+def _naive(seq: str, k: int) -> dict[str, int]:
+    """Strand-symmetric counts by hand: every k-mer of ACGT only, plus its reverse complement's count."""
+    plain: dict[str, int] = {}
+    for i in range(len(seq) - k + 1):
+        w = seq[i : i + k]
+        if set(w) <= set("ACGT"):
+            plain[w] = plain.get(w, 0) + 1
+    rc = lambda w: "".join(COMP[c] for c in reversed(w))
+    return {w: plain.get(w, 0) + plain.get(rc(w), 0) for w in map("".join, itertools.product("ACGT", repeat=k))}
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_counts_equal_a_by_hand_count(k):
+    g = torch.Generator().manual_seed(k)
+    seq = "".join("ACGTN"[i] for i in torch.randint(0, 5, (300,), generator=g).tolist())
+    got = kmer_counts(_ids(seq), k)[0]
+    want = _naive(seq, k)
+    codes = ["".join(p) for p in itertools.product("ACGT", repeat=k)]  # code order: first base most significant
+    assert [int(v) for v in got.tolist()] == [want[w] for w in codes]
+
+
+def test_counts_are_strand_symmetric_and_respect_the_mask():
+    seq = "ACGTTGCAAGGCTTACGATCGATCGGGCTA" * 5
+    a, b = kmer_counts(_ids(seq), 4), kmer_counts(_ids(reverse_complement(seq)), 4)
+    assert torch.equal(a, b)
+    ids = _ids(seq + "ACGTACGT")
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[:, len(seq):] = False
+    assert torch.equal(kmer_counts(ids, 4, mask), a)
+
+
+def test_chunked_counter_equals_the_whole_window():
+    g = torch.Generator().manual_seed(0)
+    ids = _ids("".join("ACGT"[i] for i in torch.randint(0, 4, (1000,), generator=g).tolist()))
+    c = KmerCounter(4)
+    for s in range(0, 1000, 97):
+        c.add(ids[:, s : s + 97])
+    assert torch.equal(c.counts, kmer_counts(ids, 4))
+
+
+def test_streamed_species_logits_equal_one_forward_with_the_branch():
+    cfg = C.tiny()
+    cfg.model.kmer_k = 3
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    ids = torch.randint(7, 11, (2, 700))
+    with torch.no_grad():
+        full = m(ids)
+        streamed = species_logits(m, ids, segment=128)
+    assert torch.allclose(full, streamed, atol=1e-4), (full - streamed).abs().max()
+    with torch.no_grad():  # the branch changes the logits (it is wired in)
+        m.kmer.proj.weight.add_(torch.randn_like(m.kmer.proj.weight))
+        assert not torch.allclose(m(ids), full, atol=1e-3)
+
+
+def test_bad_k_is_a_user_error():
+    with pytest.raises(UserError, match="kmer_k"):
+        KmerComposition(9, 4)
+    cfg = C.tiny_lm()
+    cfg.model.kmer_k = 4
+    with pytest.raises(UserError, match="species-head option"):
+        build_model(cfg)
