@@ -479,7 +479,7 @@ def ssd_scan(
         block (bounds memory; with the compiled kernels, the state is saved for the backward
         every ``block_chunks`` chunks).  cpu_chunk: on CPU the chunk actually used is
         ``min(chunk_size, cpu_chunk)`` (same result; the (t, s) decay work shrinks with it);
-        None: 128 for compiled inference, else 64 (each the fastest measured on CPU).
+        None: 32 for compiled inference, else 64 (each the fastest measured on CPU).
         backend: "auto" / "torch" / "cpp" / "cuda".
     """
     if x.dim() != 4 or dt.shape != x.shape[:3] or B.dim() != 4 or C.shape != B.shape:
@@ -506,8 +506,8 @@ def ssd_scan(
     st = st.contiguous()
     compiled = _use_cpp(xf, backend)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xf, dt, Af, Bf, Cf, st) + (() if Df is None else (Df,)))
-    if cpu_chunk is None:  # fastest on this CPU (interleaved, d_model 256, d_state 128): compiled 128 / 64, PyTorch 64
-        cpu_chunk = 64 if grad or not compiled else 128
+    if cpu_chunk is None:  # fastest on this CPU (interleaved, d_model 256, d_state 128): compiled 32 / 64, PyTorch 64
+        cpu_chunk = 64 if grad or not compiled else 32  # compiled inference at 16K: 68 ms (32) vs 78 (64), 93 (128)
     T = min(int(chunk_size), int(cpu_chunk)) if x.device.type == "cpu" else int(chunk_size)
     pad = (-l) % T
     if pad:  # padded steps have dt = 0: no decay, no input, so the final state is unchanged
