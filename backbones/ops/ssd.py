@@ -399,7 +399,7 @@ def ssd_scan_packed(
     D: Tensor | None = None,
     initial_state: Tensor | None = None,
     *,
-    block_chunks: int = 1,
+    block_chunks: int = 2,
     cpu_chunk: int = 64,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
@@ -408,8 +408,10 @@ def ssd_scan_packed(
     applied). hp = (h, p), gn = (g, n). In CPU float32 training with the compiled kernels the scan
     reads the three as views and returns one gradient for ``xBC`` (:class:`_SSDCppPackedFn`);
     everything else is :func:`ssd_scan` on the views. There the chunk is ``min(chunk_size, cpu_chunk)``
-    and the entering state of every ``block_chunks``-th chunk is saved (1: all of them, h p n floats
-    per chunk, and the backward recomputes none). Returns ``(y (b, l, h, p), final state)``."""
+    and the entering state of every ``block_chunks``-th chunk is saved (h p n floats each; 1: all of
+    them, the backward recomputes none). Default 2: at d_model 256, d_state 128, 16K tokens the
+    training step measured 2% slower than with 1 and 5% faster than with 16, for 2 KB of saved
+    state per token (4 KB with 1). Returns ``(y (b, l, h, p), final state)``."""
     (h, p), (g, n) = hp, gn
     if xBC.dim() != 3 or xBC.shape[-1] != h * p + 2 * g * n or h % g:
         raise ValueError(f"ssd_scan_packed expects xBC (b, l, {h * p + 2 * g * n}) with h % g == 0; "
