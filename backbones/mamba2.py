@@ -29,7 +29,7 @@ from .base import Backbone, State, lengths_from_mask
 from .mamba import init_dt_bias
 from .ops import bigbuf, cpu_kernels
 from .ops.causal_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
-from .ops.ssd import ssd_scan, ssd_scan_ref, ssd_scan_packed
+from .ops.ssd import ssd_scan_packed, ssd_scan_ref
 from .registry import register_mixer
 
 __all__ = ["GatedRMSNorm", "Mamba2"]

@@ -12,8 +12,11 @@ the outputs of the big GEMMs (:func:`linear`) and other ops with an ``out=``.
 
 The pool holds at most ``LONGSTREAM_POOL_MB`` MiB of freed blocks (default 2048, read at each
 call; ``0`` turns it off: plain ``torch.empty``); :func:`trim` frees them. Live tensors do not
-count: the pool never raises the peak, it only keeps the memory mapped between calls (as the
-CUDA caching allocator does). Without the compiled kernels, :func:`empty` is ``torch.empty``.
+count; freed blocks stay mapped until a tensor of their size takes them (as with the CUDA caching
+allocator), so blocks freed inside a step and not asked for again before its peak add to the
+resident peak (Mamba-2 training step at 64K tokens, d_model 256: 1,677 MiB above the start with
+the pool, 1,415 MiB with ``LONGSTREAM_POOL_MB=0``). Without the compiled kernels, :func:`empty`
+is ``torch.empty``.
 
 Axis legend: m rows, i input width, o output width.
 """
