@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
 from .mamba import init_dt_bias
-from .ops import cpu_kernels
+from .ops import bigbuf, cpu_kernels
 from .ops.causal_conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
-from .ops.ssd import ssd_scan, ssd_scan_ref
+from .ops.ssd import ssd_scan_packed, ssd_scan_ref
 from .registry import register_mixer
 
 __all__ = ["GatedRMSNorm", "Mamba2"]
@@ -44,11 +44,13 @@ def _compiled_norm(x: Tensor, z: Tensor) -> bool:
 class _GatedRMSNormFn(torch.autograd.Function):
     """``rmsnorm(x * silu(z)) * w`` per group with a hand-written backward that recomputes the
     gate from (x, z) and saves only the (rows, groups) inverse RMS; the backward runs in row
-    blocks of ~0.5 MB so its passes stay in cache. x, z (N, d) float32/64, w (d,)."""
+    blocks of ~0.5 MB so its passes stay in cache (float32 on CPU with the kernels built: one
+    compiled pass per row, ``gated_rmsnorm_bwd``). x, z (N, d) float32/64, w (d,)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, z: Tensor, w: Tensor, group_size: int, eps: float) -> Tensor:  # type: ignore[override]
         ctx.group_size = group_size
+        ctx.compiled = _compiled_norm(x, z) and w.dtype == torch.float32 and cpu_kernels.has_op("gated_rmsnorm_bwd")
         if _compiled_norm(x, z):
             out, r = cpu_kernels.ops().gated_rmsnorm_fwd(x, z, w.contiguous(), group_size, eps)  # one pass per row
             ctx.save_for_backward(x, z, w, r)
@@ -61,6 +63,9 @@ class _GatedRMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, go: Tensor):  # type: ignore[override]
         x, z, w, r = ctx.saved_tensors
+        if ctx.compiled and go.dtype == torch.float32:
+            gx, gz, gw = cpu_kernels.ops().gated_rmsnorm_bwd(go.contiguous(), x, z, w.contiguous(), r)
+            return gx, gz, gw, None, None
         N, d = x.shape
         gs = ctx.group_size
         gx, gz, gw = torch.empty_like(x), torch.empty_like(z), torch.zeros_like(w)
@@ -184,11 +189,11 @@ class Mamba2(Backbone):
 
     # ------------------------------------------------------------------ helpers
     def _split_in(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (..., d) -> z (..., e), xBC (..., e + 2gn), dt (..., h); each its own GEMM."""
-        w, b = self.in_proj.weight, self.in_proj.bias
-        e, c = self.d_inner, self.conv_dim
-        lin = lambda s: F.linear(x, w[s], None if b is None else b[s])
-        return lin(slice(0, e)), lin(slice(e, e + c)), lin(slice(e + c, None))
+        """x (..., d) -> z (..., e), xBC (..., e + 2gn), dt (..., h); each its own GEMM into a
+        contiguous (pooled, when large) buffer, one autograd node (``bigbuf.split_linear``)."""
+        z, xBC, dt = bigbuf.split_linear(x, self.in_proj.weight, self.in_proj.bias,
+                                         (self.d_inner, self.conv_dim, self.nheads))
+        return z, xBC, dt
 
     def _dt(self, dt: Tensor) -> Tensor:
         dt = F.softplus(dt.float() + self.dt_bias.float())
@@ -202,7 +207,7 @@ class Mamba2(Backbone):
 
     def _out(self, y: Tensor, z: Tensor) -> Tensor:
         y = self.norm(y, z) if self.rmsnorm else y * F.silu(z)
-        return self.out_proj(y.to(self.out_proj.weight.dtype))
+        return bigbuf.linear(y.to(self.out_proj.weight.dtype), self.out_proj.weight, self.out_proj.bias)
 
     def init_state(
         self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -228,14 +233,13 @@ class Mamba2(Backbone):
         xBC, conv_state = causal_conv1d(
             xBC, self.conv1d.weight[:, 0], self.conv1d.bias, state["conv"], "silu", lengths=lengths
         )
-        xs, B, C = torch.split(xBC, [e, g * n, g * n], dim=-1)
         dt = self._dt(dt)  # (b, l, h)
         if lengths is not None:  # dt = 0 on padding: the state passes through unchanged
             dt = dt * mask[:, :, None].to(dt.dtype)
         A = -torch.exp(self.A_log.float())  # (h,)
-        y, ssm_state = ssd_scan(
-            xs.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), self.chunk_size,
-            D=self._D(), initial_state=state["ssm"], backend=self.backend,
+        # x, B, C are read from the conv output in place (one gradient buffer for all three in training)
+        y, ssm_state = ssd_scan_packed(
+            xBC, (h, p), (g, n), dt, A, self.chunk_size, D=self._D(), initial_state=state["ssm"], backend=self.backend,
         )
         return self._out(y.reshape(b, l, e), z), {"conv": conv_state, "ssm": ssm_state.float()}
 

@@ -16,7 +16,10 @@ with ``torch.set_num_threads``) and length L in {1K, 4K, 16K, 64K}, batch 1, d_m
 - decode ms/token with ``step`` after a prefill of 1K and 64K tokens;
 - the bidirectional wrapper (``Bidirectional(Mamba, Mamba)``: a forward pass plus a reversed
   pass, as Vision Mamba / Caduceus use it) against one causal Mamba pass, forward and training
-  step, interleaved at ``--bidir-lengths`` (target <= 2.2x).
+  step, interleaved at ``--bidir-lengths`` (target <= 2.2x);
+- Mamba and Mamba-2 (d_state 16 / 128) forward and training step interleaved at ``--ssm-lengths``:
+  Mamba's training-step / forward tokens/s (target >= 1/3) and Mamba-2 / Mamba tokens/s, forward
+  and training step (target >= 1), the acceptance ratios of issue 12 under one load.
 
 Timing: one warm-up, then the minimum over ``--repeats`` runs (the machine is shared; min is
 the least noisy estimate). Configurations whose projected time exceeds ``--budget`` seconds
@@ -221,6 +224,32 @@ def bidirectional_ratio(L: int, repeats: int) -> dict:
     return out
 
 
+def ssm_ratios(L: int, repeats: int) -> dict:
+    """Interleaved forward and training step of Mamba and Mamba-2 (each ``cls(256)``) at L: the
+    training-step / forward ratio of Mamba and the Mamba-2 / Mamba ratios, tokens/s."""
+    mixers = list_mixers()
+    torch.manual_seed(0)
+    ms = {"M": mixers["M"](D_MODEL), "M2": mixers["M2"](D_MODEL)}
+    xf, xt = torch.randn(1, L, D_MODEL), torch.randn(1, L, D_MODEL, requires_grad=True)
+
+    def infer(m):
+        f = fwd_fn(m, xf)
+        return lambda: (m.eval(), f())
+
+    def train(m):
+        f = train_fn(m, xt)
+        return lambda: (m.train(), f(), m.eval())
+
+    fns = {f"{n}_{k}": mk(m) for n, m in ms.items() for k, mk in (("infer", infer), ("train", train))}
+    r = interleaved(fns, repeats)
+    t = {k: v["time_s"] for k, v in r.items()}
+    r["L"], r["repeats"] = L, repeats
+    r["M_train_over_infer"] = round(t["M_infer"] / t["M_train"], 3)  # tokens/s ratio
+    r["M2_over_M_infer"] = round(t["M_infer"] / t["M2_infer"], 3)
+    r["M2_over_M_train"] = round(t["M_train"] / t["M2_train"], 3)
+    return r
+
+
 def decode_ms(m: torch.nn.Module, context: int, steps: int, repeats: int) -> dict:
     """Prefill ``context`` tokens with forward, then time ``steps`` calls of step (min over repeats)."""
     x = torch.randn(1, context, D_MODEL)
@@ -251,6 +280,8 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=200)
     ap.add_argument("--bidir-lengths", type=int, nargs="*", default=[16384],
                     help="lengths of the bidirectional-vs-causal timing (none: skip it)")
+    ap.add_argument("--ssm-lengths", type=int, nargs="*", default=[16384],
+                    help="lengths of the interleaved Mamba / Mamba-2 ratios (none: skip them)")
     ap.add_argument("--mixers", nargs="*", default=None, help="subset of mixer symbols (default: all)")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 repeat, short decode")
@@ -398,6 +429,13 @@ def main() -> None:
             print(f"  bidirectional / causal L={L}: forward {r['infer']['ratio']:.2f}x, "
                   f"training step {r['train']['ratio']:.2f}x", flush=True)
             _save(res, a.out)
+        # Mamba / Mamba-2 acceptance ratios, interleaved
+        for L in a.ssm_lengths:
+            r = ssm_ratios(L, a.key_repeats)
+            res.setdefault("ssm_ratios", {})[f"{tkey}/L={L}"] = r
+            print(f"  ssm ratios L={L}: Mamba train/forward {r['M_train_over_infer']:.3f}, Mamba-2/Mamba forward "
+                  f"{r['M2_over_M_infer']:.3f}, training step {r['M2_over_M_train']:.3f}", flush=True)
+            _save(res, a.out)
         # decode
         for name, m in mixers.items():
             if not getattr(m, "supports_step", False) or a.key_only:
@@ -516,6 +554,10 @@ def _acceptance(res: dict) -> list[str]:
                    f"({r['infer']['bidirectional']['time_s']:.3f} s / {r['infer']['causal']['time_s']:.3f} s), "
                    f"**{r['train']['ratio']:.2f}x** training step ({r['train']['bidirectional']['time_s']:.3f} s / "
                    f"{r['train']['causal']['time_s']:.3f} s) (target <= 2.2x)")
+    for key, r in res.get("ssm_ratios", {}).items():
+        out.append(f"- {key} (interleaved, min of {r.get('repeats', '?')} repeats): Mamba training step / forward "
+                   f"tokens/s = **{r['M_train_over_infer']:.3f}** (target >= 0.333); Mamba-2 / Mamba tokens/s "
+                   f"forward **{r['M2_over_M_infer']:.3f}**, training step **{r['M2_over_M_train']:.3f}** (target >= 1)")
     for tkey, runs in res["runs"].items():
         for L in (16384, 4096):
             h, o, ml = (runs.get(f"{n}/infer/L={L}", {}) for n in ("hf_mamba_model", "ours_mamba_model", "M"))

@@ -4,8 +4,11 @@ The C++ files hold the sequential selective-scan recurrence (forward and a chunk
 recompute backward) and a causal depthwise conv1d (``scan_cpu.cpp``), and the fused
 one-token Mamba decode step (``decode_cpu.cpp``), Mamba-2's chunked SSD scan forward and
 backward (``ssd_cpu.cpp``, MKL ``sgemm`` inside chunks) and its gated RMSNorm
-(``gated_norm_cpu.cpp``), vectorised with AVX2 + FMA and split
-over threads with ``at::parallel_for`` (so ``torch.set_num_threads`` governs them). Every
+(``gated_norm_cpu.cpp``), vectorised with AVX2 + FMA. Their work is written as
+``at::parallel_for`` loops, but the library is built without ``-fopenmp``, and ATen's
+``parallel_for`` is inline: without ``_OPENMP`` it runs the whole range on the calling thread. So
+these kernels are single-threaded whatever ``torch.set_num_threads`` says; only the MKL GEMMs they
+call and the decode GEMVs (``decode_cpu.cpp``'s own thread pool) use more threads. Every
 ``csrc/*.cpp`` is compiled into the one library.
 
 It is built with ``torch.utils.cpp_extension.load`` on first use (about a minute) into

@@ -4,16 +4,22 @@
 // the whole (rows, d) tensor).
 //
 // gated_rmsnorm_fwd(x (N, d), z (N, d), w (d), gs, eps) -> {out (N, d), inverse RMS r (N, d / gs)}
+// gated_rmsnorm_bwd(go (N, d), x, z, w, r) -> {gx (N, d), gz (N, d), gw (d)}: the gate is recomputed
+//   from (x, z) and the normalised row from r, one pass per row; gw is summed per thread, then reduced.
 // x and z may have any row stride (z is often a slice of the input projection); their rows are dense.
-// Registered as torch.ops.longstream_ops.gated_rmsnorm_fwd (a fragment of the library).
+// Large outputs come from the block pool of scan_cpu.cpp (pool.h).
+// Registered as torch.ops.longstream_ops.gated_rmsnorm_{fwd,bwd} (a fragment of the library).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
+#include <algorithm>
 #include <cmath>
 #include <vector>
+
+#include "pool.h"  // longstream_empty_big
 
 namespace {
 
@@ -26,7 +32,7 @@ std::vector<at::Tensor> gated_rmsnorm_fwd(at::Tensor x, at::Tensor z, at::Tensor
   TORCH_CHECK(w.is_contiguous() && w.scalar_type() == at::kFloat && w.numel() == x.size(1), "w must be (d,) float32");
   const int64_t N = x.size(0), d = x.size(1), ng = d / gs;
   TORCH_CHECK(z.sizes() == x.sizes() && gs > 0 && d % gs == 0, "gated_rmsnorm_fwd: shapes do not match");
-  auto out = at::empty({N, d}, x.options());
+  auto out = longstream_empty_big({N, d});
   auto r = at::empty({N, ng}, x.options());
   const float *xp = x.data_ptr<float>(), *zp = z.data_ptr<float>(), *wp = w.data_ptr<float>();
   float *op = out.data_ptr<float>(), *rp = r.data_ptr<float>();
@@ -63,10 +69,93 @@ std::vector<at::Tensor> gated_rmsnorm_fwd(at::Tensor x, at::Tensor z, at::Tensor
   return {out, r};
 }
 
+std::vector<at::Tensor> gated_rmsnorm_bwd(at::Tensor go, at::Tensor x, at::Tensor z, at::Tensor w, at::Tensor r) {
+  for (const auto* t : {&go, &x, &z})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 2 && t->stride(1) == 1,
+                "gated_rmsnorm_bwd: go, x and z must be float32 CPU (rows, d) with dense rows");
+  const int64_t N = x.size(0), d = x.size(1);
+  TORCH_CHECK(w.is_contiguous() && w.scalar_type() == at::kFloat && w.numel() == d, "w must be (d,) float32");
+  TORCH_CHECK(go.sizes() == x.sizes() && z.sizes() == x.sizes() && r.is_contiguous() && r.dim() == 2 &&
+                  r.size(0) == N && r.size(1) > 0 && d % r.size(1) == 0,
+              "gated_rmsnorm_bwd: shapes do not match");
+  const int64_t ng = r.size(1), gs = d / ng;
+  auto gx = longstream_empty_big({N, d}), gz = longstream_empty_big({N, d});
+  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
+  std::vector<float> gw_part(nt * d, 0.0f);  // per-thread partial sums of gw
+  const float *gop = go.data_ptr<float>(), *xp = x.data_ptr<float>(), *zp = z.data_ptr<float>(),
+              *wp = w.data_ptr<float>(), *rp = r.data_ptr<float>();
+  float *gxp = gx.data_ptr<float>(), *gzp = gz.data_ptr<float>();
+  const int64_t sg = go.stride(0), sx = x.stride(0), sz = z.stride(0);
+  const float inv = 1.0f / float(gs);
+  at::parallel_for(0, N, 256, [&](int64_t r0, int64_t r1) {
+    float* gwp = gw_part.data() + std::min<int64_t>(at::get_thread_num(), nt - 1) * d;
+    std::vector<float> sbuf(gs), nbuf(gs);  // silu(z), normalised row of one group
+    for (int64_t i = r0; i < r1; ++i) {
+      const float *gr = gop + i * sg, *xr = xp + i * sx, *zr = zp + i * sz;
+      float *gxr = gxp + i * d, *gzr = gzp + i * d;
+      for (int64_t gi = 0; gi < ng; ++gi) {
+        const int64_t c0 = gi * gs;
+        const float rv = rp[i * ng + gi];
+        const __m256 vr = _mm256_set1_ps(rv);
+        int64_t c = 0;
+        __m256 acc = _mm256_setzero_ps();
+        for (; c + 8 <= gs; c += 8) {  // nh = x silu(z) r, gw += go nh, dot += go w nh
+          const int64_t k = c0 + c;
+          const __m256 sv = silu256(_mm256_loadu_ps(zr + k));
+          const __m256 nh = _mm256_mul_ps(_mm256_mul_ps(sv, _mm256_loadu_ps(xr + k)), vr);
+          const __m256 g = _mm256_loadu_ps(gr + k);
+          _mm256_storeu_ps(sbuf.data() + c, sv);
+          _mm256_storeu_ps(nbuf.data() + c, nh);
+          _mm256_storeu_ps(gwp + k, _mm256_fmadd_ps(g, nh, _mm256_loadu_ps(gwp + k)));
+          acc = _mm256_fmadd_ps(_mm256_mul_ps(g, _mm256_loadu_ps(wp + k)), nh, acc);
+        }
+        float dot = hsum256(acc);
+        for (; c < gs; ++c) {
+          const int64_t k = c0 + c;
+          const float sv = zr[k] / (1.0f + std::exp(-zr[k])), nh = sv * xr[k] * rv;
+          sbuf[c] = sv, nbuf[c] = nh;
+          gwp[k] += gr[k] * nh;
+          dot += gr[k] * wp[k] * nh;
+        }
+        dot *= inv;
+        const __m256 vd = _mm256_set1_ps(dot), one = _mm256_set1_ps(1.0f);
+        for (c = 0; c + 8 <= gs; c += 8) {  // gu = (go w - nh dot) r; gx = gu silu(z); gz = gu x silu'(z)
+          const int64_t k = c0 + c;
+          const __m256 gu = _mm256_mul_ps(
+              _mm256_fnmadd_ps(_mm256_loadu_ps(nbuf.data() + c), vd,
+                               _mm256_mul_ps(_mm256_loadu_ps(gr + k), _mm256_loadu_ps(wp + k))), vr);
+          const __m256 zv = _mm256_loadu_ps(zr + k), sv = _mm256_loadu_ps(sbuf.data() + c);
+          // silu'(z) = sig (1 + z (1 - sig)) with sig = silu(z) / z, written as sig + silu (1 - sig)
+          const __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), zv))));
+          const __m256 ds = _mm256_fmadd_ps(sv, _mm256_sub_ps(one, sig), sig);
+          _mm256_storeu_ps(gxr + k, _mm256_mul_ps(gu, sv));
+          _mm256_storeu_ps(gzr + k, _mm256_mul_ps(_mm256_mul_ps(gu, _mm256_loadu_ps(xr + k)), ds));
+        }
+        for (; c < gs; ++c) {
+          const int64_t k = c0 + c;
+          const float gu = (gr[k] * wp[k] - nbuf[c] * dot) * rv;
+          const float sig = 1.0f / (1.0f + std::exp(-zr[k])), sv = sbuf[c];
+          gxr[k] = gu * sv;
+          gzr[k] = gu * xr[k] * (sig + sv * (1.0f - sig));
+        }
+      }
+    }
+  });
+  auto gw = at::zeros({d}, x.options());
+  float* gwo = gw.data_ptr<float>();
+  for (int64_t t = 0; t < nt; ++t)
+    for (int64_t k = 0; k < d; ++k) gwo[k] += gw_part[t * d + k];
+  return {gx, gz, gw};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
   m.def("gated_rmsnorm_fwd(Tensor x, Tensor z, Tensor w, int gs, float eps) -> Tensor[]");
+  m.def("gated_rmsnorm_bwd(Tensor go, Tensor x, Tensor z, Tensor w, Tensor r) -> Tensor[]");
 }
 
-TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) { m.impl("gated_rmsnorm_fwd", &gated_rmsnorm_fwd); }
+TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
+  m.impl("gated_rmsnorm_fwd", &gated_rmsnorm_fwd);
+  m.impl("gated_rmsnorm_bwd", &gated_rmsnorm_bwd);
+}

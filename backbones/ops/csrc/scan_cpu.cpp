@@ -32,6 +32,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "pool.h"
+
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "longstream scan kernel needs AVX2 + FMA"
 #endif
@@ -684,6 +686,8 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& w, const
 }
 
 }  // namespace
+
+at::Tensor longstream_empty_big(at::IntArrayRef sizes) { return pool_empty(sizes); }  // pool.h
 
 TORCH_LIBRARY(longstream_ops, m) {
   m.def("scan_fwd(Tensor u, Tensor dt, Tensor At, Tensor B, Tensor C, Tensor h0, int chunk, bool save_ckpt, "

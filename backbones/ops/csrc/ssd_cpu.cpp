@@ -16,6 +16,9 @@
 //   -> {y (b,l,h,p), final state (b,h,p,n), states entering every K-th chunk (b, ceil(c/K), h,p,n)}
 // ssd_bwd(gy, g_final, x, dt, A, B, C, D, saved, T, K)
 //   -> {gx, gdt, gA (b,h) per row, gB, gC, gD (b,h,p) per row, g of the entering state}
+// ssd_bwd_into(same, gx, gB, gC): the same with gx, gB, gC written into given buffers (row-strided views
+//   allowed, e.g. slices of one (b, l, e + 2 g n) gradient of the conv output) -> {gdt, gA, gD, g entering}
+// Large outputs come from the block pool of scan_cpu.cpp (pool.h).
 // All float32; x, B, C may be row-strided views (dense last two dims), the rest contiguous. Split over (b, g) with at::parallel_for.
 // Registered as torch.ops.longstream_ops.{ssd_fwd, ssd_bwd} (a fragment of the library).
 
@@ -28,6 +31,8 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+#include "pool.h"  // longstream_empty_big
 
 namespace {
 
@@ -77,6 +82,22 @@ inline void exp_diff_row(float c, const float* v, int64_t sv, float* out, int64_
   for (; i < m; ++i) out[i] = std::exp(std::max(c - v[i * sv], kFloor));
 }
 
+// sum_i a[i] b[i] (four AVX2 accumulators)
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  float r = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
 struct Dims {
   int64_t b, l, h, p, g, n, T, K, j, c, nb;
   int64_t sxb, sxl, sBb, sBl, sCb, sCl;  // batch / time strides of x, B, C (their inner dims are dense)
@@ -114,8 +135,9 @@ void check_all(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, c
 // Per-chunk factors of one group: cs (T, j) cumulative log decay, xdt (T, j p) = x dt,
 // CB (T, T) = C B^T with zeros above the diagonal.
 struct Chunk {
-  std::vector<float> cs, xdt, CB, M, w;
-  explicit Chunk(const Dims& d) : cs(d.T * d.j), xdt(d.T * d.j * d.p), CB(d.T * d.T), M(d.T * d.T), w(d.T * d.j) {}
+  std::vector<float> cs, xdt, CB, M, E, w, col;
+  explicit Chunk(const Dims& d)
+      : cs(d.T * d.j), xdt(d.T * d.j * d.p), CB(d.T * d.T), M(d.T * d.T), E(d.T * d.T), w(d.T * d.j), col(d.T) {}
 
   void load(const Dims& d, const float* xg, const float* dtg, const float* Ag, const float* Bg, const float* Cg) {
     const int64_t T = d.T, j = d.j, p = d.p;
@@ -134,16 +156,17 @@ struct Chunk {
       for (int64_t q = 0; q < j; ++q) w[s * j + q] = std::exp(std::max(cs[(T - 1) * j + q] - cs[s * j + q], kFloor));
   }
 
-  // M (T, T) of head q: CB * exp(cs_t - cs_s) on s <= t, zeros above (kept from CB's zeros)
-  void decay_matrix(const Dims& d, int64_t q) {
+  // M (T, T) of head q: CB * E with E = exp(cs_t - cs_s) on s <= t, zeros above (kept from CB's
+  // zeros); with keep_E the decays E stay for the backward (their lower triangle is written)
+  void decay_matrix(const Dims& d, int64_t q, bool keep_E = false) {
     const int64_t T = d.T, j = d.j;
-    std::vector<float> col(T);
     for (int64_t s = 0; s < T; ++s) col[s] = cs[s * j + q];
     for (int64_t t = 0; t < T; ++t) {
       float* mr = M.data() + t * T;
-      exp_diff_row(col[t], col.data(), 1, mr, t + 1);
+      float* er = keep_E ? E.data() + t * T : mr;
+      exp_diff_row(col[t], col.data(), 1, er, t + 1);
       const float* cb = CB.data() + t * T;
-      for (int64_t s = 0; s <= t; ++s) mr[s] *= cb[s];
+      for (int64_t s = 0; s <= t; ++s) mr[s] = er[s] * cb[s];
       std::fill(mr + t + 1, mr + T, 0.0f);
     }
   }
@@ -171,9 +194,9 @@ std::vector<at::Tensor> ssd_fwd(at::Tensor x, at::Tensor dt, at::Tensor A, at::T
                                 at::Tensor st, int64_t T, int64_t K) {
   check_all(x, dt, A, B, C, D, st, T);
   const Dims d = dims(x, B, C, T, K);
-  auto y = at::empty({d.b, d.l, d.h, d.p}, x.options());
+  auto y = longstream_empty_big({d.b, d.l, d.h, d.p});
   auto s = st.clone();
-  auto saved = K > 0 ? at::empty({d.b, d.nb, d.h, d.p, d.n}, x.options()) : at::empty({0}, x.options());
+  auto saved = K > 0 ? longstream_empty_big({d.b, d.nb, d.h, d.p, d.n}) : at::empty({0}, x.options());
   const float *xp = x.data_ptr<float>(), *dtp = dt.data_ptr<float>(), *Ap = A.data_ptr<float>(),
               *Bp = B.data_ptr<float>(), *Cp = C.data_ptr<float>(), *Dp = D.numel() ? D.data_ptr<float>() : nullptr;
   float *yp = y.data_ptr<float>(), *sp = s.data_ptr<float>(), *svp = K > 0 ? saved.data_ptr<float>() : nullptr;
@@ -221,14 +244,21 @@ std::vector<at::Tensor> ssd_fwd(at::Tensor x, at::Tensor dt, at::Tensor A, at::T
   return {y, s, saved};
 }
 
-std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at::Tensor dt, at::Tensor A,
-                                at::Tensor B, at::Tensor C, at::Tensor D, at::Tensor saved, int64_t T, int64_t K) {
+// Gradients written into gx, gB, gC (shaped as x, B, C; row-strided views allowed, e.g. slices of
+// one buffer laid out as the conv output that x, B, C are views of); returns {gdt, gA, gD, g entering state}.
+std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor x, at::Tensor dt, at::Tensor A,
+                                     at::Tensor B, at::Tensor C, at::Tensor D, at::Tensor saved, int64_t T, int64_t K,
+                                     at::Tensor gx, at::Tensor gB, at::Tensor gC) {
   check_all(x, dt, A, B, C, D, gfin, T);
   check(gy, "gy", 4), check(saved, "saved", 5);
+  check_rows(gx, "gx"), check_rows(gB, "gB"), check_rows(gC, "gC");
+  TORCH_CHECK(gx.sizes() == x.sizes() && gB.sizes() == B.sizes() && gC.sizes() == C.sizes(),
+              "ssd_bwd_into: gradient buffers must have the shapes of x, B, C");
   const Dims d = dims(x, B, C, T, K);
   TORCH_CHECK(saved.size(1) == d.nb, "ssd_bwd: saved states do not match the length");
-  auto gx = at::empty({d.b, d.l, d.h, d.p}, x.options()), gdt = at::empty_like(dt);
-  auto gB = at::empty({d.b, d.l, d.g, d.n}, x.options()), gC = at::empty({d.b, d.l, d.g, d.n}, x.options());
+  auto gdt = at::empty_like(dt);
+  const int64_t sgxb = gx.stride(0), sgxl = gx.stride(1), sgBb = gB.stride(0), sgBl = gB.stride(1),
+                sgCb = gC.stride(0), sgCl = gC.stride(1);
   auto gA = at::zeros({d.b, d.h}, x.options()), gD = at::zeros({d.b, d.h, d.p}, x.options());
   auto gs = gfin.clone();  // becomes the gradient of the entering state
   const float *gyp = gy.data_ptr<float>(), *xp = x.data_ptr<float>(), *dtp = dt.data_ptr<float>(),
@@ -237,13 +267,14 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
   float *gxp = gx.data_ptr<float>(), *gdtp = gdt.data_ptr<float>(), *gBp = gB.data_ptr<float>(),
         *gCp = gC.data_ptr<float>(), *gAp = gA.data_ptr<float>(), *gDp = gD.data_ptr<float>(),
         *gsp = gs.data_ptr<float>();
-  const int64_t hp = d.h * d.p, gn = d.g * d.n, jp = d.j * d.p, pn = d.p * d.n, T_ = d.T, j = d.j, p = d.p;
+  const int64_t hp = d.h * d.p, jp = d.j * d.p, pn = d.p * d.n, T_ = d.T, j = d.j, p = d.p;
   // gB, gC of a group are written by exactly one (b, g) item; several heads accumulate into them
   at::parallel_for(0, d.b * d.g, 1, [&](int64_t i0, int64_t i1) {
     FtzGuard ftz;
     Chunk ck(d);
-    std::vector<float> xw(T_ * jp), states(d.K * d.j * pn), yo(T_ * jp), gye(T_ * jp), gxdt(T_ * jp), BG(T_ * jp),
-        gM(T_ * T_), gCB(T_ * T_), gcs(T_ * j), gsn(d.j * pn), E(T_ * T_);
+    // with K == 1 every entering state is saved: read in place, nothing recomputed
+    std::vector<float> xw(T_ * jp), states(d.K > 1 ? d.K * d.j * pn : 0), gye(T_ * jp), gxdt(T_ * jp),
+        BG(T_ * jp), gM(T_ * T_), gCB(T_ * T_), gcs(T_ * j), gsn(d.j * pn), colsum(T_), gCq(d.j * T_ * d.n);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t bi = it / d.g, gi = it % d.g, h0 = gi * d.j;
       float* G = gsp + (bi * d.h + h0) * pn;  // grad of the state leaving the current chunk (j p, n)
@@ -257,9 +288,9 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
       for (int64_t blk = d.nb - 1; blk >= 0; --blk) {
         const int64_t k0 = blk * d.K, k1 = std::min(d.c, k0 + d.K);
         // recompute the states entering each chunk of the block
-        std::copy(svp + ((bi * d.nb + blk) * d.h + h0) * pn, svp + ((bi * d.nb + blk) * d.h + h0) * pn + d.j * pn,
-                  states.data());
-        for (int64_t k = k0; k + 1 < k1; ++k) {
+        const float* sv_blk = svp + ((bi * d.nb + blk) * d.h + h0) * pn;
+        if (d.K > 1) std::copy(sv_blk, sv_blk + d.j * pn, states.data());
+        for (int64_t k = k0; d.K > 1 && k + 1 < k1; ++k) {
           const float *xg, *dtg, *Bg, *Cg;
           ptrs(k, xg, dtg, Bg, Cg);
           ck.load(d, xg, dtg, Ap + h0, Bg, Cg);
@@ -272,67 +303,65 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
           ptrs(k, xg, dtg, Bg, Cg);
           const int64_t t0 = k * T_;
           const float* gyg = gyp + (bi * d.l + t0) * hp + h0 * p;
-          float* gxg = gxp + (bi * d.l + t0) * hp + h0 * p;
+          float* gxg = gxp + bi * sgxb + t0 * sgxl + h0 * p;
           float* gdtg = gdtp + (bi * d.l + t0) * d.h + h0;
-          float* gBg = gBp + (bi * d.l + t0) * gn + gi * d.n;
-          float* gCg = gCp + (bi * d.l + t0) * gn + gi * d.n;
-          const float* s0 = states.data() + (k - k0) * d.j * pn;
+          float* gBg = gBp + bi * sgBb + t0 * sgBl + gi * d.n;
+          float* gCg = gCp + bi * sgCb + t0 * sgCl + gi * d.n;
+          const float* s0 = d.K > 1 ? states.data() + (k - k0) * d.j * pn : sv_blk;
           ck.load(d, xg, dtg, Ap + h0, Bg, Cg);
           std::fill(gcs.begin(), gcs.end(), 0.0f);
           std::fill(gCB.begin(), gCB.end(), 0.0f);
-          // (a) entering-state output y_off = exp(cs_t) C_t s0
-          gemm(false, true, T_, jp, d.n, Cg, d.sCl, s0, d.n, 0.0f, yo.data(), jp);
-          for (int64_t t = 0; t < T_; ++t)
+          // (a) entering-state output y_off = exp(cs_t) C_t s0 (per head s0_q (p, n)): per head
+          //     gCq = gy_q s0_q (T, n), then gC = sum_q exp(cs_tq) gCq and d loss / d cs_tq gets
+          //     exp(cs_tq) C_t . gCq_t (no recomputed y_off); gye = exp(cs) gy for the state's gradient
+          for (int64_t q = 0; q < j; ++q)
+            gemm(false, false, T_, d.n, p, gyg + q * p, hp, s0 + q * pn, d.n, 0.0f, gCq.data() + q * T_ * d.n, d.n);
+          for (int64_t t = 0; t < T_; ++t) {
+            float* gc = gCg + t * sgCl;
+            const float* cr = Cg + t * d.sCl;
+            std::fill(gc, gc + d.n, 0.0f);
             for (int64_t q = 0; q < j; ++q) {
               const float e = std::exp(std::max(ck.cs[t * j + q], kFloor));
-              const float *gr = gyg + t * hp + q * p, *yr = yo.data() + t * jp + q * p;
+              const float* gq = gCq.data() + (q * T_ + t) * d.n;
+              gcs[t * j + q] += e * dot(cr, gq, d.n);
+              for (int64_t i = 0; i < d.n; ++i) gc[i] += e * gq[i];
+              const float* gr = gyg + t * hp + q * p;
               float* ge = gye.data() + t * jp + q * p;
-              float acc = 0.0f;
-              for (int64_t r = 0; r < p; ++r) {
-                ge[r] = gr[r] * e;
-                acc += ge[r] * yr[r];
-              }
-              gcs[t * j + q] += acc;
+              for (int64_t r = 0; r < p; ++r) ge[r] = gr[r] * e;
             }
-          gemm(false, false, T_, d.n, jp, gye.data(), jp, s0, d.n, 0.0f, gCg, gn);  // gC = gye s0
+          }
           // new G (entering state's grad): exp(cs_T) G + gye^T C
           for (int64_t q = 0; q < j; ++q) {
             const float dT = std::exp(std::max(ck.cs[(T_ - 1) * j + q], kFloor));
             const float *Gr = G + q * pn, *sr = s0 + q * pn;
             float* o = gsn.data() + q * pn;
-            float acc = 0.0f;
-            for (int64_t i = 0; i < pn; ++i) {
-              o[i] = dT * Gr[i];
-              acc += Gr[i] * sr[i];
-            }
-            gcs[(T_ - 1) * j + q] += acc * dT;  // d s_out / d cs_T through exp(cs_T) s0
+            for (int64_t i = 0; i < pn; ++i) o[i] = dT * Gr[i];
+            gcs[(T_ - 1) * j + q] += dot(Gr, sr, pn) * dT;  // d s_out / d cs_T through exp(cs_T) s0
           }
           gemm(true, false, jp, d.n, T_, gye.data(), jp, Cg, d.sCl, 1.0f, gsn.data(), d.n);
-          // (b) within the chunk, per head
+          // (b) within the chunk, per head: gM = gy xdt^T; gxdt = M^T gy; gCB += gM E; and the
+          //     exponents: d/d(cs_t - cs_s) = gM M (s side summed by column, t side by row)
           for (int64_t q = 0; q < j; ++q) {
-            ck.decay_matrix(d, q);
+            ck.decay_matrix(d, q, true);
             gemm(false, true, T_, T_, p, gyg + q * p, hp, ck.xdt.data() + q * p, jp, 0.0f, gM.data(), T_);
             gemm(true, false, T_, p, T_, ck.M.data(), T_, gyg + q * p, hp, 0.0f, gxdt.data() + q * p, jp);
+            std::fill(colsum.begin(), colsum.end(), 0.0f);
             for (int64_t t = 0; t < T_; ++t) {
-              const float ct = ck.cs[t * j + q];
-              float* er = E.data() + t * T_;
-              for (int64_t s = 0; s <= t; ++s) er[s] = ck.cs[s * j + q];
-              exp_diff_row(ct, er, 1, er, t + 1);
+              const float* er = ck.E.data() + t * T_;
               const float *gm = gM.data() + t * T_, *cb = ck.CB.data() + t * T_;
               float* gcb = gCB.data() + t * T_;
-              float rs = 0.0f;
+              float* cl = colsum.data();
               for (int64_t s = 0; s <= t; ++s) {
                 const float gme = gm[s] * er[s];
                 gcb[s] += gme;
-                const float gd = gme * cb[s];
-                rs += gd;
-                gcs[s * j + q] -= gd;
+                cl[s] += gme * cb[s];
               }
-              gcs[t * j + q] += rs;
+              gcs[t * j + q] += dot(gm, ck.M.data() + t * T_, t + 1);  // t side: sum_s gM M = sum_s gM E CB
             }
+            for (int64_t s = 0; s < T_; ++s) gcs[s * j + q] -= colsum[s];
           }
-          gemm(false, false, T_, d.n, T_, gCB.data(), T_, Bg, d.sBl, 1.0f, gCg, gn);  // gC += gCB B
-          gemm(true, false, T_, d.n, T_, gCB.data(), T_, Cg, d.sCl, 0.0f, gBg, gn);   // gB = gCB^T C
+          gemm(false, false, T_, d.n, T_, gCB.data(), T_, Bg, d.sBl, 1.0f, gCg, sgCl);  // gC += gCB B
+          gemm(true, false, T_, d.n, T_, gCB.data(), T_, Cg, d.sCl, 0.0f, gBg, sgBl);   // gB = gCB^T C
           // (d) chunk input to the leaving state: sum_s w_s xdt_s B_s^T
           gemm(false, true, T_, jp, d.n, Bg, d.sBl, G, d.n, 0.0f, BG.data(), jp);  // (T, j p) = B G^T
           for (int64_t s = 0; s < T_; ++s)
@@ -341,17 +370,15 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
               const float *bg = BG.data() + s * jp + q * p, *xr = ck.xdt.data() + s * jp + q * p;
               float* gx_ = gxdt.data() + s * jp + q * p;
               float* xo = xw.data() + s * jp + q * p;
-              float acc = 0.0f;
               for (int64_t r = 0; r < p; ++r) {
-                acc += xr[r] * bg[r];
                 gx_[r] += wv * bg[r];
                 xo[r] = xr[r] * wv;
               }
-              const float gw = acc * wv;
+              const float gw = dot(xr, bg, p) * wv;
               gcs[s * j + q] -= gw;
               gcs[(T_ - 1) * j + q] += gw;
             }
-          gemm(false, false, T_, d.n, jp, xw.data(), jp, G, d.n, 1.0f, gBg, gn);  // gB += (xdt w) G
+          gemm(false, false, T_, d.n, jp, xw.data(), jp, G, d.n, 1.0f, gBg, sgBl);  // gB += (xdt w) G
           // (f) reverse cumsum to a = dt A, then dt, A, x, D
           for (int64_t q = 0; q < j; ++q) {
             const float Aq = Ap[h0 + q];
@@ -360,12 +387,9 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
               run += gcs[t * j + q];
               const float dtv = dtg[t * d.h + q];
               const float *xr = xg + t * d.sxl + q * p, *gxd = gxdt.data() + t * jp + q * p, *gr = gyg + t * hp + q * p;
-              float* gxo = gxg + t * hp + q * p;
-              float acc = 0.0f;
-              for (int64_t r = 0; r < p; ++r) {
-                acc += gxd[r] * xr[r];
-                gxo[r] = gxd[r] * dtv;
-              }
+              float* gxo = gxg + t * sgxl + q * p;
+              const float acc = dot(gxd, xr, p);
+              for (int64_t r = 0; r < p; ++r) gxo[r] = gxd[r] * dtv;
               if (Dp) {
                 const float* Dr = Dp + (h0 + q) * p;
                 float* gDr = gDp + (bi * d.h + h0 + q) * p;
@@ -384,7 +408,14 @@ std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at
       }
     }
   });
-  return {gx, gdt, gA, gB, gC, gD, gs};
+  return {gdt, gA, gD, gs};
+}
+
+std::vector<at::Tensor> ssd_bwd(at::Tensor gy, at::Tensor gfin, at::Tensor x, at::Tensor dt, at::Tensor A,
+                                at::Tensor B, at::Tensor C, at::Tensor D, at::Tensor saved, int64_t T, int64_t K) {
+  auto gx = longstream_empty_big(x.sizes()), gB = longstream_empty_big(B.sizes()), gC = longstream_empty_big(C.sizes());
+  auto r = ssd_bwd_into(gy, gfin, x, dt, A, B, C, D, saved, T, K, gx, gB, gC);
+  return {gx, r[0], r[1], gB, gC, r[2], r[3]};
 }
 
 }  // namespace
@@ -393,9 +424,12 @@ TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
   m.def("ssd_fwd(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor D, Tensor st, int T, int K) -> Tensor[]");
   m.def("ssd_bwd(Tensor gy, Tensor gfin, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor D, Tensor saved, "
         "int T, int K) -> Tensor[]");
+  m.def("ssd_bwd_into(Tensor gy, Tensor gfin, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor D, "
+        "Tensor saved, int T, int K, Tensor(a!) gx, Tensor(b!) gB, Tensor(c!) gC) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("ssd_fwd", &ssd_fwd);
   m.impl("ssd_bwd", &ssd_bwd);
+  m.impl("ssd_bwd_into", &ssd_bwd_into);
 }
