@@ -40,7 +40,7 @@ from longstream.backbones.block import residual_dtype
 from longstream.backbones.config import BackboneConfig
 from longstream.backbones.stack import SequenceBackbone
 from longstream.backbones.lm import load_checkpoint, save_checkpoint
-from longstream.encoders.image import ImageEncoder, cls_index, resample_pos_embed, square_grid
+from longstream.encoders.image import ImageEncoder, cls_index, resample_pos_embed, square_grid, to_2tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, lecun_normal_, trunc_normal_
@@ -94,8 +94,9 @@ class VisionMamba(nn.Module):
     ) -> None:
         super().__init__()
         #: the constructor arguments (config.json of a saved checkpoint); ``backend`` is a runtime choice
-        self.config: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
-                                       if k not in ("self", "__class__", "backend")}
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__", "backend")}
+        for k in ("img_size", "patch_size", "stride"):
+            self.config[k] = None if self.config[k] is None else list(to_2tuple(self.config[k]))
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         if global_pool == "token" and cls_position == "none":
