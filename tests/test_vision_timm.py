@@ -160,3 +160,19 @@ def test_timm_data_config_resolves_for_our_cfgs():
     assert cfg["input_size"] == (1, 28, 28) and len(cfg["mean"]) == 1
     cfg = timm.data.resolve_data_config({}, model=timm.create_model("vim_tiny_patch16_224", depth=1))
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
+
+
+@torch.no_grad()
+def test_torch_fx_feature_extraction():
+    """timm's FX path (``create_feature_extractor``, as in its test_model_forward_fx): the tokeniser
+    and the Mamba stack are traced as leaves, and the traced model gives the same logits."""
+    pytest.importorskip("torchvision")
+    from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+
+    model = timm.create_model("vim_fmnist").eval()
+    _, eval_nodes = get_graph_node_names(model)
+    assert any(n.startswith("embed") for n in eval_nodes) and any(n.startswith("backbone") for n in eval_nodes)
+    fx = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    x = torch.randn(2, 1, 28, 28)
+    (out,) = fx(x).values()
+    assert torch.equal(out, model(x))

@@ -13,7 +13,11 @@ works with timm's conventions: ``pretrained_cfg`` / ``default_cfg``, ``num_class
 ``in_chans`` overrides (timm adapts the first conv of pretrained weights), ``forward_features``
 (unpooled tokens (b, l, d), class token included), ``forward_head(x, pre_logits=)``,
 ``forward_intermediates`` / ``features_only=True`` (per-layer NCHW maps), ``reset_classifier``,
-``set_grad_checkpointing``, ``dynamic_img_size=True`` and ``set_input_size``.
+``set_grad_checkpointing``, ``dynamic_img_size=True``, ``set_input_size`` and torch.fx feature
+extraction (the tokeniser and the Mamba stack are FX leaves). Not TorchScript: the compiled-kernel
+dispatch and custom autograd functions of the backbone do not script. timm's own test file
+(tests/test_models.py) passes for these models in forward, backward, features_only, the non-standard
+(token-output, like ViT) default-cfg checks, forward_intermediates and fx forward / backward.
 ``pretrained=True`` fetches the released hustvl checkpoints (``hf_hub_id`` / ``hf_hub_filename``)
 and converts them with :func:`checkpoint_filter_fn`; ``longstream hub import hf:hustvl/Vim-tiny-midclstok``
 converts them into a longstream checkpoint instead (``pipelines/vision/vim_convert.py``).
@@ -34,7 +38,7 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, lecun_normal_, trunc_normal_
+from timm.layers import DropPath, lecun_normal_, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
@@ -47,6 +51,11 @@ from longstream.backbones.stack import SequenceBackbone
 from longstream.encoders.image import ImageEncoder, cls_index, resample_pos_embed, square_grid, to_2tuple
 
 from .vim_convert import convert_vim_state_dict, is_vim_layout, read_vim_checkpoint
+
+# torch.fx feature extraction (timm's create_feature_extractor path) treats the tokeniser and the
+# Mamba stack as leaves: their Python-side shape checks and kernel dispatch are not traceable
+register_notrace_module(ImageEncoder)
+register_notrace_module(SequenceBackbone)
 
 __all__ = ["VisionMamba", "checkpoint_filter_fn", "MODEL_NAMES", "MODEL_TYPE", "FMNIST_MEAN", "FMNIST_STD"]
 
@@ -204,7 +213,7 @@ class VisionMamba(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (b, c, h, w) -> normalised tokens (b, l, d), the class token at its index."""
-        tokens, _ = self.embed(x)
+        tokens = self.embed(x)[0]
         return self.backbone(tokens)[0]
 
     def _pool(self, x: Tensor) -> Tensor:
