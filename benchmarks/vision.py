@@ -23,7 +23,7 @@ Writes ``benchmarks/results/vision_efficiency.json`` and ``.md`` (the load avera
 is recorded: the machine is shared). Usage::
 
     nice python benchmarks/vision.py --efficiency                 # the whole curve, 1 thread
-    nice python benchmarks/vision.py --efficiency --threads 2     # adds a 2-thread section
+    nice python benchmarks/vision.py --efficiency --threads 2 --append   # adds a 2-thread section
     python benchmarks/vision.py --efficiency --quick              # 224 / 512 only, smoke run
     python benchmarks/vision.py --render                          # rewrite the .md from the .json
 """
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="224 and 512 px, 2 repeats (a smoke run)")
     ap.add_argument("--out", default=str(RESULTS / "vision_efficiency.json"))
     ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the sections of other thread counts already in --out (replace only these)")
     ap.add_argument("--_peak", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a._peak:
@@ -233,11 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     res = {"cpu": cpu_name(), "torch": torch.__version__, "python": platform.python_version(),
            "command": "python benchmarks/vision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "params": {k: sum(p.numel() for p in build(k, 224).parameters()) for k in MODELS}, "sections": []}
+    if a.append and out.exists():
+        old = json.loads(out.read_text())
+        res["sections"] = [sec for sec in old.get("sections", []) if sec["threads"] not in a.threads]
+        res["command"] = old.get("command", "") + "; " + res["command"]
     for th in a.threads:
         before = _load()
         sec = run_efficiency(resolutions, th, repeats)
         sec.update(load_before=before, load_after=_load())
         res["sections"].append(sec)
+    res["sections"].sort(key=lambda sec: sec["threads"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     out.with_suffix(".md").write_text(render(res))

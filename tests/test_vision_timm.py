@@ -35,6 +35,16 @@ def test_every_model_is_in_timms_registry():
         assert timm.models.get_pretrained_cfg(name) is not None
 
 
+def test_published_sizes():
+    """hustvl/Vim's README: Vim-Ti 7M, Vim-S 26M, Vim-B 98M parameters (built on the meta device)."""
+    want = {"vim_tiny_patch16_224": (7.1e6, 7.2e6), "vim_small_patch16_224": (25.7e6, 26.0e6),
+            "vim_base_patch16_224": (97.4e6, 97.8e6)}
+    with torch.device("meta"):
+        for name, (lo, hi) in want.items():
+            n = sum(p.numel() for p in timm.create_model(name).parameters())
+            assert lo < n < hi, (name, n)
+
+
 @pytest.mark.parametrize("name", PARAMS)
 @torch.no_grad()
 def test_model_forward(name):

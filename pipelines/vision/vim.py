@@ -23,7 +23,7 @@ and converts them with :func:`checkpoint_filter_fn`; ``longstream hub import hf:
 converts them into a longstream checkpoint instead (``pipelines/vision/vim_convert.py``).
 
 Registered: ``vim_tiny_patch16_224`` (Vim-Ti, 7M), ``vim_small_patch16_224`` (Vim-S, 26M), their
-``_stride8`` "finer granularity" variants, ``vim_fmnist`` (28x28 grey, patch 4) and
+``_stride8`` "finer granularity" variants, ``vim_base_patch16_224`` (Vim-B, 98M), ``vim_fmnist`` (28x28 grey, patch 4) and
 ``vim_fmnist_seqpixel`` (one token per pixel, 784 tokens) for Fashion-MNIST.
 
 Axis legend: b batch, c channels, h/w image size, gh/gw patch grid, l tokens, d width.
@@ -122,7 +122,7 @@ class VisionMamba(nn.Module):
             residual_in_fp32=residual_in_fp32,
         ))  # fmt: skip
         # stochastic depth on each mixer's output (the block's ``drop`` slot), linearly up to the rate
-        for blk, p in zip(self.backbone.layers, torch.linspace(0, drop_path_rate, depth).tolist()):
+        for blk, p in zip(self.backbone.layers, [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]):
             blk.drop = DropPath(p) if p > 0 else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -337,13 +337,15 @@ default_cfgs = generate_default_cfgs({
                                               hf_hub_filename="vim_s_midclstok_80p5acc.pth"),
     "vim_small_patch16_stride8_224.hustvl_in1k": _cfg(hf_hub_id="hustvl/Vim-small-midclstok",
                                                       hf_hub_filename="vim_s_midclstok_ft_81p6acc.pth"),
+    "vim_base_patch16_224.hustvl_in1k": _cfg(hf_hub_id="hustvl/Vim-base-midclstok",
+                                             hf_hub_filename="vim_b_midclstok_81p9acc.pth"),
     "vim_fmnist": _fmnist_cfg(),
     "vim_fmnist_seqpixel": _fmnist_cfg(),
 })  # fmt: skip
 
 #: Every model this module registers with timm.
 MODEL_NAMES = ("vim_tiny_patch16_224", "vim_tiny_patch16_stride8_224", "vim_small_patch16_224",
-               "vim_small_patch16_stride8_224", "vim_fmnist", "vim_fmnist_seqpixel")  # fmt: skip
+               "vim_small_patch16_stride8_224", "vim_base_patch16_224", "vim_fmnist", "vim_fmnist_seqpixel")  # fmt: skip
 
 
 @register_model
@@ -370,6 +372,12 @@ def vim_small_patch16_stride8_224(pretrained: bool = False, **kwargs: Any) -> Vi
     """Vim-S+: overlapping 16 px patches at stride 8 (81.6% IN-1k)."""
     kw = {"patch_size": 16, "stride": 8, "embed_dim": 384, "depth": 24, **kwargs}
     return _create("vim_small_patch16_stride8_224", pretrained, **kw)
+
+
+@register_model
+def vim_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """Vim-B: d 768, 24 layers, patch 16 (hustvl/Vim-base-midclstok, 98M, 81.9% IN-1k)."""
+    return _create("vim_base_patch16_224", pretrained, **{"patch_size": 16, "embed_dim": 768, "depth": 24, **kwargs})
 
 
 @register_model
