@@ -186,6 +186,8 @@ def render(res: dict) -> str:
     for sec in res["sections"]:
         out += [f"## {sec['threads']} thread(s), {sec['repeats']} repeats; load average {sec['load_before']} -> "
                 f"{sec['load_after']}", ""]
+        if sec.get("note"):
+            out += [f"Note: {sec['note']}", ""]
         out += ["| px | tokens | Vim s | DeiT fused s | DeiT explicit s | speed-up vs explicit | vs fused | "
                 "Vim MiB | DeiT fused MiB | DeiT explicit MiB | memory vs explicit | vs fused |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="224 and 512 px, 2 repeats (a smoke run)")
     ap.add_argument("--out", default=str(RESULTS / "vision_efficiency.json"))
     ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
+    ap.add_argument("--note", help="a remark stored with (and rendered above) the sections of this run")
     ap.add_argument("--append", action="store_true",
                     help="keep the sections of other thread counts already in --out (replace only these)")
     ap.add_argument("--_peak", nargs=3, help=argparse.SUPPRESS)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     for th in a.threads:
         before = _load()
         sec = run_efficiency(resolutions, th, repeats)
-        sec.update(load_before=before, load_after=_load())
+        sec.update(load_before=before, load_after=_load(), **({"note": a.note} if a.note else {}))
         res["sections"].append(sec)
     res["sections"].sort(key=lambda sec: sec["threads"])
     out.parent.mkdir(parents=True, exist_ok=True)
