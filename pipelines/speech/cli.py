@@ -11,8 +11,21 @@ from longstream.pipelines.common import run_pipeline_cli
 
 from . import DOMAIN, config
 
-SUBCOMMANDS: dict[str, tuple] = {
-    # "transcribe": (transcribe.add_arguments, "longstream.pipelines.speech.transcribe:run"),
+def _transcribe_args(p) -> None:
+    from .transcribe import add_transcribe_args
+
+    add_transcribe_args(p)
+
+
+def _stream_args(p) -> None:
+    from .transcribe import add_stream_args
+
+    add_stream_args(p)
+
+
+SUBCOMMANDS: dict[str, tuple] = {  # long-stream CTC recognition (transcribe.py)
+    "transcribe": (_transcribe_args, "longstream.pipelines.speech.transcribe:transcribe_command"),
+    "stream": (_stream_args, "longstream.pipelines.speech.transcribe:stream_command"),
 }
 
 

@@ -147,3 +147,8 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "tiny": tiny, "tiny-raw": tiny_raw, "release": release, "release-raw": release_raw,
     "loso": loso, "loso-raw": loso_raw,
 }
+
+# --- long-stream CTC recognition (ctc_config.py, owned by the long-stream part) ---
+from .ctc_config import CTC_PRESETS  # noqa: E402
+
+PRESETS.update(CTC_PRESETS)  # ctc-tiny, ctc-release: a CTCConfig, dispatched on in model.py / train.py

@@ -30,6 +30,7 @@ from longstream.pipelines.common import (
     write_out,
 )
 
+from .ctc_model import CTCDigitModel
 from .data import AUDIO_SUFFIXES, collate, crop, load_split, read_audio
 
 METRIC_KEYS = ["accuracy", "macro_f1", "mcc", "loss", "n", "split", "accuracy_by_speaker", "confusion"]
@@ -87,6 +88,10 @@ def evaluate(checkpoint: str, data: str | None = None) -> dict[str, Any]:
     from .model import from_pretrained
 
     model = from_pretrained(checkpoint)
+    if isinstance(model, CTCDigitModel):  # long-stream CTC recogniser (ctc_evaluate.py)
+        from .ctc_evaluate import evaluate_loaded
+
+        return evaluate_loaded(model, data)
     waves, y, clips = load_split(model.cfg.data, "test", root=data)
     return evaluate_waves(model, waves, y, speakers=[c.speaker for c in clips],
                           batch_size=model.cfg.train.eval_batch_size, source=data or "the FSDD test split")
@@ -129,6 +134,10 @@ def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[
 
     out_file = resolve_out(out)[0] if out else None  # the shared --out rule, before any work
     model = from_pretrained(checkpoint)
+    if isinstance(model, CTCDigitModel):  # long-stream CTC recogniser: a transcript per file
+        from .transcribe import predict_ctc
+
+        return predict_ctc(model, inputs, out_file)
     sr = model.cfg.data.sample_rate
     waves = [read_input(s, sr) for s in inputs]
     results = classify(model, waves, list(inputs))

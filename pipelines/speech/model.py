@@ -25,6 +25,8 @@ from longstream.pipelines import common
 
 from . import DOMAIN
 from .config import FRONTENDS, Config
+from .ctc_config import CTCConfig  # long-stream CTC recogniser: dispatched on below
+from .ctc_model import build_ctc_model, ctc_example_batch, is_ctc_checkpoint, load_ctc
 
 
 class DigitClassifier(nn.Module):
@@ -116,11 +118,15 @@ class DigitClassifier(nn.Module):
 
 def build_model(cfg: Config) -> DigitClassifier:
     """The model of ``cfg`` (random weights)."""
+    if isinstance(cfg, CTCConfig):  # long-stream CTC recogniser (ctc_model.py)
+        return build_ctc_model(cfg)
     return DigitClassifier(cfg)
 
 
 def example_batch(cfg: Config, batch_size: int = 2) -> dict[str, Tensor]:
     """A tiny forward input: 0.1 s of noise per clip (``build_model(cfg)(**example_batch(cfg))``)."""
+    if isinstance(cfg, CTCConfig):
+        return ctc_example_batch(cfg, batch_size)
     g = torch.Generator().manual_seed(0)
     t = cfg.data.sample_rate // 10
     return {"wave": 0.1 * torch.randn(batch_size, t, generator=g),
@@ -130,6 +136,8 @@ def example_batch(cfg: Config, batch_size: int = 2) -> dict[str, Tensor]:
 def from_pretrained(name_or_dir: str | Path) -> DigitClassifier:
     """Load a checkpoint dir or hub name (``speech/<name>`` or ``<name>``)."""
     sd, meta, path = common.load_pretrained(name_or_dir, pipeline=DOMAIN)
+    if is_ctc_checkpoint(meta):  # long-stream CTC recogniser (ctc_model.py)
+        return load_ctc(sd, meta, path)
     with common.checkpoint_errors(path):  # an edited config.json -> one UserError naming the dir
         cfg = common.config_from_dict(Config, meta["config"])
         return common.load_weights(build_model(cfg), sd, path, meta)

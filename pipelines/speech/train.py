@@ -29,6 +29,7 @@ from longstream.pipelines.common import (
 )
 
 from .config import Config
+from .ctc_config import CTCConfig
 from .data import augment_batch, collate, load_split
 from .evaluate import evaluate_waves
 from .model import build_model
@@ -45,6 +46,11 @@ def train(
     max_steps_this_run: int = 0, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, save the checkpoint into ``out_dir`` (rank 0) and return the test metrics."""
+    if isinstance(cfg, CTCConfig):  # --preset ctc-*: the long-stream CTC recogniser (ctc_train.py)
+        from .ctc_train import train as train_ctc
+
+        return train_ctc(cfg, out_dir=out_dir, resume=resume, preset=preset,
+                         max_steps_this_run=max_steps_this_run, overwrite=overwrite)
     tc = cfg.train
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
                   max_steps_this_run=max_steps_this_run, config=cfg, preset=preset, overwrite=overwrite) as run:
