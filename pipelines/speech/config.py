@@ -149,6 +149,18 @@ PRESETS: dict[str, Callable[[], Config]] = {
 }
 
 # --- long-stream CTC recognition (ctc_config.py, owned by the long-stream part) ---
-from .ctc_config import CTC_PRESETS  # noqa: E402
+def ctc_tiny() -> Config:
+    """Long-stream CTC recogniser, tiny (tests): a ``ctc_config.CTCConfig`` (a ``Config`` subclass)."""
+    from .ctc_config import ctc_tiny as make
 
-PRESETS.update(CTC_PRESETS)  # ctc-tiny, ctc-release: a CTCConfig, dispatched on in model.py / train.py
+    return make()
+
+
+def ctc_release() -> Config:
+    """``speech/mamba-ctc-digits``: the long-stream CTC recogniser (``ctc_config.ctc_release``)."""
+    from .ctc_config import ctc_release as make
+
+    return make()
+
+
+PRESETS.update({"ctc-tiny": ctc_tiny, "ctc-release": ctc_release})  # dispatched on in model.py / train.py

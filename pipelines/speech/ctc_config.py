@@ -3,8 +3,9 @@
 Training examples are whole synthetic streams (``streams.py``) of ``stream.min_seconds`` to
 ``stream.max_seconds`` built from TRAIN takes (5-49); evaluation streams come from TEST takes
 (0-4). Every step draws one length for its batch, so there is no padding.
-Presets (``CTC_PRESETS``, merged into ``config.PRESETS``): ``ctc-tiny`` (tests) and
-``ctc-release`` (the shipped checkpoint). Dotted overrides work as everywhere
+Presets (``CTC_PRESETS``, reached through ``config.PRESETS``): ``ctc-tiny`` (tests) and
+``ctc-release`` (the shipped checkpoint). :class:`CTCConfig` subclasses the pipeline's
+``Config`` (so every preset is a ``config.CONFIG_CLASS``) with its own sections. Dotted overrides work as everywhere
 (``--stream.snr_min 5 --backbone.d_model 128``).
 """
 
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from longstream.backbones.config import BackboneConfig
+
+from .config import Config
 
 CTC_TASK = "ctc-digits"
 
@@ -78,7 +81,7 @@ class CTCTrainConfig:
 
 
 @dataclass
-class CTCConfig:
+class CTCConfig(Config):
     data: CTCDataConfig = field(default_factory=CTCDataConfig)
     stream: CTCStreamConfig = field(default_factory=CTCStreamConfig)
     model: CTCModelConfig = field(default_factory=CTCModelConfig)
