@@ -123,9 +123,9 @@ def release() -> Config:
 
 
 def release_raw() -> Config:
-    """``speech/s4d-raw-digits``: raw waveform (2 ms tokens) + 4-layer S4D (d 64), standard split."""
+    """``speech/s4d-raw-digits``: raw waveform (8 ms windows every 4 ms) + 4-layer S4D (d 64), standard split."""
     return Config(
-        model=ModelConfig(frontend="raw"),
+        model=ModelConfig(frontend="raw", raw_kernel=64, raw_stride=32),
         backbone=BackboneConfig(d_model=64, n_layers=4, pattern="S", d_intermediate=128,
                                 mixer_kwargs={"S": {"d_state": 32}}),
     )

@@ -34,7 +34,7 @@ MAX_INPUT_SECONDS = 600.0  # predict / demo: longer files are refused (use B's `
 _FIXES = {
     "missing": "check the path",
     "empty": "record or export the audio again",
-    "corrupt": "convert it to WAV or FLAC (e.g. `ffmpeg -i IN -ar 16000 OUT.wav`)",
+    "corrupt": "give a WAV, FLAC, OGG or MP3 file (other formats need PyAV: `pip install av`)",
     "too_long": "cut it into shorter pieces",
     "too_short": "give a longer recording",
     "silent": "check the microphone level or the file",
@@ -42,18 +42,24 @@ _FIXES = {
 }
 
 
-def read_audio(path: str | Path, sample_rate: int, *, what: str = "audio file",
-               max_seconds: float | None = MAX_INPUT_SECONDS, display: str | None = None) -> Tensor:
-    """Mono float32 ``(t,)`` at ``sample_rate``; any problem is one :class:`UserError` naming the file."""
+def read_audio_sr(path: str | Path, sample_rate: int | None = None, *, what: str = "audio file",
+                  max_seconds: float | None = MAX_INPUT_SECONDS, display: str | None = None) -> tuple[Tensor, int]:
+    """``(mono float32 (t,), rate)`` at ``sample_rate`` (``None``: the file's own rate); any problem
+    with the file is one :class:`UserError` naming it (``display`` or the path) and the fix."""
     name = display or str(path)
     try:
-        wave, _ = load_audio(path, sample_rate, max_seconds=max_seconds)
+        return load_audio(path, sample_rate, max_seconds=max_seconds)
     except AudioError as e:
         fix = _FIXES.get(e.kind, "check the file")
         if e.kind == "too_long":
             fix = f"cut it into pieces under {max_seconds:g} s"
         raise UserError(f"{what} {name}: {e}; {fix}") from None
-    return wave
+
+
+def read_audio(path: str | Path, sample_rate: int, *, what: str = "audio file",
+               max_seconds: float | None = MAX_INPUT_SECONDS, display: str | None = None) -> Tensor:
+    """Mono float32 ``(t,)`` at ``sample_rate``; see :func:`read_audio_sr`."""
+    return read_audio_sr(path, sample_rate, what=what, max_seconds=max_seconds, display=display)[0]
 
 
 @dataclass(frozen=True)

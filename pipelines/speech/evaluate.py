@@ -35,7 +35,7 @@ from .data import AUDIO_SUFFIXES, collate, crop, load_split, read_audio
 
 METRIC_KEYS = ["accuracy", "macro_f1", "mcc", "loss", "n", "split", "accuracy_by_speaker", "confusion"]
 DEFAULT_CHECKPOINT = "speech/mamba-digits"
-EXAMPLE_INPUTS = [str(DEMOS_DIR / "speech" / "seven.wav"), str(DEMOS_DIR / "speech" / "three.wav")]
+EXAMPLE_INPUTS = [str(DEMOS_DIR / "speech" / "seven.wav"), str(DEMOS_DIR / "speech" / "three.flac")]
 """Two digits spoken by a speech synthesiser (not FSDD: no dataset copy ships); see demos/speech/README.md."""
 EVAL_MAX_SECONDS = 10.0  # evaluation clips are cropped to this (FSDD's longest is 2.3 s)
 
