@@ -204,3 +204,25 @@ def test_shipped_checkpoint_srt_times_on_a_one_minute_stream(tmp_path, capsys):
 @pytest.mark.slow
 def test_shipped_checkpoint_on_a_ten_minute_stream(tmp_path, capsys):
     _check_srt_against_truth(600.0, 4242, tmp_path, capsys, max_der=0.03)
+
+
+# ------------------------------------------------------------------ the long-form demo panel
+def test_demo_panel_handlers(tiny_model, stream_wav, monkeypatch):
+    from longstream.pipelines.common import UserError
+    from longstream.pipelines.speech import transcript_demo as td
+
+    monkeypatch.setattr(td.CTC_MODELS, "get", lambda name: tiny_model)
+    wav, s = stream_wav
+    text, fig, srt = td.transcribe_upload(str(wav))
+    assert "digits in 6.0 s" in text and Path(srt).exists() and fig is not None
+    with pytest.raises(UserError, match="no audio"):
+        td.transcribe_upload(None)
+    # streaming microphone: int16 chunks at 16 kHz; the engine's state lives in the returned dict
+    import torchaudio.functional as AF
+
+    up = (AF.resample(torch.from_numpy(s.audio), 8000, 16000).numpy() * 32767).astype(np.int16)
+    state: dict = {}
+    for i in range(0, len(up), 4000):
+        msg, state = td.stream_chunk((16000, up[i : i + 4000]), state)
+    assert msg.startswith("6.0 s heard") or msg.startswith("5.9 s heard")
+    assert state["rec"].samples == pytest.approx(6.0 * SAMPLE_RATE, abs=200)

@@ -150,3 +150,10 @@ class BlockResampler:
 
     def flush(self) -> np.ndarray:
         return self.push(np.zeros(0, np.float32), final=True)
+
+
+def demo_panel(audio) -> None:
+    """The long-form panel of the speech tab (``transcript_demo.py``); ``demo.py`` calls it."""
+    from .transcript_demo import build_panel
+
+    build_panel(audio)
