@@ -23,9 +23,16 @@ def _stream_args(p) -> None:
     add_stream_args(p)
 
 
-SUBCOMMANDS: dict[str, tuple] = {  # long-stream CTC recognition (transcribe.py)
+def _calibrate_args(p) -> None:
+    from .ctc_train import add_calibrate_args
+
+    add_calibrate_args(p)
+
+
+SUBCOMMANDS: dict[str, tuple] = {  # long-stream CTC recognition (transcribe.py, ctc_train.py)
     "transcribe": (_transcribe_args, "longstream.pipelines.speech.transcribe:transcribe_command"),
     "stream": (_stream_args, "longstream.pipelines.speech.transcribe:stream_command"),
+    "calibrate": (_calibrate_args, "longstream.pipelines.speech.ctc_train:calibrate_command"),
 }
 
 

@@ -22,6 +22,7 @@ Memory is bounded: only open / recently closed segments are kept, and a segment 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,19 +60,33 @@ class StreamingCTCDecoder:
 
     ``token_sec`` is the token spacing, ``first_time`` the time of token 0's centre and
     ``avail_time`` when token 0's audio is complete (both seconds). Labels: 0 blank, ``d + 1``
-    digit ``d``.
+    digit ``d``. Segment refinements (all bounded look-backs, so memory stays constant):
+    ``hangover`` pause tokens are needed to close a segment (a stop closure inside a word does
+    not split it); a new segment's start moves back over the preceding tokens whose speech
+    probability exceeds ``onset_threshold`` (at most ``lookback`` tokens: soft onsets such as
+    /s/ or /θ/); a segment without a spike that starts within ``absorb`` tokens after a word
+    (and is at most ``absorb_len`` long) extends that word's end, one that ends within
+    ``absorb`` tokens before a word extends its start.
     """
 
     def __init__(self, *, token_sec: float, first_time: float, avail_time: float, blank: int = 0,
                  vad_threshold: float = 0.5, start_offset: float = 0.0, end_offset: float = 0.0,
-                 grace: int = 8, max_segment: int = 250) -> None:
+                 grace: int = 8, max_segment: int = 250, hangover: int = 3, onset_threshold: float = 0.2,
+                 lookback: int = 10, absorb: int = 6, absorb_len: int = 20) -> None:
         self.token_sec, self.first_time, self.avail_time = token_sec, first_time, avail_time
         self.blank, self.vad_threshold = blank, vad_threshold
         self.start_offset, self.end_offset = start_offset, end_offset
         self.grace, self.max_segment = grace, max_segment
+        self.hangover, self.onset_threshold, self.lookback = hangover, onset_threshold, lookback
+        self.absorb, self.absorb_len = absorb, absorb_len
         self.n = 0  # tokens seen
         self.prev = blank
+        self.off_run = 0  # pause tokens since the open segment's last speech token
+        self.recent: deque[float] = deque(maxlen=lookback)  # speech probabilities of the last tokens
+        self.last_end = 0  # past-the-end token of the latest closed segment
         self.segments: list[_Segment] = []  # unfinalized, oldest first; at most one open (the last)
+        self.held: list[tuple[int, int, list[tuple[int, int, float]], list[float], int]] = []  # finalized, not emitted
+        self.dropped: tuple[int, int] | None = None  # latest spike-less segment (start, end)
 
     def time_of(self, token: float) -> float:
         return self.first_time + token * self.token_sec
@@ -87,13 +102,23 @@ class StreamingCTCDecoder:
             is_speech = sp > self.vad_threshold
             seg = self.segments[-1] if self.segments and self.segments[-1].end is None else None
             if is_speech and seg is None:
-                seg = _Segment(start=n)
+                back = 0  # soft onset: the tokens just before that were already fairly speech-like
+                for q in reversed(self.recent):
+                    if q <= self.onset_threshold or n - back - 1 < self.last_end:
+                        break
+                    back += 1
+                seg = _Segment(start=n - back, speech=list(self.recent)[len(self.recent) - back:] if back else [])
                 self.segments.append(seg)
+                self.off_run = 0
             if seg is not None:
                 seg.speech.append(sp)
-                if not is_speech or n - seg.start >= self.max_segment:
-                    seg.end = n if not is_speech else n + 1
+                self.off_run = 0 if is_speech else self.off_run + 1
+                if self.off_run > self.hangover or n + 1 - seg.start >= self.max_segment:
+                    seg.end = n + 1 - self.off_run
+                    del seg.speech[seg.end - seg.start:]
+                    self.last_end = seg.end
                     seg = None
+            self.recent.append(sp)
             if lab != self.blank and lab != self.prev:
                 self._attach((n, lab - 1, p), seg)
                 partials.append(Partial(lab - 1, n, self.avail_time + n * self.token_sec, p))
@@ -105,7 +130,9 @@ class StreamingCTCDecoder:
     def finish(self) -> list[WordTime]:
         """Close everything at the end of the stream and return the remaining words."""
         if self.segments and self.segments[-1].end is None:
-            self.segments[-1].end = self.n
+            seg = self.segments[-1]
+            seg.end = self.n - self.off_run if self.n - self.off_run > seg.start else self.n
+            del seg.speech[seg.end - seg.start:]
         return self._finalize(None)
 
     # ------------------------------------------------------------------ internals
@@ -131,29 +158,54 @@ class StreamingCTCDecoder:
         while self.segments and self.segments[0].end is not None and (
             before is None or self.segments[0].end <= before
         ):
-            out.extend(self._split(self.segments.pop(0)))
+            seg = self.segments.pop(0)
+            assert seg.end is not None
+            if not seg.spikes:  # noise, or a part of a neighbouring word
+                if self.held and seg.start - self.held[-1][1] <= self.absorb and seg.end - seg.start <= self.absorb_len:
+                    a, _, spikes, sp, origin = self.held[-1]
+                    self.held[-1] = (a, seg.end, spikes, sp, origin)  # the word's quiet tail
+                else:
+                    self.dropped = (seg.start, seg.end)
+                continue
+            out.extend(self._release())
+            start = seg.start
+            if self.dropped and 0 <= start - self.dropped[1] <= self.absorb and \
+                    self.dropped[1] - self.dropped[0] <= self.absorb_len:
+                start = self.dropped[0]  # the word's quiet head
+            self.dropped = None
+            self.held.append((start, seg.end, seg.spikes, seg.speech, seg.start))
+        if before is None or (self.held and before - self.held[-1][1] > self.absorb + self.absorb_len):
+            out.extend(self._release())
         return out
 
-    def _split(self, seg: _Segment) -> list[WordTime]:
-        if not seg.spikes:
-            return []
-        assert seg.end is not None
-        bounds = [seg.start]
-        sp = np.asarray(seg.speech) if seg.speech else np.ones(seg.end - seg.start)
-        for (a, _, _), (b, _, _) in zip(seg.spikes, seg.spikes[1:]):
-            lo = min(max(a, seg.start), seg.end - 1) - seg.start
-            hi = min(max(b, seg.start), seg.end - 1) - seg.start
-            if hi > lo:
-                cut = lo + 1 + int(np.argmin(sp[lo + 1 : hi + 1])) if hi > lo + 1 else hi
-            else:  # two spikes at the same place: split the span evenly
-                cut = lo
-            bounds.append(seg.start + cut)
-        bounds.append(seg.end)
+    def _release(self) -> list[WordTime]:
+        out = []
+        for a, b, spikes, sp, origin in self.held:
+            out.extend(self._split(a, b, spikes, sp, origin))
+        self.held = []
+        return out
+
+    def _split(self, start: int, end: int, spikes: list[tuple[int, int, float]], speech: list[float],
+               origin: int) -> list[WordTime]:
+        """Words of the span ``[start, end)``; ``speech[k]`` is the probability of token ``origin + k``."""
+        bounds = [start]
+        sp = np.asarray(speech, dtype=np.float64)
+        for (a, _, _), (b, _, _) in zip(spikes, spikes[1:]):  # cut at the least speech-like token between spikes
+            lo, hi = min(max(a, start), end - 1), min(max(b, start), end - 1)
+            i0, i1 = max(0, lo + 1 - origin), max(0, hi + 1 - origin)
+            window = sp[i0:i1]
+            if hi > lo + 1 and len(window):
+                cut = origin + i0 + int(np.argmin(window))
+            else:
+                cut = hi if hi > lo else lo
+            bounds.append(min(max(cut, bounds[-1]), end))
+        bounds.append(end)
         words = []
-        for i, (tok, digit, prob) in enumerate(seg.spikes):
+        for i, (tok, digit, prob) in enumerate(spikes):
             a, b = bounds[i], max(bounds[i + 1], bounds[i] + 1)
-            words.append(WordTime(digit, max(0.0, self.time_of(a - 0.5) + self.start_offset),
-                                  self.time_of(b - 0.5) + self.end_offset, prob, tok))
+            start = max(0.0, self.time_of(a - 0.5) + self.start_offset)
+            end = max(start + 0.001, self.time_of(b - 0.5) + self.end_offset)
+            words.append(WordTime(digit, start, end, prob, tok))
         return words
 
 

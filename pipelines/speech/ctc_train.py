@@ -6,7 +6,8 @@ Step ``k`` builds its batch from nothing but ``(train.seed, k)``: one stream len
 a resumed run sees exactly the batches it would have seen. Loss: CTC (blank + 10 digits)
 plus ``model.vad_weight`` times the per-token speech/pause cross-entropy (a token is
 speech when its centre lies inside a word's trimmed span). After the last step the word-time
-offsets are calibrated on ``train.calib_streams`` 60 s train-take streams (median errors) and
+offsets are calibrated on ``train.calib_streams`` 60 s train-take streams (median errors,
+``ctc_evaluate.calibrate``) and
 the checkpoint's metrics are those of ``ctc_evaluate.evaluate_model`` on test streams.
 """
 
@@ -95,7 +96,7 @@ def losses(model: CTCDigitModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
 def train(cfg: CTCConfig, *, out_dir: str | Path, resume: bool = False, preset: str | None = None,
           max_steps_this_run: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """Train, calibrate word times, save the checkpoint into ``out_dir``; returns its test metrics."""
-    from .ctc_evaluate import calibrate, evaluate_model, val_der
+    from .ctc_evaluate import val_der
 
     tc = cfg.train
     if cfg.stream.min_seconds <= 0 or cfg.stream.max_seconds < cfg.stream.min_seconds:
@@ -133,21 +134,53 @@ def train(cfg: CTCConfig, *, out_dir: str | Path, resume: bool = False, preset: 
             paused = run.pause(done, **state())
             if paused:
                 return paused
-        model.eval()
-        offsets = calibrate(model, clips, cfg, _CALIB_SEED)
-        cfg.model.start_offset, cfg.model.end_offset = offsets
-        train_seconds = time.time() - t0
-        t1 = time.time()
-        metrics = evaluate_model(model)
-        metrics["eval_seconds"] = round(time.time() - t1, 1)
-        metrics["train_seconds"] = round(train_seconds, 1)
-        metrics["steps"] = done
-        if run.is_main:
-            names = "\n".join(f"{c.digit}_{c.speaker}_{c.take}" for c in clips)
-            model.save_pretrained(
-                out_dir, preset=preset, metrics=metrics,
-                data={"name": "fsdd:streams(train takes 5-49)",
-                      "sha256": data_fingerprint(np.frombuffer(names.encode(), np.uint8)), "seed": tc.seed},
-            )
+        train_seconds = round(time.time() - t0, 1)
+        names = "\n".join(f"{c.digit}_{c.speaker}_{c.take}" for c in clips)
+        data = {"name": "fsdd:streams(train takes 5-49)",
+                "sha256": data_fingerprint(np.frombuffer(names.encode(), np.uint8)), "seed": tc.seed}
+        metrics = finalize(model, clips, out_dir, preset=preset, steps=done, train_seconds=train_seconds, data=data,
+                           save=run.is_main)
         run.finish()
         return metrics
+
+
+def finalize(model: CTCDigitModel, clips: list[Clip], out_dir: str | Path, *, preset: str | None, steps: int,
+             train_seconds: float, data: dict, save: bool = True) -> dict[str, Any]:
+    """Calibrate the word-time offsets, evaluate, and save the checkpoint (the end of :func:`train`)."""
+    from .ctc_evaluate import calibrate, evaluate_model
+
+    model.eval()
+    calib = calibrate(model, clips, model.cfg, _CALIB_SEED)  # sets model.cfg.model's word-time offsets
+    t1 = time.time()
+    metrics = evaluate_model(model)
+    metrics["eval_seconds"] = round(time.time() - t1, 1)
+    metrics["train_seconds"] = train_seconds
+    metrics["steps"] = steps
+    if save:
+        model.save_pretrained(out_dir, preset=preset, metrics=metrics, data=data, extra={"calibration": calib})
+    return metrics
+
+
+def add_calibrate_args(p) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a CTC checkpoint directory (rewritten)")
+    p.add_argument("--threads", type=int, default=1)
+
+
+def calibrate_command(args) -> dict[str, Any]:
+    """``longstream speech calibrate --checkpoint DIR``: re-fit the word-time offsets of a trained CTC
+    checkpoint and re-record its metrics (weights unchanged), e.g. after the decoder changed."""
+    from longstream.pipelines.common import read_checkpoint_config
+
+    from .ctc_model import ctc_from_pretrained
+
+    path = Path(args.checkpoint)
+    if not path.is_dir():
+        raise UserError(f"--checkpoint {path} is not a checkpoint directory; calibrate rewrites a local checkpoint "
+                        "dir (copy a hub checkpoint first)")
+    set_threads(args.threads)
+    meta = read_checkpoint_config(path)
+    model = ctc_from_pretrained(str(path))
+    clips = load_clips("train", model.cfg.data.root or None, speakers=speakers(model.cfg))
+    old = meta.get("metrics", {})
+    return finalize(model, clips, path, preset=meta.get("preset"), steps=int(old.get("steps", 0)),
+                    train_seconds=float(old.get("train_seconds", 0.0)), data=meta.get("data", {}))
