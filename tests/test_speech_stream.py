@@ -226,3 +226,22 @@ def test_demo_panel_handlers(tiny_model, stream_wav, monkeypatch):
         msg, state = td.stream_chunk((16000, up[i : i + 4000]), state)
     assert msg.startswith("6.0 s heard") or msg.startswith("5.9 s heard")
     assert state["rec"].samples == pytest.approx(6.0 * SAMPLE_RATE, abs=200)
+
+
+@pytest.mark.slow  # ~15 s on a loaded 2-core box: a tiny training run, calibration and three evaluations
+def test_calibrate_rewrites_offsets_and_metrics_that_evaluate_reproduces(tmp_path, capsys):
+    from longstream.pipelines.common import read_checkpoint_config
+    from longstream.pipelines.speech.evaluate import evaluate
+
+    rc, _, err = _run(["train", "--preset", "ctc-tiny", "--out", str(tmp_path / "run"), "--quiet"], capsys)
+    assert rc == 0, err
+    rc, stdout, err = _run(["calibrate", "--checkpoint", str(tmp_path / "run"), "--quiet"], capsys)
+    assert rc == 0, err
+    meta = read_checkpoint_config(tmp_path / "run")
+    cal = meta["calibration"]
+    assert meta["config"]["model"]["start_offset"] == cal["start_offset"]
+    got = evaluate(str(tmp_path / "run"))
+    for k in ("der", "accuracy", "loss", "within_100ms"):
+        assert got[k] == pytest.approx(meta["metrics"][k], abs=1e-6)
+    rc, _, err = _run(["calibrate", "--checkpoint", str(tmp_path / "nope")], capsys)
+    assert rc == 2 and "not a checkpoint directory" in err
