@@ -130,8 +130,7 @@ def decode_audio(path: str | Path, *, max_seconds: float | None = None) -> tuple
         try:
             import av  # noqa: F401
         except ImportError:
-            raise AudioError("corrupt", f"not a readable audio file ({_short(sf_err)}); supported: WAV, FLAC, "
-                                        "OGG, MP3 (install PyAV, `pip install av`, for other formats)") from None
+            raise AudioError("corrupt", f"not a readable audio file (libsndfile: {_short(sf_err)})") from None
         try:
             x, sr = _decode_pyav(path, max_seconds)
         except AudioError:
@@ -145,6 +144,8 @@ def decode_audio(path: str | Path, *, max_seconds: float | None = None) -> tuple
 
 def _short(e: BaseException) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
+    if ": " in msg and msg.startswith("Error opening"):  # soundfile: "Error opening 'PATH': Format not recognised."
+        msg = msg.rsplit(": ", 1)[1]
     return msg[:160]
 
 
