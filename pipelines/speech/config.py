@@ -163,4 +163,12 @@ def ctc_release() -> Config:
     return make()
 
 
-PRESETS.update({"ctc-tiny": ctc_tiny, "ctc-release": ctc_release})  # dispatched on in model.py / train.py
+def ctc_finetune() -> Config:
+    """Continue training a CTC checkpoint (``--train.init DIR``) at a lower learning rate."""
+    from .ctc_config import ctc_finetune as make
+
+    return make()
+
+
+PRESETS.update({"ctc-tiny": ctc_tiny, "ctc-release": ctc_release,  # dispatched on in model.py / train.py
+                "ctc-finetune": ctc_finetune})

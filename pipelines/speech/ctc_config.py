@@ -78,6 +78,7 @@ class CTCTrainConfig:
     threads: int = 1
     device: str = "cpu"
     calib_streams: int = 6  # streams of 60 s used to calibrate the word-time offsets
+    init: str = ""  # start from the weights of this CTC checkpoint (dir or hub name) instead of random ones
 
 
 @dataclass
@@ -106,4 +107,12 @@ def ctc_release() -> CTCConfig:
     return CTCConfig()
 
 
-CTC_PRESETS: dict[str, Callable[[], CTCConfig]] = {"ctc-tiny": ctc_tiny, "ctc-release": ctc_release}
+def ctc_finetune() -> CTCConfig:
+    """More steps at a lower learning rate from a trained CTC checkpoint: pass ``--train.init DIR``."""
+    cfg = ctc_release()
+    cfg.train = CTCTrainConfig(steps=1500, lr=1e-3, warmup_steps=50, min_lr_ratio=0.05, eval_every=500, seed=1)
+    return cfg
+
+
+CTC_PRESETS: dict[str, Callable[[], CTCConfig]] = {"ctc-tiny": ctc_tiny, "ctc-release": ctc_release,
+                                                   "ctc-finetune": ctc_finetune}

@@ -84,6 +84,18 @@ def fit_feature_stats(model: CTCDigitModel, clips: list[Clip], cfg: CTCConfig, n
     model.feat_std.copy_(feats.std(0).clamp_min(1e-3))
 
 
+def init_from(model: CTCDigitModel, name_or_dir: str) -> None:
+    """Copy the weights of the CTC checkpoint ``name_or_dir`` into ``model`` (same architecture)."""
+    from longstream.pipelines.common import load_pretrained, load_weights
+
+    from .ctc_model import is_ctc_checkpoint
+
+    sd, meta, path = load_pretrained(name_or_dir, pipeline="speech")
+    if not is_ctc_checkpoint(meta):
+        raise UserError(f"--train.init {name_or_dir} is not a CTC checkpoint; give a ctc-release run dir")
+    load_weights(model, sd, path, meta)
+
+
 def losses(model: CTCDigitModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     logits, vad_logits, _ = model(batch["wave"])  # (b, l, 11), (b, l, 2)
     b, l, _ = logits.shape
@@ -99,6 +111,8 @@ def train(cfg: CTCConfig, *, out_dir: str | Path, resume: bool = False, preset: 
     from .ctc_evaluate import val_der
 
     tc = cfg.train
+    if preset == "ctc-finetune" and not tc.init:
+        raise UserError("--preset ctc-finetune continues a trained model: pass --train.init <CTC checkpoint dir>")
     if cfg.stream.min_seconds <= 0 or cfg.stream.max_seconds < cfg.stream.min_seconds:
         raise UserError("--stream.min_seconds must be > 0 and <= --stream.max_seconds")
     t0 = time.time()
@@ -108,7 +122,10 @@ def train(cfg: CTCConfig, *, out_dir: str | Path, resume: bool = False, preset: 
         seed_everything(tc.seed)
         clips = load_clips("train", cfg.data.root or None, speakers=speakers(cfg))
         model = build_ctc_model(cfg)
-        fit_feature_stats(model, clips, cfg, n=16 if tc.steps > 50 else 2)
+        if tc.init:  # continue from a trained CTC checkpoint (weights and feature statistics)
+            init_from(model, tc.init)
+        else:
+            fit_feature_stats(model, clips, cfg, n=16 if tc.steps > 50 else 2)
         opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
         sched = make_scheduler(opt, tc.steps, tc.warmup_steps, tc.min_lr_ratio)
         run.restore(model=model, optimizer=opt, scheduler=sched)
