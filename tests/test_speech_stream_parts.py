@@ -198,3 +198,20 @@ def test_srt_cues_are_in_time_order(digits):
     words = [{"digit": d, "start": 10.0 - i, "end": 10.4 - i} for i, d in enumerate(digits)]
     starts = [c["start"] for c in parse_srt(to_srt(words))]
     assert starts == sorted(starts)
+
+
+def test_clips_are_levelled_before_their_random_gain():
+    loud, quiet = _tone_clips(2)
+    quiet = Clip(quiet.digit, "quiet", 0, quiet.audio * 0.01)  # 40 dB quieter, like FSDD's theo vs jackson
+    spec = StreamSpec(seconds=20.0, noise="none", clip_gain_db=0.0, peak_min=0.9, peak_max=0.9)
+    s = make_stream([loud, quiet], spec, 2)
+    levels = {}
+    for w in s.words:
+        seg = s.audio[int(w.start * SAMPLE_RATE) : int(w.end * SAMPLE_RATE)].astype(np.float64)
+        levels.setdefault(w.digit, []).append(10 * np.log10((seg**2).mean()))
+    assert set(levels) == {0, 1}
+    assert abs(np.mean(levels[0]) - np.mean(levels[1])) < 0.5
+    raw = make_stream([loud, quiet], StreamSpec(**{**spec.__dict__, "clip_level_db": 0.0}), 2)
+    seg = [raw.audio[int(w.start * SAMPLE_RATE) : int(w.end * SAMPLE_RATE)] for w in raw.words]
+    rms = {w.digit: float(np.sqrt((x.astype(np.float64) ** 2).mean())) for w, x in zip(raw.words, seg)}
+    assert 20 * np.log10(rms[0] / rms[1]) == pytest.approx(40.0, abs=0.5)

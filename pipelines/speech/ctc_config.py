@@ -43,6 +43,7 @@ class CTCStreamConfig:
     snr_min: float = 5.0  # training covers a wider SNR range than the test streams (10-30 dB)
     snr_max: float = 35.0
     clip_gain_db: float = 6.0
+    clip_level_db: float = -20.0
     noise: str = "mix"
 
 

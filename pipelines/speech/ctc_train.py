@@ -46,7 +46,7 @@ def stream_spec(cfg: CTCConfig, seconds: float) -> StreamSpec:
     s = cfg.stream
     return StreamSpec(seconds=seconds, pause_min=s.pause_min, pause_max=s.pause_max, lead_min=s.lead_min,
                       lead_max=s.lead_max, snr_min=s.snr_min, snr_max=s.snr_max, clip_gain_db=s.clip_gain_db,
-                      noise=s.noise)
+                      clip_level_db=s.clip_level_db, noise=s.noise)
 
 
 def speakers(cfg: CTCConfig) -> list[str] | None:

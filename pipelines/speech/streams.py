@@ -15,7 +15,11 @@ Definitions (documented in the pipeline README):
   ``seconds``; then a trailing pause fills the stream to exactly ``seconds``. Pauses are
   uniform in ``[pause_min, pause_max]`` s. Clips are drawn uniformly with replacement from the
   split (a 10-minute stream holds ~650 digits; the test split has 300 clips).
-- **Gain**: each clip is scaled by a uniform ``[-clip_gain_db, +clip_gain_db]`` dB gain.
+- **Level**: each clip is first scaled to an RMS of ``clip_level_db`` dBFS (-20), then by a uniform
+  ``[-clip_gain_db, +clip_gain_db]`` dB gain. FSDD's speakers were recorded at very different
+  levels (mean clip RMS -22 dBFS for jackson, -44 dBFS for theo): without the normalisation a
+  stream's SNR would put theo's digits ~20 dB deeper in the noise than the others'.
+  ``clip_level_db = 0`` keeps the recorded levels.
 - **Noise**: Gaussian noise, white or pink (1/f power, shaped in the frequency domain), chosen
   per stream, at an SNR uniform in ``[snr_min, snr_max]`` dB against the mean power of the
   stream's speech samples. No external noise data is used.
@@ -72,6 +76,7 @@ class StreamSpec:
     snr_min: float = 10.0
     snr_max: float = 30.0
     clip_gain_db: float = 6.0
+    clip_level_db: float = -20.0  # RMS every clip is scaled to before its random gain (0 = recorded level)
     noise: str = "mix"  # white | pink | mix (one of the two, drawn per stream) | none
     peak_min: float = 0.5
     peak_max: float = 0.95
@@ -176,6 +181,9 @@ def make_stream(clips: list[Clip], spec: StreamSpec, seed: int) -> Stream:
         if pos + n > total:
             break
         gain = 10 ** (rng.uniform(-spec.clip_gain_db, spec.clip_gain_db) / 20)
+        if spec.clip_level_db:
+            rms = float(np.sqrt((clip.audio.astype(np.float64) ** 2).mean()))
+            gain *= 10 ** (spec.clip_level_db / 20) / max(rms, 1e-8)
         audio[pos : pos + n] = clip.audio * gain
         speech[pos : pos + n] = True
         words.append(Word(clip.digit, pos / sr, (pos + n) / sr, clip.speaker, clip.take))
