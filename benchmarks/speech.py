@@ -106,7 +106,8 @@ def evaluate_shipped(name: str) -> dict:
 def render(res: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     L = ["# Speech benchmark: spoken digits (FSDD)", "",
-         f"Command: `{res.get('command', 'python benchmarks/speech.py')}`; {res.get('machine', '')}", "",
+         "Commands: " + "; ".join(f"`{c}`" for c in [res.get("command", "python benchmarks/speech.py"),
+                                                      *res.get("commands", [])]) + f". {res.get('machine', '')}", "",
          "## Standard split (test = takes 0-4 of every speaker and digit, 300 clips)", "",
          "| model | accuracy | macro-F1 | n |", "|---|---|---|---|"]
     for key, label in [("baseline", "MFCC statistics + SVM (scikit-learn, trained in this run)")] + \
@@ -144,8 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "speech.json"))
     ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
+    ap.add_argument("--merge", nargs="+", default=[], help="fold results of other --out files (runs of other "
+                    "sections / models in parallel) into --out, then render")
     a = ap.parse_args(argv)
     out = Path(a.out)
+    if a.merge:
+        res = _load(out)
+        for f in a.merge:
+            other = _load(Path(f))
+            for sec in ("standard", "loso"):
+                for k, v in other.get(sec, {}).items():
+                    if sec == "loso":
+                        res.setdefault(sec, {}).setdefault(k, {}).update(v)
+                    else:
+                        res.setdefault(sec, {}).setdefault(k, v)
+            res.setdefault("commands", []).append(other.get("command", ""))
+        _save(res, out)
+        a.render = True
     if a.render:
         out.with_suffix(".md").write_text(render(_load(out)))
         return 0
