@@ -45,8 +45,10 @@ class AugmentConfig:
     shift_ms: float = 100.0  # random leading silence / crop of up to this many ms
     speed: float = 0.1  # speed perturbation factor in [1 - speed, 1 + speed] (resampling)
     speed_prob: float = 0.5  # probability a clip is speed-perturbed
-    noise_snr_db: float = 20.0  # white noise at SNR drawn in [noise_snr_db, noise_snr_db + 20] dB
+    noise_snr_db: float = 20.0  # additive noise at an SNR drawn in [noise_snr_db, noise_snr_db + noise_snr_range] dB
+    noise_snr_range: float = 20.0
     noise_prob: float = 0.5
+    noise_color: float = 0.0  # noise colour: one-pole filter y[n] = x[n] + a y[n-1], a ~ U(-c, c); 0 = white
     freq_mask: int = 6  # SpecAugment (log-mel front end only): max mel bins per mask
     n_freq_masks: int = 2
     time_mask: int = 8  # max frames per time mask
@@ -123,23 +125,26 @@ def release() -> Config:
 
 
 def release_raw() -> Config:
-    """``speech/s4d-raw-digits``: raw waveform (8 ms windows every 4 ms) + 4-layer S4D (d 64), standard split."""
+    """``speech/s4d-raw-digits``: raw waveform (10 ms windows every 5 ms) + 4-layer S4D (d 64), standard split."""
     return Config(
-        model=ModelConfig(frontend="raw", raw_kernel=64, raw_stride=32),
-        backbone=BackboneConfig(d_model=64, n_layers=4, pattern="S", d_intermediate=128,
-                                mixer_kwargs={"S": {"d_state": 32}}),
+        model=ModelConfig(frontend="raw", raw_kernel=80, raw_stride=40),
+        backbone=BackboneConfig(d_model=64, n_layers=4, pattern="S", mixer_kwargs={"S": {"d_state": 32}}),
+        train=TrainConfig(steps=1200),
     )
 
 
 def loso() -> Config:
+    """The release recipe on a leave-one-speaker-out fold (pick it with ``--data.split loso:<speaker>``), 1,000 steps."""
     cfg = release()
     cfg.data.split = "loso:jackson"
+    cfg.train.steps = 1000
     return cfg
 
 
 def loso_raw() -> Config:
     cfg = release_raw()
     cfg.data.split = "loso:jackson"
+    cfg.train.steps = 1000
     return cfg
 
 

@@ -164,9 +164,15 @@ def augment_wave(wave: Tensor, aug: AugmentConfig, sr: int, g: torch.Generator, 
     if aug.gain_db > 0:
         wave = wave * 10 ** (aug.gain_db * (2 * u() - 1) / 20)
     if aug.noise_prob > 0 and u() < aug.noise_prob:
-        snr = aug.noise_snr_db + 20 * u()
+        snr = aug.noise_snr_db + aug.noise_snr_range * u()
+        noise = torch.randn(len(wave), generator=g)
+        if aug.noise_color > 0:  # low-pass (a > 0, "brown") to high-pass (a < 0, "blue") noise
+            import torchaudio.functional as AF
+
+            a = aug.noise_color * (2 * u() - 1)
+            noise = AF.lfilter(noise[None], torch.tensor([1.0, -a]), torch.tensor([1.0, 0.0]), clamp=False)[0]
         p = wave.pow(2).mean().clamp_min(1e-10)
-        wave = wave + torch.randn(len(wave), generator=g) * torch.sqrt(p / 10 ** (snr / 10))
+        wave = wave + noise * torch.sqrt(p / noise.pow(2).mean().clamp_min(1e-12) / 10 ** (snr / 10))
     return wave.clamp(-1.0, 1.0)
 
 
