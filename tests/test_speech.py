@@ -51,9 +51,11 @@ def test_bad_split_and_folder_are_user_errors(clips, tmp_path):
         D.list_clips(tmp_path)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-raw"])
-def test_padded_batch_equals_one_clip_at_a_time(preset):
+@pytest.mark.parametrize("preset,norm", [("tiny", "utterance"), ("tiny", "cmvn"), ("tiny", "global"),
+                                         ("tiny-raw", "utterance")])
+def test_padded_batch_equals_one_clip_at_a_time(preset, norm):
     cfg = C.PRESETS[preset]()
+    cfg.model.norm = norm
     torch.manual_seed(0)
     model = M.build_model(cfg).eval()
     waves = [0.1 * torch.randn(n) for n in (2400, 800, 1700)]
