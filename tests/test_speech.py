@@ -51,9 +51,11 @@ def test_bad_split_and_folder_are_user_errors(clips, tmp_path):
         D.list_clips(tmp_path)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-raw"])
-def test_padded_batch_equals_one_clip_at_a_time(preset):
+@pytest.mark.parametrize("preset,norm", [("tiny", "utterance"), ("tiny", "cmvn"), ("tiny", "global"),
+                                         ("tiny-raw", "utterance")])
+def test_padded_batch_equals_one_clip_at_a_time(preset, norm):
     cfg = C.PRESETS[preset]()
+    cfg.model.norm = norm
     torch.manual_seed(0)
     model = M.build_model(cfg).eval()
     waves = [0.1 * torch.randn(n) for n in (2400, 800, 1700)]
@@ -149,12 +151,13 @@ def test_demo_handler_returns_digit_and_plot(tiny_checkpoint):
     pytest.importorskip("gradio")
     from longstream.pipelines.speech import demo
 
-    text, probs, fig = demo.recognise(E.EXAMPLE_INPUTS[0], str(tiny_checkpoint("speech")))
+    text, probs, fig = demo.recognise(E.EXAMPLE_INPUTS[0], None, str(tiny_checkpoint("speech")))
     assert text.startswith("Heard digit ") and "seven.wav" in text
     assert set(probs) == {str(i) for i in range(10)} and abs(sum(probs.values()) - 1) < 1e-3
     assert fig.axes[0].get_xlabel() == "time (s)"
     with pytest.raises(UserError, match="no audio"):
-        demo.recognise(None, str(tiny_checkpoint("speech")))
+        demo.recognise(None, None, str(tiny_checkpoint("speech")))
+    assert "three.flac" in demo.recognise(None, E.EXAMPLE_INPUTS[1], str(tiny_checkpoint("speech")))[0]
     chunk = (16000, (np.sin(np.arange(16000) * 0.1) * 8000).astype(np.int16))
     msg, buf = demo.live(chunk, {}, str(tiny_checkpoint("speech")))
     assert msg.startswith("now hearing: ") and len(buf["wave"]) == 8000  # 1 s at 16 kHz -> 8 kHz

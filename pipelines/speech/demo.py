@@ -1,14 +1,15 @@
 """Gradio tab of the speech pipeline: record or upload a spoken digit, see what was heard.
 
-- **Recognise**: a microphone recording or an uploaded file (WAV / FLAC / OGG / MP3, any rate,
-  stereo mixed down) -> the digit with its probabilities and a waveform plot that marks the
+- **Recognise**: an uploaded file (WAV / FLAC / OGG / MP3, any rate, stereo mixed down) or,
+  when the file box is empty, a microphone recording -> the digit with its probabilities and a waveform plot that marks the
   voiced region where the digit was heard (``speech/mamba-digits`` by default, or the raw
   waveform S4D model).
 - **Live**: a streaming microphone; every chunk re-scores the last ``LIVE_WINDOW_S`` seconds
   and shows the current digit (per-user audio buffer in ``gr.State``).
-- **Long-form hook**: if ``recognizer.demo_panel(audio)`` exists (the long-stream CTC
-  recogniser of this pipeline), it adds its transcript / timeline panel under the same audio
-  input. ``demo_panel`` is called inside the tab's ``gr.Blocks`` with the ``gr.Audio`` input.
+- **Long-form hook**: if ``recognizer.demo_panel(upload, audio)`` exists (the long-stream CTC
+  recogniser of this pipeline), it adds its transcript / timeline panel under the same inputs.
+  ``demo_panel`` is called inside the tab's ``gr.Blocks`` with the ``gr.File`` box and the
+  ``gr.Audio`` (microphone / upload) component; :func:`_path` turns either value into a path.
 
 ``build_demo()`` builds the tab; nothing runs on import, gradio / matplotlib are imported lazily.
 """
@@ -20,8 +21,9 @@ from typing import Any
 from longstream.pipelines.common import ModelCache, UserError, connect
 
 DEMO_TITLE = "Speech (spoken digits)"
-DEMO_BAD_INPUT = {"elem_id": "speech-audio", "file": ("notaudio.wav", "this is text, not audio\n"),
+DEMO_BAD_INPUT = {"elem_id": "speech-file", "file": ("notaudio.wav", "this is text, not audio\n"),
                   "expect": "notaudio.wav"}
+AUDIO_TYPES = [".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".m4a"]
 CHECKPOINTS = ("speech/mamba-digits", "speech/s4d-raw-digits")
 MAX_SECONDS = 30.0  # the page's limit per recording (the CLI allows longer files)
 LIVE_WINDOW_S = 1.5
@@ -76,13 +78,23 @@ def waveform_figure(wave, sr: int, digit: int, p: float, region: tuple[float, fl
     return fig
 
 
-def recognise(audio: str | None, checkpoint: str | None = None) -> tuple[str, dict[str, float], Any]:
-    """``(summary, {digit: p}, waveform figure)`` for an uploaded / recorded file path."""
+def _path(f: Any) -> str | None:
+    """A ``gr.File`` / ``gr.Audio`` value (a path, or an object with ``.name`` / ``["path"]``) as a path."""
+    if f is None or f == "":
+        return None
+    if isinstance(f, dict):
+        return f.get("path") or f.get("name")
+    return str(getattr(f, "name", f))
+
+
+def recognise(upload: Any, recording: Any = None, checkpoint: str | None = None) -> tuple[str, dict[str, float], Any]:
+    """``(summary, {digit: p}, waveform figure)`` for the uploaded file, else the microphone recording."""
     from pathlib import Path
 
     from .data import read_audio_sr
     from .evaluate import classify
 
+    audio = _path(upload) or _path(recording)
     if not audio:
         raise UserError("no audio: upload a file or record one with the microphone")
     from longstream.encoders.audio import resample
@@ -155,16 +167,18 @@ def build_demo(checkpoint: str | None = None):
             "the Free Spoken Digit Dataset (6 speakers, 8 kHz). Any rate / format is resampled to 8 kHz mono."
         )
         with gr.Row():
-            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="audio (upload or record)",
-                             elem_id="speech-audio")
+            upload = gr.File(value=EXAMPLE_INPUTS[0], file_types=AUDIO_TYPES, label="audio file (WAV, FLAC, OGG, MP3)",
+                             elem_id="speech-file")
+            audio = gr.Audio(sources=["microphone", "upload"], type="filepath",
+                             label="or record (used when no file is given)", elem_id="speech-audio")
             model = gr.Dropdown(models, value=checkpoint or models[0], label="model", elem_id="speech-model")
         btn = gr.Button("Recognise", variant="primary", elem_id="speech-run")
         out = gr.Textbox(label="result", lines=3, elem_id="speech-output")
         with gr.Row():
             probs = gr.Label(label="digit probabilities", num_top_classes=5)
             plot = gr.Plot(label="waveform: where the digit was heard")
-        connect(btn.click, recognise, [audio, model], [out, probs, plot], api_name="speech_recognise")
-        gr.Examples([[p] for p in EXAMPLE_INPUTS], [audio], label="examples (synthetic speech)")
+        connect(btn.click, recognise, [upload, audio, model], [out, probs, plot], api_name="speech_recognise")
+        gr.Examples([[p] for p in EXAMPLE_INPUTS], [upload], label="examples (synthetic speech)")
         with gr.Accordion("live microphone (streaming)", open=False):
             mic = gr.Audio(sources=["microphone"], streaming=True, label="speak digits", elem_id="speech-live-mic")
             live_out = gr.Textbox(label="current digit (last 1.5 s)", elem_id="speech-live-output")
@@ -173,5 +187,5 @@ def build_demo(checkpoint: str | None = None):
                     stream_every=0.5, time_limit=120)
         panel = _long_form_panel()
         if panel is not None:
-            panel(audio)
+            panel(upload, audio)
     return demo

@@ -2,8 +2,8 @@
 
 ``frontend="logmel"``: :class:`~longstream.encoders.audio.LogMel` frames (10 ms hop),
 normalised (per-clip mean subtraction — cepstral mean normalisation, which removes the
-channel / speaker level — or global train statistics; both scaled by the train std kept in
-buffers), SpecAugment in training, a ``Linear(n_mels, d)`` per frame.
+channel / speaker level —, per-clip mean and variance (``cmvn``), or global train statistics;
+then scaled by the train std kept in buffers), SpecAugment in training, a ``Linear(n_mels, d)`` per frame.
 ``frontend="raw"``: :class:`~longstream.encoders.audio.RawWaveStem` (one token per
 ``raw_stride`` samples). Then ``common.build_backbone(cfg.backbone)`` (Mamba, S4D, ...;
 ``--backbone.*`` overrides) and ``common.SequenceClassifier`` (masked pooling, so a padded
@@ -29,6 +29,9 @@ from .ctc_config import CTCConfig  # long-stream CTC recogniser: dispatched on b
 from .ctc_model import build_ctc_model, ctc_example_batch, is_ctc_checkpoint, load_ctc
 
 
+NORMS = ("utterance", "cmvn", "global")
+
+
 class DigitClassifier(nn.Module):
     """``wave (B, T)`` + ``lengths (B,)`` (samples) -> ``(B, n_classes)`` logits."""
 
@@ -38,8 +41,8 @@ class DigitClassifier(nn.Module):
         mc, d = cfg.model, cfg.backbone.d_model
         if mc.frontend not in FRONTENDS:
             raise common.UserError(f"--model.frontend {mc.frontend!r}: use one of {', '.join(FRONTENDS)}")
-        if mc.norm not in ("utterance", "global"):
-            raise common.UserError(f"--model.norm {mc.norm!r}: use 'utterance' or 'global'")
+        if mc.norm not in NORMS:
+            raise common.UserError(f"--model.norm {mc.norm!r}: use one of {', '.join(NORMS)}")
         if mc.frontend == "logmel":
             self.logmel = LogMel(cfg.data.sample_rate, n_mels=mc.n_mels, win_ms=mc.win_ms, hop_ms=mc.hop_ms,
                                  f_min=mc.f_min)
@@ -58,11 +61,14 @@ class DigitClassifier(nn.Module):
         """Normalised log-mel ``(B, L, m)`` and frame counts ``(B,)`` (log-mel front end only)."""
         feats, frames = self.logmel(wave, lengths)
         mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
-        if self.cfg.model.norm == "utterance":
-            center = common.masked_mean(feats, mask)[:, None]  # (b, 1, m) per-clip mean
-        else:
-            center = self.feat_mean
-        return (feats - center) / self.feat_std, frames
+        if self.cfg.model.norm == "global":
+            return (feats - self.feat_mean) / self.feat_std, frames
+        center = common.masked_mean(feats, mask)[:, None]  # (b, 1, m) per-clip mean
+        feats = feats - center
+        if self.cfg.model.norm == "cmvn":  # and per-clip std of every band
+            var = common.masked_mean(feats.pow(2), mask)[:, None]
+            feats = feats / var.clamp_min(1e-4).sqrt()
+        return feats / self.feat_std, frames
 
     def encode(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Tokens ``(B, L, d)`` for the backbone and their valid mask ``(B, L)``."""
