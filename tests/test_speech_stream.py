@@ -213,10 +213,10 @@ def test_demo_panel_handlers(tiny_model, stream_wav, monkeypatch):
 
     monkeypatch.setattr(td.CTC_MODELS, "get", lambda name: tiny_model)
     wav, s = stream_wav
-    text, fig, srt = td.transcribe_upload(str(wav))
+    text, fig, srt = td.transcribe_upload(None, str(wav))  # no file in the box: the recording
     assert "digits in 6.0 s" in text and Path(srt).exists() and fig is not None
     with pytest.raises(UserError, match="no audio"):
-        td.transcribe_upload(None)
+        td.transcribe_upload(None, None)
     # streaming microphone: int16 chunks at 16 kHz; the engine's state lives in the returned dict
     import torchaudio.functional as AF
 

@@ -1,12 +1,12 @@
 """Long-form panel of the speech tab: connected digits with times (``speech/mamba-ctc-digits``).
 
-Added under the tab's audio input by ``demo.py`` (through ``recognizer.demo_panel``):
+Added under the tab's inputs by ``demo.py`` (through ``recognizer.demo_panel(upload, audio)``):
 
-- **Transcribe**: the uploaded / recorded file goes through the same streaming engine as
+- **Transcribe**: the file in the tab's file box (else the recording) goes through the same streaming engine as
   ``longstream speech transcribe`` -> the digits with start / end times, a timeline plot
   (waveform envelope with one shaded span per heard digit) and the SRT file to download.
 - **Example**: builds a 30 s stream of FSDD test takes (seeded, ``streams.make_stream``) from the
-  local data root and puts it in the audio box; its ground truth is shown for comparison.
+  local data root and puts it in the file box; its ground truth is shown for comparison.
 - **Streaming**: a streaming microphone; each chunk is fed to a per-user
   :class:`~.recognizer.StreamingRecognizer` kept in ``gr.State`` and the partial digits appear
   as they are recognised.
@@ -62,13 +62,15 @@ def timeline_figure(path: str, words: list[dict[str, Any]]):
     return fig
 
 
-def transcribe_upload(audio: str | None) -> tuple[str, Any, str]:
-    """``(transcript text, timeline figure, SRT file path)`` of an uploaded / recorded file."""
+def transcribe_upload(upload: Any, recording: Any = None) -> tuple[str, Any, str]:
+    """``(transcript text, timeline figure, SRT file path)`` of the uploaded file, else the recording."""
     import tempfile
 
+    from .demo import _path
     from .subtitles import to_srt
     from .transcribe import _open_info, transcribe_file
 
+    audio = _path(upload) or _path(recording)
     if not audio:
         raise UserError("no audio: upload a file, record one, or load the example stream")
     info = _open_info(Path(audio))
@@ -125,8 +127,8 @@ def stream_chunk(chunk: Any, state: dict | None) -> tuple[str, dict]:
     return state["text"], state
 
 
-def build_panel(audio) -> None:
-    """Add the long-form panel to the enclosing ``gr.Blocks`` (``audio``: the tab's ``gr.Audio``)."""
+def build_panel(upload, audio) -> None:
+    """Add the long-form panel to the enclosing ``gr.Blocks`` (the tab's ``gr.File`` box and ``gr.Audio``)."""
     import gradio as gr
 
     with gr.Accordion("long form: connected digits with times (CTC, streaming engine)", open=True):
@@ -139,8 +141,8 @@ def build_panel(audio) -> None:
         text = gr.Textbox(label="transcript (digit, start - end)", lines=6, elem_id="speech-ctc-output")
         plot = gr.Plot(label="timeline: where each digit was heard")
         srt = gr.File(label="SRT subtitles (one cue per digit)")
-        connect(run.click, transcribe_upload, [audio], [text, plot, srt], api_name="speech_transcribe")
-        connect(ex.click, example_stream, [], [audio, truth], api_name="speech_ctc_example")
+        connect(run.click, transcribe_upload, [upload, audio], [text, plot, srt], api_name="speech_transcribe")
+        connect(ex.click, example_stream, [], [upload, truth], api_name="speech_ctc_example")
         with gr.Accordion("streaming microphone: partial results as you speak", open=False):
             mic = gr.Audio(sources=["microphone"], streaming=True, label="speak digits", elem_id="speech-ctc-mic")
             live = gr.Textbox(label="running transcript", lines=2, elem_id="speech-ctc-live")
