@@ -113,7 +113,6 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from longstream.pipelines.speech.ctc_evaluate import word_dicts
     from longstream.pipelines.speech.ctc_model import ctc_from_pretrained
     from longstream.pipelines.speech.scoring import digit_error_rate, timing_errors, timing_summary
     from longstream.pipelines.speech.streams import StreamSpec, load_clips, make_stream, write_stream
@@ -135,16 +134,16 @@ def main() -> None:
 
         res: dict = {}
 
-        def offline() -> None:
+        def offline(x=x, res=res) -> None:
             c0 = time.process_time()
             with torch.no_grad():
                 model(x)
             res["offline_cpu"] = time.process_time() - c0
 
-        def stream200() -> None:
+        def stream200(wav=wav, res=res) -> None:
             res["r"] = transcribe_file(model, wav, chunk_ms=200.0)
 
-        def stream1s() -> None:
+        def stream1s(wav=wav, res=res) -> None:
             res["r1"] = transcribe_file(model, wav, chunk_ms=1000.0)
 
         t = interleaved({"stream_200ms": stream200, "stream_1s": stream1s, "offline_forward": offline}, repeats=1)
