@@ -11,6 +11,7 @@ from longstream.pipelines.common import run_pipeline_cli
 
 from . import DOMAIN, config
 
+
 def _transcribe_args(p) -> None:
     from .transcribe import add_transcribe_args
 

@@ -28,7 +28,6 @@ from .config import FRONTENDS, Config
 from .ctc_config import CTCConfig  # long-stream CTC recogniser: dispatched on below
 from .ctc_model import build_ctc_model, ctc_example_batch, is_ctc_checkpoint, load_ctc
 
-
 NORMS = ("utterance", "cmvn", "global")
 
 
