@@ -22,7 +22,7 @@ import torch
 from longstream.pipelines.common import check_finite_output
 
 from .ctc import Partial, StreamingCTCDecoder, WordTime
-from .ctc_model import CTCDigitModel
+from .ctc_model import N_CLASSES, CTCDigitModel
 from .streams import SAMPLE_RATE
 
 
@@ -56,7 +56,7 @@ class StreamingRecognizer:
 
     @torch.no_grad()
     def feed_logits(self, samples: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw outputs of the tokens completed by ``samples`` (t,): CTC logits (l, 11), speech logits (l, 2)."""
+        """Raw outputs of the tokens completed by ``samples`` (t,): CTC logits (l, N_CLASSES), speech logits (l, 2)."""
         m = self.model
         chunk = torch.as_tensor(np.asarray(samples, dtype=np.float32)).reshape(1, -1)
         self.samples += chunk.shape[1]
@@ -64,7 +64,7 @@ class StreamingRecognizer:
         usable = feats.shape[0] - feats.shape[0] % m.stack
         self.carry = feats[usable:].clone()
         if usable == 0:
-            return torch.zeros(0, 11), torch.zeros(0, 2)
+            return torch.zeros(0, N_CLASSES), torch.zeros(0, 2)
         logits, vad, self.state = m.forward_tokens(m.tokens(feats[None, :usable]), self.state)
         check_finite_output(logits, source=f"{self.source} (at {self.samples / SAMPLE_RATE:.2f} s)",
                             model_input=chunk, what="CTC scores")

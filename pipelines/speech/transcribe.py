@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from longstream.encoders.audio import MAX_ABS_SAMPLE  # beyond it a float file holds garbage, not loud speech
 from longstream.pipelines.common import UserError, progress, resolve_out, write_out
 
 from .ctc import WordTime
@@ -34,10 +35,10 @@ from .streams import SAMPLE_RATE
 from .subtitles import to_json, to_srt, to_text
 
 DEFAULT_CTC_CHECKPOINT = "speech/mamba-ctc-digits"
-MAX_ABS_SAMPLE = 1e3  # as encoders.audio: beyond this a float file holds garbage, not loud speech
 
 
-def _open_info(path: Path):
+def open_info(path: Path):
+    """``soundfile.info`` of ``path``, or one ``UserError`` naming the file and the fix."""
     import soundfile as sf
 
     if not path.exists():
@@ -59,7 +60,7 @@ def read_blocks(path: str | Path, chunk_ms: float = 200.0) -> tuple[Iterator[np.
     import soundfile as sf
 
     path = Path(path)
-    info = _open_info(path)
+    info = open_info(path)
     if info.frames == 0 or info.samplerate <= 0:
         raise UserError(f"audio file {path} holds no audio samples; give a recording")
     sr = int(info.samplerate)

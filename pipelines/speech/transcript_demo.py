@@ -68,12 +68,12 @@ def transcribe_upload(upload: Any, recording: Any = None) -> tuple[str, Any, str
 
     from .demo import _path
     from .subtitles import to_srt
-    from .transcribe import _open_info, transcribe_file
+    from .transcribe import open_info, transcribe_file
 
     audio = _path(upload) or _path(recording)
     if not audio:
         raise UserError("no audio: upload a file, record one, or load the example stream")
-    info = _open_info(Path(audio))
+    info = open_info(Path(audio))
     if info.samplerate and info.frames / info.samplerate > PAGE_MAX_SECONDS:
         raise UserError(f"audio file {audio} is {info.frames / info.samplerate:.0f} s long; the page takes up to "
                         f"{PAGE_MAX_SECONDS:.0f} s (use `longstream speech transcribe` for longer files)",
