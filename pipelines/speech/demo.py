@@ -154,10 +154,10 @@ def build_demo(checkpoint: str | None = None):
             "the Free Spoken Digit Dataset (6 speakers, 8 kHz). Any rate / format is resampled to 8 kHz mono."
         )
         with gr.Row():
-            upload = gr.File(value=EXAMPLE_INPUTS[0], file_types=AUDIO_TYPES, label="audio file (WAV, FLAC, OGG, MP3)",
+            audio = gr.Audio(value=EXAMPLE_INPUTS[0], sources=["microphone", "upload"], type="filepath",
+                             label="record or upload (the example: synthetic 'seven')", elem_id="speech-audio")
+            upload = gr.File(file_types=AUDIO_TYPES, label="or an audio file (WAV, FLAC, OGG, MP3; used first)",
                              elem_id="speech-file")
-            audio = gr.Audio(sources=["microphone", "upload"], type="filepath",
-                             label="or record (used when no file is given)", elem_id="speech-audio")
             model = gr.Dropdown(models, value=checkpoint or models[0], label="model", elem_id="speech-model")
         btn = gr.Button("Recognise", variant="primary", elem_id="speech-run")
         out = gr.Textbox(label="result", lines=3, elem_id="speech-output")
@@ -165,7 +165,7 @@ def build_demo(checkpoint: str | None = None):
             probs = gr.Label(label="digit probabilities", num_top_classes=5)
             plot = gr.Plot(label="waveform: where the digit was heard")
         connect(btn.click, recognise, [upload, audio, model], [out, probs, plot], api_name="speech_recognise")
-        gr.Examples([[p] for p in EXAMPLE_INPUTS], [upload], label="examples (synthetic speech)")
+        gr.Examples([[p] for p in EXAMPLE_INPUTS], [audio], label="examples (synthetic speech)")
         with gr.Accordion("live microphone (streaming)", open=False):
             mic = gr.Audio(sources=["microphone"], streaming=True, label="speak digits", elem_id="speech-live-mic")
             live_out = gr.Textbox(label="current digit (last 1.5 s)", elem_id="speech-live-output")
