@@ -129,6 +129,25 @@ def load_split(cfg: DataConfig, split: str, root: str | None = None) -> tuple[li
     return waves, torch.tensor([c.digit for c in clips], dtype=torch.long), clips
 
 
+def voiced_region(wave: Tensor, sr: int, hop_ms: float = 10.0, rel_db: float = -40.0) -> tuple[int, int]:
+    """``(start, end)`` sample indices spanning the 10 ms frames within ``rel_db`` dB of the loudest one."""
+    hop = max(1, int(sr * hop_ms / 1000))
+    n = len(wave) // hop
+    if n == 0:
+        return 0, len(wave)
+    e = wave[: n * hop].reshape(n, hop).pow(2).mean(1).clamp_min(1e-12)
+    on = (10 * torch.log10(e / e.max()) > rel_db).nonzero().flatten()
+    return int(on[0]) * hop, min(len(wave), int(on[-1] + 1) * hop)
+
+
+def trim_silence(wave: Tensor, sr: int, rel_db: float = -40.0, margin_ms: float = 20.0) -> Tensor:
+    """The clip without leading / trailing silence (40 dB below its peak), as FSDD's recordings
+    are cut; ``margin_ms`` of context is kept on each side."""
+    a, b = voiced_region(wave, sr, rel_db=rel_db)
+    m = int(sr * margin_ms / 1000)
+    return wave[max(0, a - m) : min(len(wave), b + m)]
+
+
 def collate(waves: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Right-padded ``(B, T)`` waveforms and their ``lengths (B,)`` in samples."""
     x, mask = pad_sequences(list(waves), pad_value=0.0, what="waveforms")

@@ -45,20 +45,6 @@ def _available() -> list[str]:
     return [c for c in CHECKPOINTS if c in names] or list(CHECKPOINTS[:1])
 
 
-def voiced_region(wave, sr: int, hop_ms: float = 10.0, rel_db: float = -30.0) -> tuple[float, float]:
-    """``(start_s, end_s)`` of the frames within ``rel_db`` dB of the loudest 10 ms frame."""
-    import torch
-
-    hop = max(1, int(sr * hop_ms / 1000))
-    n = len(wave) // hop
-    if n == 0:
-        return 0.0, len(wave) / sr
-    e = wave[: n * hop].reshape(n, hop).pow(2).mean(1).clamp_min(1e-12)
-    db = 10 * torch.log10(e / e.max())
-    on = (db > rel_db).nonzero().flatten()
-    return float(on[0]) * hop / sr, float(on[-1] + 1) * hop / sr
-
-
 def waveform_figure(wave, sr: int, digit: int, p: float, region: tuple[float, float]):
     """Waveform with the voiced region shaded and labelled with the heard digit."""
     import numpy as np
@@ -91,7 +77,7 @@ def recognise(upload: Any, recording: Any = None, checkpoint: str | None = None)
     """``(summary, {digit: p}, waveform figure)`` for the uploaded file, else the microphone recording."""
     from pathlib import Path
 
-    from .data import read_audio_sr
+    from .data import read_audio_sr, voiced_region
     from .evaluate import classify
 
     audio = _path(upload) or _path(recording)
@@ -105,7 +91,8 @@ def recognise(upload: Any, recording: Any = None, checkpoint: str | None = None)
     sr = model.cfg.data.sample_rate
     wave = resample(wave, sr_in, sr)
     r = classify(model, [wave], [name])[0]
-    region = voiced_region(wave, sr)
+    a, b = voiced_region(wave, sr)
+    region = (a / sr, b / sr)
     top = ", ".join(f"{t['digit']} ({t['p']:.2f})" for t in r["top"])
     text = (f"Heard digit {r['digit']} (p={r['confidence']:.3f}) in {name}, {r['seconds']:.2f} s; "
             f"voiced {region[0]:.2f}-{region[1]:.2f} s\ntop 3: {top}\nmodel: {checkpoint or CHECKPOINTS[0]}")
@@ -167,10 +154,10 @@ def build_demo(checkpoint: str | None = None):
             "the Free Spoken Digit Dataset (6 speakers, 8 kHz). Any rate / format is resampled to 8 kHz mono."
         )
         with gr.Row():
-            upload = gr.File(value=EXAMPLE_INPUTS[0], file_types=AUDIO_TYPES, label="audio file (WAV, FLAC, OGG, MP3)",
+            audio = gr.Audio(value=EXAMPLE_INPUTS[0], sources=["microphone", "upload"], type="filepath",
+                             label="record or upload (the example: synthetic 'seven')", elem_id="speech-audio")
+            upload = gr.File(file_types=AUDIO_TYPES, label="or an audio file (WAV, FLAC, OGG, MP3; used first)",
                              elem_id="speech-file")
-            audio = gr.Audio(sources=["microphone", "upload"], type="filepath",
-                             label="or record (used when no file is given)", elem_id="speech-audio")
             model = gr.Dropdown(models, value=checkpoint or models[0], label="model", elem_id="speech-model")
         btn = gr.Button("Recognise", variant="primary", elem_id="speech-run")
         out = gr.Textbox(label="result", lines=3, elem_id="speech-output")
@@ -178,7 +165,7 @@ def build_demo(checkpoint: str | None = None):
             probs = gr.Label(label="digit probabilities", num_top_classes=5)
             plot = gr.Plot(label="waveform: where the digit was heard")
         connect(btn.click, recognise, [upload, audio, model], [out, probs, plot], api_name="speech_recognise")
-        gr.Examples([[p] for p in EXAMPLE_INPUTS], [upload], label="examples (synthetic speech)")
+        gr.Examples([[p] for p in EXAMPLE_INPUTS], [audio], label="examples (synthetic speech)")
         with gr.Accordion("live microphone (streaming)", open=False):
             mic = gr.Audio(sources=["microphone"], streaming=True, label="speak digits", elem_id="speech-live-mic")
             live_out = gr.Textbox(label="current digit (last 1.5 s)", elem_id="speech-live-output")

@@ -31,7 +31,7 @@ from longstream.pipelines.common import (
 )
 
 from .ctc_model import CTCDigitModel
-from .data import AUDIO_SUFFIXES, collate, crop, load_split, read_audio
+from .data import AUDIO_SUFFIXES, collate, crop, load_split, read_audio, trim_silence
 
 METRIC_KEYS = ["accuracy", "macro_f1", "mcc", "loss", "n", "split", "accuracy_by_speaker", "confusion"]
 DEFAULT_CHECKPOINT = "speech/mamba-digits"
@@ -107,11 +107,19 @@ def read_input(spec: str, sample_rate: int, display: str | None = None) -> torch
 
 
 @torch.no_grad()
-def classify(model: torch.nn.Module, waves: list[torch.Tensor], names: list[str], top_k: int = 3) -> list[dict[str, Any]]:
-    """``[{"input", "digit", "confidence", "top": [{"digit", "p"}], "probs", "seconds"}]`` for mono waves."""
+def classify(model: torch.nn.Module, waves: list[torch.Tensor], names: list[str], top_k: int = 3,
+             trim: bool = True) -> list[dict[str, Any]]:
+    """``[{"input", "digit", "confidence", "top": [{"digit", "p"}], "probs", "seconds"}]`` for mono waves.
+
+    ``trim`` cuts leading / trailing silence first (:func:`.data.trim_silence`), as the FSDD
+    training clips are cut; ``seconds`` is the duration before trimming.
+    """
     from .model import predict_proba
 
     sr = model.cfg.data.sample_rate
+    seconds = [len(w) / sr for w in waves]
+    if trim:
+        waves = [trim_silence(w, sr) for w in waves]
     for name, w in zip(names, waves):
         if model.num_frames(len(w)) < 1:
             raise UserError(f"audio file {name}: {len(w) / sr * 1000:.0f} ms is too short for one frame; "
@@ -120,11 +128,11 @@ def classify(model: torch.nn.Module, waves: list[torch.Tensor], names: list[str]
     x, _ = collate(waves)
     check_finite_output(probs, source=[f"audio file {n}" for n in names], model_input=x, what="digit probabilities")
     res = []
-    for name, w, p in zip(names, waves, probs):
+    for name, sec, p in zip(names, seconds, probs):
         top = torch.topk(p, min(top_k, len(p)))
         res.append({"input": name, "digit": int(p.argmax()), "confidence": round(float(p.max()), 4),
                     "top": [{"digit": int(i), "p": round(float(v), 4)} for v, i in zip(top.values, top.indices)],
-                    "probs": [round(float(v), 4) for v in p], "seconds": round(len(w) / sr, 3)})
+                    "probs": [round(float(v), 4) for v in p], "seconds": round(sec, 3)})
     return res
 
 
