@@ -1,0 +1,161 @@
+"""Spoken-digit classifier: audio front end -> registry backbone -> masked pooled head.
+
+``frontend="logmel"``: :class:`~longstream.encoders.audio.LogMel` frames (10 ms hop),
+normalised (per-clip mean subtraction — cepstral mean normalisation, which removes the
+channel / speaker level —, per-clip mean and variance (``cmvn``), or global train statistics;
+then scaled by the train std kept in buffers), SpecAugment in training, a ``Linear(n_mels, d)`` per frame.
+``frontend="raw"``: :class:`~longstream.encoders.audio.RawWaveStem` (one token per
+``raw_stride`` samples). Then ``common.build_backbone(cfg.backbone)`` (Mamba, S4D, ...;
+``--backbone.*`` overrides) and ``common.SequenceClassifier`` (masked pooling, so a padded
+batch gives the same logits as one clip at a time).
+
+Axis legend: b batch, t samples, l frames, m mel bins, d model width, c classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from longstream.encoders.audio import LogMel, RawWaveStem, SpecAugment
+from longstream.pipelines import common
+
+from . import DOMAIN
+from .config import FRONTENDS, Config
+from .ctc_config import CTCConfig  # long-stream CTC recogniser: dispatched on below
+from .ctc_model import build_ctc_model, ctc_example_batch, is_ctc_checkpoint, load_ctc
+
+NORMS = ("utterance", "cmvn", "global")
+
+
+class DigitClassifier(nn.Module):
+    """``wave (B, T)`` + ``lengths (B,)`` (samples) -> ``(B, n_classes)`` logits."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        mc, d = cfg.model, cfg.backbone.d_model
+        if mc.frontend not in FRONTENDS:
+            raise common.UserError(f"--model.frontend {mc.frontend!r}: use one of {', '.join(FRONTENDS)}")
+        if mc.norm not in NORMS:
+            raise common.UserError(f"--model.norm {mc.norm!r}: use one of {', '.join(NORMS)}")
+        if mc.frontend == "logmel":
+            self.logmel = LogMel(cfg.data.sample_rate, n_mels=mc.n_mels, win_ms=mc.win_ms, hop_ms=mc.hop_ms,
+                                 f_min=mc.f_min)
+            a = cfg.augment
+            self.specaug = SpecAugment(a.freq_mask, a.time_mask, a.n_freq_masks, a.n_time_masks)
+            self.register_buffer("feat_mean", torch.zeros(mc.n_mels))  # train statistics (set_feature_stats)
+            self.register_buffer("feat_std", torch.ones(mc.n_mels))
+            self.proj = nn.Linear(mc.n_mels, d)
+        else:
+            self.stem = RawWaveStem(d, kernel=mc.raw_kernel, stride=mc.raw_stride)
+        self.backbone = common.build_backbone(cfg.backbone)  # bad --backbone.* -> UserError
+        self.head = common.SequenceClassifier(d, mc.n_classes, pool=mc.pool, hidden=mc.hidden, dropout=mc.dropout)
+
+    # ---- front end -------------------------------------------------------------------
+    def features(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Normalised log-mel ``(B, L, m)`` and frame counts ``(B,)`` (log-mel front end only)."""
+        feats, frames = self.logmel(wave, lengths)
+        mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
+        if self.cfg.model.norm == "global":
+            return (feats - self.feat_mean) / self.feat_std, frames
+        center = common.masked_mean(feats, mask)[:, None]  # (b, 1, m) per-clip mean
+        feats = feats - center
+        if self.cfg.model.norm == "cmvn":  # and per-clip std of every band
+            var = common.masked_mean(feats.pow(2), mask)[:, None]
+            feats = feats / var.clamp_min(1e-4).sqrt()
+        return feats / self.feat_std, frames
+
+    def encode(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Tokens ``(B, L, d)`` for the backbone and their valid mask ``(B, L)``."""
+        if wave.dim() == 1:
+            wave = wave[None]
+        if lengths is None:
+            lengths = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.long)
+        if self.cfg.model.frontend == "logmel":
+            feats, frames = self.features(wave, lengths)
+            mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
+            feats = self.specaug(feats, frames).masked_fill(~mask[..., None], 0.0)
+            return self.proj(feats), mask
+        tokens, frames = self.stem(wave, lengths)
+        return tokens, common.lengths_to_mask(frames.to(tokens.device), tokens.shape[1])
+
+    def num_frames(self, n_samples: int | Tensor) -> int | Tensor:
+        fe = self.logmel if self.cfg.model.frontend == "logmel" else self.stem
+        return fe.num_frames(n_samples)
+
+    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
+        h, mask = self.encode(wave, lengths)  # (b, l, d)
+        h, _ = self.backbone(h, mask=mask)  # (b, l, d)
+        return self.head(h, mask)  # (b, c)
+
+    @torch.no_grad()
+    def set_feature_stats(self, waves: list[Tensor]) -> None:
+        """Per-bin mean / std of the (per-clip centred, for ``norm=utterance``) log-mel of ``waves``."""
+        if self.cfg.model.frontend != "logmel":
+            return
+        self.feat_mean.zero_()
+        self.feat_std.fill_(1.0)
+        rows = []
+        for w in waves:
+            f, _ = self.features(w[None])
+            rows.append(f[0])
+        allf = torch.cat(rows)  # (sum l, m)
+        mean = allf.mean(0)
+        self.feat_mean.copy_(mean if self.cfg.model.norm == "global" else torch.zeros_like(mean))
+        self.feat_std.copy_(allf.std(0).clamp_min(1e-3))
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def save_pretrained(self, out_dir: str | Path, **kw: Any) -> Path:
+        fe = self.cfg.model.frontend
+        return common.save_pretrained(
+            self, self.cfg, out_dir, pipeline=DOMAIN, backbone=self.cfg.backbone,
+            task=f"spoken-digit classification (FSDD, {fe} front end)", **kw,
+        )
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> DigitClassifier:
+        return from_pretrained(name_or_dir)
+
+
+def build_model(cfg: Config) -> DigitClassifier:
+    """The model of ``cfg`` (random weights)."""
+    if isinstance(cfg, CTCConfig):  # long-stream CTC recogniser (ctc_model.py)
+        return build_ctc_model(cfg)
+    return DigitClassifier(cfg)
+
+
+def example_batch(cfg: Config, batch_size: int = 2) -> dict[str, Tensor]:
+    """A tiny forward input: 0.1 s of noise per clip (``build_model(cfg)(**example_batch(cfg))``)."""
+    if isinstance(cfg, CTCConfig):
+        return ctc_example_batch(cfg, batch_size)
+    g = torch.Generator().manual_seed(0)
+    t = cfg.data.sample_rate // 10
+    return {"wave": 0.1 * torch.randn(batch_size, t, generator=g),
+            "lengths": torch.tensor([t] + [t - 160] * (batch_size - 1))}
+
+
+def from_pretrained(name_or_dir: str | Path) -> DigitClassifier:
+    """Load a checkpoint dir or hub name (``speech/<name>`` or ``<name>``)."""
+    sd, meta, path = common.load_pretrained(name_or_dir, pipeline=DOMAIN)
+    if is_ctc_checkpoint(meta):  # long-stream CTC recogniser (ctc_model.py)
+        return load_ctc(sd, meta, path)
+    with common.checkpoint_errors(path):  # an edited config.json -> one UserError naming the dir
+        cfg = common.config_from_dict(Config, meta["config"])
+        return common.load_weights(build_model(cfg), sd, path, meta)
+
+
+@torch.no_grad()
+def predict_proba(model: DigitClassifier, waves: list[Tensor], batch_size: int = 32) -> Tensor:
+    """Class probabilities ``(N, c)`` of mono waveforms at the model's sample rate."""
+    from .data import collate
+
+    model.eval()
+    out = []
+    for i in range(0, len(waves), batch_size):
+        x, lengths = collate(waves[i : i + batch_size])
+        out.append(torch.softmax(model(x, lengths), -1))
+    return torch.cat(out)

@@ -1,0 +1,144 @@
+"""encoders/audio.py: file loading (formats, rates, mix-down, errors), log-mel / raw framing and
+their chunked streaming, SpecAugment. Real FSDD clips from ``$LONGSTREAM_DATA`` where needed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from longstream.encoders.audio import (
+    MAX_ABS_SAMPLE,
+    AudioError,
+    LogMel,
+    RawWaveStem,
+    SpecAugment,
+    load_audio,
+    num_frames,
+)
+
+
+def _tone(sr: int, seconds: float, f: float = 440.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(sr * seconds)) / sr
+    return (amp * np.sin(2 * math.pi * f * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt,subtype,ext", [("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"),
+                                             ("OGG", "VORBIS", "ogg"), ("WAV", "FLOAT", "wav")])
+def test_formats_decode_to_the_same_tone(tmp_path, fmt, subtype, ext):
+    x = _tone(8000, 0.5)
+    p = tmp_path / f"tone.{ext}"
+    sf.write(str(p), x, 8000, format=fmt, subtype=subtype)
+    w, sr = load_audio(p)
+    assert sr == 8000 and w.dtype == torch.float32 and w.shape == (4000,)
+    tol = 0.05 if subtype == "VORBIS" else 1e-3  # lossy codec
+    assert float((w - torch.from_numpy(x)).abs().max()) < tol
+
+
+def test_stereo_is_mixed_down_and_rates_are_resampled(tmp_path):
+    left, right = _tone(16000, 0.5, 300.0, 0.4), _tone(16000, 0.5, 300.0, 0.2)
+    p = tmp_path / "st.wav"
+    sf.write(str(p), np.stack([left, right], 1), 16000, subtype="FLOAT")
+    w, sr = load_audio(p)
+    assert sr == 16000 and torch.allclose(w, torch.from_numpy((left + right) / 2), atol=1e-6)
+    w8, sr8 = load_audio(p, 8000)
+    assert sr8 == 8000 and abs(len(w8) - 4000) <= 1
+    # a 300 Hz tone keeps its amplitude (0.3) through band-limited resampling (middle, away from edges)
+    assert abs(float(w8[1000:3000].abs().max()) - 0.3) < 0.01
+
+
+def test_fsdd_clip_loads(data_root):
+    p = data_root / "speech/fsdd/recordings/7_jackson_0.wav"
+    w, sr = load_audio(p)
+    info = sf.info(str(p))
+    assert sr == 8000 and len(w) == info.frames and 0.05 < float(w.abs().max()) <= 1.0
+
+
+@pytest.mark.parametrize("case,kind", [("empty", "empty"), ("garbage", "corrupt"), ("silent", "silent"),
+                                       ("long", "too_long"), ("inf", "non_finite"), ("huge", "non_finite"),
+                                       ("header_only", "empty"), ("missing", "missing")])
+def test_bad_files_raise_audio_error(tmp_path, case, kind):
+    p = tmp_path / f"{case}.wav"
+    if case == "empty":
+        p.write_bytes(b"")
+    elif case == "garbage":
+        p.write_bytes(b"RIFF not really a wave file" * 10)
+    elif case == "silent":
+        sf.write(str(p), np.zeros(8000), 8000)
+    elif case == "long":
+        sf.write(str(p), _tone(8000, 3.0), 8000)
+    elif case in ("inf", "huge"):
+        x = _tone(8000, 0.2).astype(np.float64)
+        x[100] = np.inf if case == "inf" else 1e30
+        sf.write(str(p), x, 8000, subtype="DOUBLE")
+    elif case == "header_only":
+        sf.write(str(p), np.zeros(0), 8000)
+    with pytest.raises(AudioError) as info:
+        load_audio(p, max_seconds=2.0)
+    assert info.value.kind == kind
+    if case in ("inf", "huge"):
+        assert "sample 100" in str(info.value)
+    assert MAX_ABS_SAMPLE >= 1.0
+
+
+def test_logmel_frames_match_torchaudio_and_the_framing_rule():
+    import torchaudio.transforms as AT
+
+    lm = LogMel(8000, n_mels=40, win_ms=25, hop_ms=10)
+    assert (lm.win, lm.hop) == (200, 80)
+    x = torch.randn(2, 4000) * 0.1
+    f, n = lm(x, torch.tensor([4000, 1000]))
+    assert f.shape == (2, 1 + (4000 - 200) // 80, 40)
+    assert n.tolist() == [48, 11] and num_frames(199, 200, 80) == 0 and num_frames(200, 200, 80) == 1
+    ref = AT.MelSpectrogram(8000, n_fft=200, hop_length=80, f_min=20.0, n_mels=40, center=False,
+                            norm="slaney", mel_scale="slaney")(x)
+    assert torch.allclose(f, torch.log(ref + 1e-6).transpose(1, 2), atol=1e-5)
+    # frame t is samples [t*hop, t*hop+win): sample 1000 is in frames 11 (880..1079) and 12 (960..1159) only
+    y = x.clone()
+    y[0, 1000] += 1.0
+    g, _ = lm(y)
+    changed = ((g - f).abs().amax(-1)[0] > 1e-6).nonzero().flatten().tolist()
+    assert changed == [11, 12]
+
+
+@pytest.mark.parametrize("front", ["logmel", "raw"])
+def test_chunked_stream_equals_whole_signal(front):
+    torch.manual_seed(1)
+    fe = LogMel(8000) if front == "logmel" else RawWaveStem(8, kernel=64, stride=32)
+    x = torch.randn(2, 5003) * 0.2
+    with torch.no_grad():
+        whole = fe(x)[0]
+    st = fe.stream_state((2,))
+    parts, i, g = [], 0, torch.Generator().manual_seed(0)
+    sizes = []
+    while i < x.shape[1]:
+        k = int(torch.randint(1, 400, (1,), generator=g))
+        parts.append(fe.stream(x[:, i : i + k], st))
+        sizes.append(st.buf.shape[-1])
+        i += k
+    streamed = torch.cat(parts, 1)
+    assert streamed.shape == whole.shape
+    assert float((streamed - whole).abs().max()) < 1e-4
+    win = fe.n_fft if front == "logmel" else fe.kernel
+    assert max(sizes) < win + 400  # constant memory: the buffer never holds the stream
+
+
+def test_specaugment_masks_only_in_training_and_within_the_clip():
+    sa = SpecAugment(freq_mask=4, time_mask=5, n_freq_masks=1, n_time_masks=2)
+    x = torch.randn(4, 50, 20) + 10.0  # no value is 0 before masking
+    sa.eval()
+    assert torch.equal(sa(x), x)
+    sa.train()
+    frames = torch.tensor([50, 30, 10, 1])
+    y = sa(x, frames)
+    masked = y == 0
+    assert masked.any()
+    time_masked = masked.all(-1)  # (b, l) frames masked across every bin
+    for b, n in enumerate(frames.tolist()):
+        assert not time_masked[b, n:].any(), "a time mask reached past the clip's valid frames"
+        assert int(time_masked[b].sum()) <= 2 * min(5, int(0.2 * n))
+    freq_masked = masked.all(1)  # (b, m)
+    assert int(freq_masked.sum(1).max()) <= 4
