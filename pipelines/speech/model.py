@@ -26,7 +26,6 @@ from longstream.pipelines import common
 from . import DOMAIN
 from .config import FRONTENDS, Config
 
-
 NORMS = ("utterance", "cmvn", "global")
 
 
