@@ -44,10 +44,10 @@ SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 MODELS = {"mamba": ("loso", "log-mel + Mamba"), "raw": ("loso-raw", "raw waveform + S4D")}
 SHIPPED = {"mamba": "speech/mamba-digits", "raw": "speech/s4d-raw-digits"}
 REFERENCES = [
-    ("S4 (raw waveform, 16 kHz)", "Speech Commands SC10 (10 words), raw", "98.3%",
-     "Gu, Goel, Re, ICLR 2022, Table 5 (SC10, raw 16K)"),
-    ("SpeechBrain (ECAPA / x-vector style KWS)", "Speech Commands v0.02, 12 classes", "98.1%",
-     "SpeechBrain recipes/Google-speech-commands README"),
+    ("S4 (raw waveform, 16 kHz)", "Speech Commands SC10 (10 words), raw audio", "98.3%",
+     "Gu, Goel, Re, Efficiently Modeling Long Sequences with Structured State Spaces, ICLR 2022"),
+    ("SpeechBrain (Speech Commands recipe)", "Speech Commands v12 (12 classes)", "98.1%",
+     "SpeechBrain, recipes/Google-speech-commands"),
     ("(none found)", "FSDD, state-space models", "-", "no published SSM number on FSDD was found; ours are the reference"),
 ]
 
@@ -106,8 +106,9 @@ def evaluate_shipped(name: str) -> dict:
 def render(res: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     L = ["# Speech benchmark: spoken digits (FSDD)", "",
-         "Commands: " + "; ".join(f"`{c}`" for c in [res.get("command", "python benchmarks/speech.py"),
-                                                      *res.get("commands", [])]) + f". {res.get('machine', '')}", "",
+         "Commands (each run adds the sections it ran to the JSON):", "",
+         *[f"- `{c}`" for c in res.get("commands", [])], "", f"Machine: {res.get('machine', '')}.",
+         *([f"Notes: {n}" for n in res.get("notes", [])]), "",
          "## Standard split (test = takes 0-4 of every speaker and digit, 300 clips)", "",
          "| model | accuracy | macro-F1 | n |", "|---|---|---|---|"]
     for key, label in [("baseline", "MFCC statistics + SVM (scikit-learn, trained in this run)")] + \
@@ -159,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                         res.setdefault(sec, {}).setdefault(k, {}).update(v)
                     else:
                         res.setdefault(sec, {}).setdefault(k, v)
-            res.setdefault("commands", []).append(other.get("command", ""))
+            for c in other.get("commands", []) + ([other["command"]] if "command" in other else []):
+                if c not in res.setdefault("commands", []):
+                    res["commands"].append(c)
         _save(res, out)
         a.render = True
     if a.render:
@@ -167,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(a.threads)
     res = {} if a.fresh else _load(out)
-    res["command"] = "python benchmarks/speech.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/speech.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    res.setdefault("commands", [])
+    if cmd not in res["commands"]:
+        res["commands"].append(cmd)
     res["machine"] = f"{os.cpu_count()} CPUs, torch {torch.__version__}, {a.threads} thread(s)"
     if "standard" in a.sections:
         std = res.setdefault("standard", {})

@@ -210,8 +210,8 @@ EVAL_SECONDS: dict[str, float] = {
     "genomics/mamba-lm": 35.0,  # measured when trained: 33-38 s (64 points x 4 contexts up to 64K, one thread)
     "genomics/bimamba-cds": 55.0,  # measured when trained (1.32 Mbp test region + ORF decoding, one thread)
     "genomics/mamba-species": 120.0,  # measured when trained: 75-330 s by load (640 windows up to 64K, one thread)
-    "speech/mamba-digits": 3.5,  # measured: 3.4-5.2 s at load 11 on 2 cores (300 FSDD clips, one thread)
-    "speech/s4d-raw-digits": 4.7,  # measured: 4.7-7.1 s at load 11 on 2 cores
+    "speech/mamba-digits": 3.5,  # measured: 0.9 s at load ~4, 3.4-5.2 s at load 11 on 2 cores (300 FSDD clips, one thread)
+    "speech/s4d-raw-digits": 4.7,  # measured: 1.8 s at load ~4, 4.7-7.1 s at load 11 on 2 cores
     "speech/mamba-ctc-digits": 13.2,  # measured at train time: 13.1-13.5 s at load ~10 (300 clips + 4 x 120 s streams)
     # induction + sink-window: 89 s together here; the split below is config.json's eval_seconds
     "recall/mamba-induction": 21.0,

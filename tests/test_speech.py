@@ -5,7 +5,6 @@ real FSDD clips from ``$LONGSTREAM_DATA``."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

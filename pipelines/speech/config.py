@@ -129,7 +129,7 @@ def release_raw() -> Config:
     return Config(
         model=ModelConfig(frontend="raw", raw_kernel=80, raw_stride=40),
         backbone=BackboneConfig(d_model=64, n_layers=4, pattern="S", mixer_kwargs={"S": {"d_state": 32}}),
-        train=TrainConfig(steps=1200),
+        train=TrainConfig(steps=2500),
     )
 
 

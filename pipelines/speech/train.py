@@ -52,6 +52,7 @@ def train(
         return train_ctc(cfg, out_dir=out_dir, resume=resume, preset=preset,
                          max_steps_this_run=max_steps_this_run, overwrite=overwrite)
     tc = cfg.train
+    build_model(cfg)  # a bad --model.* / --backbone.* value fails here, before the run directory exists
     with TrainRun(out_dir, resume=resume, device=tc.device, total_steps=tc.steps, save_every=tc.save_every,
                   max_steps_this_run=max_steps_this_run, config=cfg, preset=preset, overwrite=overwrite) as run:
         env = run.env
