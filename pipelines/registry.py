@@ -17,6 +17,7 @@ PIPELINES: dict[str, str] = {
     "recall": "longstream.pipelines.recall",
     "timeseries": "longstream.pipelines.timeseries",
     "genomics": "longstream.pipelines.genomics",
+    "vision": "longstream.pipelines.vision",
 }
 
 

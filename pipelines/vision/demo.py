@@ -1,0 +1,149 @@
+"""Gradio tab of the vision pipeline: upload an image -> top-5 labels and a bar chart;
+a second panel plots the efficiency curve of Vim against DeiT from
+``benchmarks/results/vision_efficiency.json`` (written by ``benchmarks/vision.py --efficiency``).
+
+The uploaded image is converted like ``longstream vision predict`` does (greyscale, resized
+onto a 28x28 square, inverted when its background is light: Fashion-MNIST is light on
+black); the panel shows that model input too. ``build_demo()`` builds the tab; nothing runs
+on import and gradio / matplotlib are imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from longstream.pipelines.common import REPO_ROOT, ModelCache, UserError, connect
+
+DEMO_TITLE = "Vision (Fashion-MNIST)"
+DEMO_BAD_INPUT = {"elem_id": "vision-image", "file": ("not-an-image.png", "hello, this is text\n"),
+                  "expect": "not-an-image.png"}
+EFFICIENCY_JSON = REPO_ROOT / "benchmarks" / "results" / "vision_efficiency.json"
+
+
+def _load(checkpoint: str):
+    from .model import from_pretrained
+
+    return from_pretrained(checkpoint)
+
+
+MODELS = ModelCache(_load, maxsize=2)  # loaded once per checkpoint name, not on every click
+
+
+def _bar_chart(top: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    labels = [t["label"] for t in top][::-1]
+    probs = [t["probability"] for t in top][::-1]
+    ax.barh(labels, probs, color="#4C72B0")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability")
+    for i, p in enumerate(probs):
+        ax.text(min(p + 0.01, 0.9), i, f"{p:.1%}", va="center", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def classify(upload: str | None, checkpoint: str | None = None):
+    """``(label -> prob dict, bar chart, 28x28 model input as an image array)`` for one uploaded file."""
+    import torch
+
+    from .evaluate import DEFAULT_CHECKPOINT, TOP_K, load_input
+
+    if not upload:
+        raise UserError("upload an image first (PNG, JPEG, BMP, GIF, TIFF or WebP)")
+    model = MODELS.get(checkpoint or DEFAULT_CHECKPOINT)
+    cfg = model.cfg
+    x8 = load_input(str(upload), cfg.data)  # (c, s, s) uint8; a bad file -> UserError naming it
+    from .data import normalize
+
+    with torch.no_grad():
+        model.eval()
+        probs = torch.softmax(model(normalize(x8[None], cfg.data)).float(), -1)[0]
+    k = min(TOP_K, len(probs))
+    vals, idx = probs.topk(k)
+    top = [{"label": cfg.data.class_names[int(i)], "probability": float(p)} for p, i in zip(vals, idx)]
+    shown = x8.permute(1, 2, 0).repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()
+    return {t["label"]: t["probability"] for t in top}, _bar_chart(top), shown.squeeze(-1) if shown.shape[-1] == 1 else shown
+
+
+def efficiency_figure(path: str | Path = EFFICIENCY_JSON):
+    """The efficiency curve (one line per model and metric, against image size / tokens), or ``None``."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        rep = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    rows = rep.get("results", rep.get("rows", [])) if isinstance(rep, dict) else rep
+    if not isinstance(rows, list) or not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xkey = next((k for k in ("resolution", "img_size", "tokens", "seq_len") if k in rows[0]), None)
+    metrics = [k for k in ("ms_per_image", "latency_ms", "images_per_s", "peak_mem_mb", "memory_mb")
+               if any(k in r for r in rows)]
+    if xkey is None or not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for model in sorted({str(r.get("model", "?")) for r in rows}):
+            pts = sorted((r[xkey], r[m]) for r in rows if str(r.get("model", "?")) == model
+                         and isinstance(r.get(m), (int, float)) and isinstance(r.get(xkey), (int, float)))
+            if pts:
+                ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=model)
+        ax.set_xlabel(xkey)
+        ax.set_ylabel(m)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def build_demo(checkpoint: str | None = None):
+    """The vision tab as a ``gr.Blocks`` (not launched)."""
+    import gradio as gr
+
+    from .evaluate import DEFAULT_CHECKPOINT, EXAMPLE_INPUTS
+
+    def run(upload):
+        return classify(upload, checkpoint)
+
+    with gr.Blocks(title=DEMO_TITLE) as demo:
+        gr.Markdown(
+            "### Fashion-MNIST with Vision Mamba\n"
+            f"Upload a picture of a garment, shoe or bag. The model (`{checkpoint or DEFAULT_CHECKPOINT}`, a "
+            "bidirectional-Mamba Vision Mamba trained on Fashion-MNIST) sees it as a 28x28 greyscale image, light "
+            "on black (a light background is inverted), and gives its top-5 labels."
+        )
+        with gr.Row():
+            with gr.Column():
+                image = gr.File(label="image", file_types=["image", ".npy"], type="filepath", elem_id="vision-image")
+                btn = gr.Button("Classify", variant="primary", elem_id="vision-run")
+                seen = gr.Image(label="what the model sees (28x28)", interactive=False)
+            with gr.Column():
+                label = gr.Label(label="top-5", num_top_classes=5, elem_id="vision-output")
+                chart = gr.Plot(label="top-5 probabilities")
+        connect(btn.click, run, [image], [label, chart, seen], api_name="vision_classify")
+        gr.Examples([[p] for p in EXAMPLE_INPUTS], [image])
+        with gr.Accordion("Efficiency: Vim vs DeiT (benchmarks/vision.py --efficiency)", open=False):
+            fig = efficiency_figure()
+            if fig is None:
+                gr.Markdown(f"No efficiency report found (`{EFFICIENCY_JSON.relative_to(REPO_ROOT)}`); run "
+                            "`python benchmarks/vision.py --efficiency` to make one.")
+            else:
+                gr.Plot(value=fig, label="time and memory per image against image size")
+    return demo
