@@ -154,18 +154,14 @@ def mamba2_hybrid_small() -> BackboneConfig:
 # ---------------------------------------------------------------- bidirectional
 @register_backbone
 def vim_tiny() -> BackboneConfig:
-    """Vision Mamba Vim-Ti: 24 bidirectional Mamba layers, d_model 192."""
-    cfg = _mamba(192, 24)
-    cfg.bidirectional = True
-    return cfg
+    """Vision Mamba Vim-Ti (hustvl/Vim-tiny-midclstok): 24 "VM" layers (bimamba v2), d_model 192."""
+    return BackboneConfig(d_model=192, n_layers=24, pattern="VM", mixer_kwargs={"VM": dict(_MAMBA)})
 
 
 @register_backbone
 def vim_small() -> BackboneConfig:
-    """Vision Mamba Vim-S: 24 bidirectional Mamba layers, d_model 384."""
-    cfg = _mamba(384, 24)
-    cfg.bidirectional = True
-    return cfg
+    """Vision Mamba Vim-S (hustvl/Vim-small-midclstok): 24 "VM" layers (bimamba v2), d_model 384."""
+    return BackboneConfig(d_model=384, n_layers=24, pattern="VM", mixer_kwargs={"VM": dict(_MAMBA)})
 
 
 @register_backbone
@@ -250,6 +246,12 @@ def test_vim() -> BackboneConfig:
         d_model=16, n_layers=2, pattern="M", bidirectional=True, bidirectional_merge="proj",
         mixer_kwargs={"M": dict(_T_MAMBA)},
     )
+
+
+@register_backbone
+def test_vim_mixer() -> BackboneConfig:
+    """Tiny Vision Mamba stack: bimamba v2 ("VM": shared projections, own backward SSM)."""
+    return BackboneConfig(d_model=16, n_layers=2, pattern="VM", mixer_kwargs={"VM": dict(_T_MAMBA)})
 
 
 @register_backbone

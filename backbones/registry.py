@@ -86,7 +86,7 @@ _LOADED = False
 
 #: The modules that register mixers and presets. Every one must import: a file that is
 #: missing or broken is an error here, never a silently smaller registry.
-MIXER_MODULES = ("mamba", "mamba2", "attention", "mlp", "s4d", "hyena", "longconv", "caduceus", "presets")
+MIXER_MODULES = ("mamba", "mamba2", "attention", "mlp", "s4d", "hyena", "longconv", "caduceus", "bimamba", "presets")
 
 
 def _ensure_loaded() -> None:

@@ -26,6 +26,10 @@ Known layouts (:data:`LAYOUTS`):
   ``model.safetensors``) -> :func:`longstream.backbones.caduceus.convert_caduceus_state_dict`:
   Ph becomes a ``LanguageModel`` over the ``"BM"`` stack, PS an RC-equivariant
   :class:`~longstream.encoders.dna_rc.RCLanguageModel` (``model_type`` ``longstream_rc_lm``).
+- ``vim``: hustvl/Vim-{tiny,small,base}-midclstok (a ``.pth`` training checkpoint, no
+  ``config.json``) -> :func:`longstream.pipelines.vision.vim_convert.convert_vim_state_dict`, a
+  :class:`~longstream.pipelines.vision.vim.VisionMamba` (``model_type`` ``longstream_vim``); the
+  stride-16 release of each repo (:data:`~longstream.pipelines.vision.vim_convert.VIM_REPOS`).
 
 :func:`load_imported_backbone` returns what a fine-tuning pipeline needs from any imported
 checkpoint: the backbone config, the backbone and embedding weights (see :class:`ImportedBackbone`).
@@ -49,6 +53,7 @@ from typing import Any
 from longstream.backbones.lm import load_checkpoint, save_checkpoint, sha256_file
 
 from .common.errors import UserError
+from .vision.vim_convert import VIM_REPOS, vim_weight_file
 
 __all__ = [
     "HF_PREFIX",
@@ -79,6 +84,8 @@ LAYOUTS: dict[str, str] = {
                 "config.json (model_type hyenadna) + model.safetensors / pytorch_model.bin",
     "caduceus": "Caduceus (kuleshov-group/caduceus-ph_*, caduceus-ps_*): config.json (model_type caduceus) + "
                 "model.safetensors",
+    "vim": "Vision Mamba (hustvl/Vim-tiny-midclstok, -small-, -base-): a vim_*.pth training checkpoint "
+           "({'model': state_dict, 'args': ...}), no config.json",
 }  # fmt: skip
 
 #: Every published HyenaDNA size: repo -> (d_model, n_layer, longest input in bases). Each also exists
@@ -183,6 +190,8 @@ def detect_hf_layout(files: list[str], config: dict[str, Any] | None, repo: str 
                 return "transformers", [idx, *shards]
     elif "d_model" in cfg and "n_layer" in cfg and weights:
         return "mamba_ssm", weights[:1]  # model.safetensors preferred over the pickle
+    elif mt is None and (w := vim_weight_file(repo, files)) is not None and (repo in VIM_REPOS or w.startswith("vim")):
+        return "vim", [w]
     supported = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
     raise UserError(
         f"hf:{repo} is not in a layout longstream can convert (files: {sorted(fs) or 'none'}; config.json "
@@ -298,8 +307,8 @@ def _unlink_blob(p: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- convert + save
-def _convert(layout: str, src: Path, trust_pickle: bool) -> tuple[dict[str, Any], Any]:
-    """``(config to record, model)`` for the files in ``src``."""
+def _convert(layout: str, src: Path, trust_pickle: bool, files: list[str] | None = None) -> tuple[dict[str, Any], Any]:
+    """``(config to record, model)`` for the files in ``src`` (``files``: the layout's weight files)."""
     from longstream.backbones import convert
     from longstream.backbones.hyenadna import load_hyenadna
 
@@ -310,6 +319,11 @@ def _convert(layout: str, src: Path, trust_pickle: bool) -> tuple[dict[str, Any]
             model = convert.load_hf(src)
         elif layout == "caduceus":
             return _convert_caduceus(src, trust_pickle)
+        elif layout == "vim":
+            from .vision.vim import MODEL_TYPE, VisionMamba
+
+            model = VisionMamba.from_hustvl(src / (files or [])[0], trust_pickle=trust_pickle)
+            return {"model_type": MODEL_TYPE, "vim": dict(model.config)}, model
         else:
             model = load_hyenadna(src, trust_pickle=trust_pickle)
             return {"model_type": "hyenadna", **dataclasses.asdict(model.config)}, model
@@ -353,7 +367,7 @@ def import_hf(
     layout, wanted = detect_hf_layout(list(dl.files), cfg, n.repo_id)
     paths = {f: dl.get(f) for f in wanted}
     src = next(iter(paths.values())).parent  # hf_hub_download puts one commit's files in one snapshot dir
-    config, model = _convert(layout, src, trust_pickle)
+    config, model = _convert(layout, src, trust_pickle, wanted)
     upstream = {f: dl.files.get(f, {}) for f in (["config.json"] if cfg is not None else []) + wanted}
     config["source"] = {
         "hub": "huggingface", "name": n.name, "repo_id": n.repo_id, "revision": n.revision, "commit": dl.commit,
@@ -405,7 +419,7 @@ def imported(cache: str | os.PathLike) -> list[dict[str, Any]]:
 
 def load_imported(directory: str | os.PathLike, map_location: str = "cpu") -> Any:
     """The model in an imported checkpoint dir (sha256 verified): a ``LanguageModel``, an
-    ``RCLanguageModel`` (Caduceus-PS) or a ``HyenaDNAModel``."""
+    ``RCLanguageModel`` (Caduceus-PS), a ``HyenaDNAModel`` or a ``VisionMamba`` (hustvl/Vim)."""
     from longstream.backbones.lm import LanguageModel
 
     d = Path(directory)
@@ -418,6 +432,10 @@ def load_imported(directory: str | os.PathLike, map_location: str = "cpu") -> An
         except RuntimeError as e:
             raise UserError(f"weights in {d} do not fit the model in its config.json: {e}") from None
         return model.eval()
+    if meta.get("model_type") == "longstream_vim":
+        from .vision.vim import VisionMamba
+
+        return VisionMamba.from_pretrained(d, map_location=map_location)
     if meta.get("model_type") != "hyenadna":
         return LanguageModel.from_pretrained(d, map_location=map_location)
     from longstream.backbones.hyenadna import HyenaDNAConfig, load_hyenadna
@@ -496,7 +514,8 @@ class ImportedBackbone:
     """What :func:`load_imported_backbone` returns: enough to build ``embedding -> backbone`` and fine-tune.
 
     - ``kind``: ``"lm"`` (``LanguageModel``: Mamba, Mamba-2, Caduceus-Ph), ``"rc_lm"``
-      (Caduceus-PS, RC-equivariant) or ``"hyenadna"``.
+      (Caduceus-PS, RC-equivariant), ``"hyenadna"`` or ``"vim"`` (``VisionMamba``; the
+      ``embedding_state`` is its image encoder's, ``vocab_size`` 0).
     - ``backbone_config``: a :class:`~longstream.backbones.config.BackboneConfig` (``lm``,
       ``rc_lm``) or a :class:`~longstream.backbones.hyenadna.HyenaDNAConfig`.
     - ``backbone_state`` / ``embedding_state``: state dicts of ``model.backbone`` and
@@ -541,6 +560,9 @@ def load_imported_backbone(directory: str | os.PathLike, map_location: str = "cp
         emb = {"weight": model.backbone.embeddings.word_embeddings.weight.detach()}
         return ImportedBackbone("hyenadna", name, model.config, bsd, emb, model, model.config.d_model,
                                 model.config.padded_vocab, False, meta)
+    if meta.get("model_type") == "longstream_vim":  # a Vision Mamba classifier: the image encoder is the "embedding"
+        return ImportedBackbone("vim", name, model.backbone.cfg, model.backbone.state_dict(), model.embed.state_dict(),
+                                model, model.embed_dim, 0, False, meta)
     kind = "rc_lm" if meta.get("model_type") == RC_LM else "lm"
     cfg = model.backbone.cfg
     rows = int(model.embedding.weight.shape[0])

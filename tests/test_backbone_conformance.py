@@ -218,7 +218,7 @@ def test_save_load_roundtrip(subject, tmp_path):
 
 
 #: Mixers whose float32 fast path is tested against a float64 sequential reference.
-FLOAT64_REFERENCE = ["A", "Abi", "BM", "C", "H", "HB", "M", "M2", "S"]
+FLOAT64_REFERENCE = ["A", "Abi", "BM", "C", "H", "HB", "M", "M2", "S", "VM"]
 #: Mixers without one, and why.
 NO_FLOAT64_REFERENCE = {
     "G": "position-wise gated MLP: no scan or long convolution, so no fast path to check",
