@@ -58,10 +58,13 @@ def classify(upload: str | None, checkpoint: str | None = None):
 
     if not upload:
         raise UserError("upload an image first (PNG, JPEG, BMP, GIF, TIFF or WebP)")
+    from .config import DataConfig
+    from .data import normalize
+
+    load_input(str(upload), DataConfig())  # a bad file -> UserError naming it, before a model loads
     model = MODELS.get(checkpoint or DEFAULT_CHECKPOINT)
     cfg = model.cfg
-    x8 = load_input(str(upload), cfg.data)  # (c, s, s) uint8; a bad file -> UserError naming it
-    from .data import normalize
+    x8 = load_input(str(upload), cfg.data)  # (c, s, s) uint8 as this model takes it
 
     with torch.no_grad():
         model.eval()

@@ -10,6 +10,8 @@
   suite's ``SequenceBackbone`` built from ``cfg.backbone`` (``--backbone.*`` works).
 - :class:`ViTClassifier` (``"vit"``): timm's ``VisionTransformer`` (DeiT-tiny layout, class
   token first) with the same stem, patch size, width and depth: the baseline.
+- :class:`TimmClassifier` (``"timm"``): any timm-registered model by name, e.g. the
+  timm-registered Vim of ``vim.py`` (``vim_fmnist``) or ``deit_tiny_patch16_224``.
 - :class:`SeqPixelClassifier` (``"seqpix"``): one token per pixel in raster order
   (784 for Fashion-MNIST), ``Linear(c, d)`` embedding, a causal backbone (Mamba ``M``,
   S4D ``S``, ...) and the last token (or mean) classifies: the sequential-MNIST task.
@@ -42,7 +44,7 @@ def _check(cfg: Config) -> None:
     m, dc = cfg.model, cfg.data
     if m.kind not in KINDS:
         raise common.UserError(f"--model.kind {m.kind!r} is not one of {', '.join(KINDS)}")
-    if m.kind != "seqpix":
+    if m.kind in ("vim", "vit"):
         if m.stem not in STEMS:
             raise common.UserError(f"--model.stem {m.stem!r} is not one of {', '.join(STEMS)}")
         if m.patch_size < 1 or dc.img_size % m.patch_size:
@@ -135,6 +137,33 @@ class ViTClassifier(_Base):
         return v.forward_head(h)
 
 
+class TimmClassifier(_Base):
+    """Any timm-registered classifier (``model.timm_name``), e.g. ``vim_fmnist`` from ``vim.py``."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        import timm
+
+        from . import vim  # noqa: F401  (registers the vim_* models with timm)
+
+        self.cfg = cfg
+        m, dc = cfg.model, cfg.data
+        if m.timm_name not in timm.list_models():
+            raise common.UserError(f"--model.timm_name {m.timm_name!r} is not a timm model; e.g. vim_fmnist, "
+                                   "deit_tiny_patch16_224 (timm.list_models() lists them)")
+        kw = {"img_size": dc.img_size, "in_chans": dc.in_chans, "num_classes": len(dc.class_names),
+              "patch_size": m.patch_size, "embed_dim": cfg.backbone.d_model, "depth": cfg.backbone.n_layers}
+        if "vit" in m.timm_name or "deit" in m.timm_name:
+            kw["num_heads"] = m.vit_heads
+        try:
+            self.net = timm.create_model(m.timm_name, pretrained=False, **kw)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise common.UserError(f"--model.timm_name {m.timm_name!r}: timm cannot build it with {kw} ({e})") from e
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 class SeqPixelClassifier(_Base):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -151,13 +180,11 @@ class SeqPixelClassifier(_Base):
         return self.head(h)
 
 
-VisionModel = VimClassifier | ViTClassifier | SeqPixelClassifier
-
-
 def build_model(cfg: Config) -> nn.Module:
     """The model of ``cfg`` (random weights); bad settings are a ``UserError``."""
     _check(cfg)
-    return {"vim": VimClassifier, "vit": ViTClassifier, "seqpix": SeqPixelClassifier}[cfg.model.kind](cfg)
+    kinds = {"vim": VimClassifier, "vit": ViTClassifier, "seqpix": SeqPixelClassifier, "timm": TimmClassifier}
+    return kinds[cfg.model.kind](cfg)
 
 
 def example_batch(cfg: Config, batch_size: int = 2) -> dict[str, Tensor]:
