@@ -76,41 +76,52 @@ def classify(upload: str | None, checkpoint: str | None = None):
     return {t["label"]: t["probability"] for t in top}, _bar_chart(top), shown.squeeze(-1) if shown.shape[-1] == 1 else shown
 
 
-def efficiency_figure(path: str | Path = EFFICIENCY_JSON):
-    """The efficiency curve (one line per model and metric, against image size / tokens), or ``None``."""
+def efficiency_points(path: str | Path = EFFICIENCY_JSON) -> dict[str, list[tuple[int, float, float]]]:
+    """``{model: [(resolution, median seconds per image, peak MiB), ...]}`` from the report of
+    ``benchmarks/vision.py --efficiency`` (its first, 1-thread section); ``{}`` when absent or unreadable."""
     p = Path(path)
-    if not p.is_file():
-        return None
     try:
         rep = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    rows = rep.get("results", rep.get("rows", [])) if isinstance(rep, dict) else rep
-    if not isinstance(rows, list) or not rows:
+        points = rep["sections"][0]["points"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for pt in points if isinstance(points, list) else []:
+        for model, v in pt.items():
+            if isinstance(v, dict) and isinstance(v.get("median_s"), (int, float)):
+                mem = v.get("peak_mib")
+                out.setdefault(model, []).append((int(pt["res"]), float(v["median_s"]),
+                                                  float(mem) if isinstance(mem, (int, float)) else float("nan")))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+EFFICIENCY_LABELS = {"vim": "Vim-Ti", "deit_fused": "DeiT-Ti (fused attention)",
+                     "deit_explicit": "DeiT-Ti (explicit attention)"}
+
+
+def efficiency_figure(path: str | Path = EFFICIENCY_JSON):
+    """Time and peak memory per image against resolution, one line per model, or ``None``."""
+    pts = efficiency_points(path)
+    if not pts:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xkey = next((k for k in ("resolution", "img_size", "tokens", "seq_len") if k in rows[0]), None)
-    metrics = [k for k in ("ms_per_image", "latency_ms", "images_per_s", "peak_mem_mb", "memory_mb")
-               if any(k in r for r in rows)]
-    if xkey is None or not metrics:
-        return None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        for model in sorted({str(r.get("model", "?")) for r in rows}):
-            pts = sorted((r[xkey], r[m]) for r in rows if str(r.get("model", "?")) == model
-                         and isinstance(r.get(m), (int, float)) and isinstance(r.get(xkey), (int, float)))
-            if pts:
-                ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=model)
-        ax.set_xlabel(xkey)
-        ax.set_ylabel(m)
-        ax.set_xscale("log", base=2)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for model, rows in pts.items():
+        res = [r for r, _, _ in rows]
+        ax_t.plot(res, [t * 1000 for _, t, _ in rows], marker="o", label=EFFICIENCY_LABELS.get(model, model))
+        mem = [(r, m) for r, _, m in rows if m == m and m > 0]  # NaN / non-positive: not measured
+        if mem:
+            ax_m.plot([r for r, _ in mem], [m for _, m in mem], marker="o", label=EFFICIENCY_LABELS.get(model, model))
+    for ax, ylab in ((ax_t, "ms per image (median, batch 1)"), (ax_m, "peak activation memory (MiB)")):
+        ax.set_xlabel("image size (px)")
+        ax.set_ylabel(ylab)
         ax.set_yscale("log")
-        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     plt.close(fig)
     return fig
