@@ -221,8 +221,8 @@ def test_hub_import_round_trip(tmp_path, monkeypatch):
     import io
 
     import huggingface_hub.constants as hc
-    from hf_server import HFServer, Repo
 
+    from hf_server import HFServer, Repo
     from longstream.apps.cli import main
     from longstream.pipelines.hf_import import import_dir, load_imported, load_imported_backbone
 

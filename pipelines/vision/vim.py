@@ -33,19 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, lecun_normal_, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from longstream.backbones.block import residual_dtype
 from longstream.backbones.config import BackboneConfig
-from longstream.backbones.stack import SequenceBackbone
 from longstream.backbones.lm import load_checkpoint, save_checkpoint
+from longstream.backbones.stack import SequenceBackbone
 from longstream.encoders.image import ImageEncoder, cls_index, resample_pos_embed, square_grid, to_2tuple
-
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, lecun_normal_, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 from .vim_convert import convert_vim_state_dict, is_vim_layout, read_vim_checkpoint
 
