@@ -14,7 +14,7 @@ measured here, the models interleaved in this process (``timing.interleaved``), 
 projected time to a target accuracy can be read off. Writes
 ``benchmarks/results/vision_quality.json`` and ``.md``.
 
-    python benchmarks/vision_quality.py --run vim=runs/vision/release --run vit=runs/vision/vit-release \\
+    python benchmarks/vision.py --quality --run vim=runs/vision/release --run vit=runs/vision/vit-release \\
         --run seqpix-mamba=runs/vision/seqpix-mamba --run seqpix-s4d=runs/vision/seqpix-s4d
 """
 
