@@ -267,3 +267,36 @@ def test_predict_cli_bad_inputs_exit_2(tmp_path, tiny_checkpoint, capsys):
     assert len(err) == 1 and "photo.jpg" in err[0] and "not a readable image" in err[0]
     assert cli_main(["evaluate", "--checkpoint", ck, "--data", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- shipped checkpoint + demo
+def test_shipped_checkpoint_names_the_drawn_examples():
+    """vision/vim-fmnist on the self-drawn demo images (dark on white: inverted, resized)."""
+    from longstream.pipelines.hub import default_hub
+
+    if E.DEFAULT_CHECKPOINT not in default_hub().entries():
+        pytest.skip("vision/vim-fmnist is not shipped in this checkout")
+    res = E.predict(E.DEFAULT_CHECKPOINT, E.EXAMPLE_INPUTS)
+    assert [r["top"][0]["label"] for r in res] == ["Trouser", "Sneaker", "Bag"]
+
+
+def test_demo_classify_and_efficiency_panel(tmp_path):
+    pytest.importorskip("matplotlib")
+    from longstream.pipelines.hub import default_hub
+    from longstream.pipelines.vision import demo
+
+    if E.DEFAULT_CHECKPOINT not in default_hub().entries():
+        pytest.skip("vision/vim-fmnist is not shipped in this checkout")
+    labels, fig, seen = demo.classify(E.EXAMPLE_INPUTS[2])
+    assert max(labels, key=labels.get) == "Bag" and len(labels) == 5
+    assert seen.shape == (224, 224) and fig is not None
+    rep = {"sections": [{"points": [{"res": 224, "vim": {"median_s": 0.2, "peak_mib": 3.0},
+                                     "deit_fused": {"median_s": 0.1, "peak_mib": 2.5}},
+                                    {"res": 512, "vim": {"median_s": 1.0, "peak_mib": 14.0},
+                                     "deit_fused": {"median_s": 0.8}}]}]}
+    (tmp_path / "eff.json").write_text(json.dumps(rep))
+    pts = demo.efficiency_points(tmp_path / "eff.json")
+    assert pts["vim"] == [(224, 0.2, 3.0), (512, 1.0, 14.0)] and pts["deit_fused"][1][:2] == (512, 0.8)
+    assert demo.efficiency_figure(tmp_path / "eff.json") is not None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert demo.efficiency_points(tmp_path / "bad.json") == {} and demo.efficiency_figure(tmp_path / "bad.json") is None
