@@ -51,13 +51,13 @@ def _bar_chart(top: list[dict[str, Any]]):
 
 
 def classify(upload: str | None, checkpoint: str | None = None):
-    """``(label -> prob dict, bar chart, 28x28 model input as an image array)`` for one uploaded file."""
+    """``(label -> prob dict, bar chart, 28x28 model input as an image array)`` for one uploaded file
+    (the first example image when nothing is uploaded)."""
     import torch
 
-    from .evaluate import DEFAULT_CHECKPOINT, TOP_K, load_input
+    from .evaluate import DEFAULT_CHECKPOINT, EXAMPLE_INPUTS, TOP_K, load_input
 
-    if not upload:
-        raise UserError("upload an image first (PNG, JPEG, BMP, GIF, TIFF or WebP)")
+    upload = upload or EXAMPLE_INPUTS[0]  # nothing uploaded: the first example image
     from .config import DataConfig
     from .data import normalize
 
@@ -131,6 +131,7 @@ def build_demo(checkpoint: str | None = None):
     """The vision tab as a ``gr.Blocks`` (not launched)."""
     import gradio as gr
 
+    from .data import IMAGE_SUFFIXES
     from .evaluate import DEFAULT_CHECKPOINT, EXAMPLE_INPUTS
 
     def run(upload):
@@ -145,7 +146,8 @@ def build_demo(checkpoint: str | None = None):
         )
         with gr.Row():
             with gr.Column():
-                image = gr.File(label="image", file_types=["image", ".npy"], type="filepath", elem_id="vision-image")
+                image = gr.File(label="image (none: the example trouser)", file_types=[*IMAGE_SUFFIXES, ".npy"],
+                                type="filepath", elem_id="vision-image")
                 btn = gr.Button("Classify", variant="primary", elem_id="vision-run")
                 seen = gr.Image(label="what the model sees (28x28)", interactive=False)
             with gr.Column():
