@@ -209,12 +209,14 @@ def data_root(dc: DataConfig, override: str | None = None) -> Path:
     return dataset_path("fashion-mnist")
 
 
-def _check_shape(x: Tensor, dc: DataConfig, where: Path) -> Tensor:
-    if x.shape[1] != dc.in_chans:  # IDX is greyscale: repeat for an RGB model
-        x = x.expand(-1, dc.in_chans, -1, -1).contiguous() if x.shape[1] == 1 else x.float().mean(1, keepdim=True).round().to(torch.uint8)
+def _check_shape(x: Tensor, dc: DataConfig) -> Tensor:
+    """IDX images (n, 1, h, w) uint8 -> the model's channels and size."""
+    if x.shape[1] != dc.in_chans:  # IDX is greyscale: repeated for an RGB model
+        x = x.expand(-1, dc.in_chans, -1, -1).contiguous()
     if x.shape[-2:] != (dc.img_size, dc.img_size):
         x = torch.nn.functional.interpolate(x.float(), size=(dc.img_size, dc.img_size), mode="bilinear",
-                                            antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+                                            antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
     return x
 
 
@@ -224,7 +226,7 @@ def load_split(cfg: Config, split: str, override: str | None = None) -> Split:
     root = data_root(dc, override)
     if is_idx_dir(root):
         x, y = load_idx_split(root, "test" if split == "test" else "train")
-        x = _check_shape(x, dc, root)
+        x = _check_shape(x, dc)
         if int(y.max()) >= len(dc.class_names) or int(y.min()) < 0:
             raise UserError(f"IDX folder {root}: labels up to {int(y.max())} but the model has "
                             f"{len(dc.class_names)} classes")

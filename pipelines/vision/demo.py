@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from longstream.pipelines.common import REPO_ROOT, ModelCache, UserError, connect
+from longstream.pipelines.common import REPO_ROOT, ModelCache, connect
 
 DEMO_TITLE = "Vision (Fashion-MNIST)"
 DEMO_BAD_INPUT = {"elem_id": "vision-image", "file": ("not-an-image.png", "hello, this is text\n"),
