@@ -212,8 +212,14 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv))[:1] == ["--quality"]:  # evaluations 1 and 2
+        from vision_quality import main as quality_main
+
+        return quality_main((sys.argv[1:] if argv is None else list(argv))[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--efficiency", action="store_true", help="time / peak memory vs resolution (evaluation 3)")
+    ap.add_argument("--quality", action="store_true",
+                    help="first argument only: Fashion-MNIST accuracy of trained runs (benchmarks/vision_quality.py)")
     ap.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--repeats", type=int, default=3)

@@ -18,6 +18,7 @@ PIPELINES: dict[str, str] = {
     "timeseries": "longstream.pipelines.timeseries",
     "genomics": "longstream.pipelines.genomics",
     "speech": "longstream.pipelines.speech",
+    "vision": "longstream.pipelines.vision",
 }
 
 
