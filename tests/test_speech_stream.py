@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from longstream.pipelines.speech import cli
-from longstream.pipelines.speech.ctc_config import ctc_tiny
+from longstream.pipelines.speech.config import ctc_tiny
 from longstream.pipelines.speech.ctc_model import build_ctc_model
 from longstream.pipelines.speech.recognizer import BlockResampler, StreamingRecognizer
 from longstream.pipelines.speech.scoring import digit_error_rate, timing_errors

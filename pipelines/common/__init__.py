@@ -89,7 +89,7 @@ from .train_state import load_train_state, save_train_state
 # isort: split
 # --- kit: shared parts for new pipelines (heads, batching, streaming, metrics, demo helpers) ---
 from .batching import LengthBucketSampler, lengths_to_mask, mask_to_lengths, pad_sequences, padding_fraction
-from .demo_helpers import ModelCache, connect, gradio_errors, number_input, page_message
+from .demo_helpers import ModelCache, connect, file_path, gradio_errors, number_input, page_message
 from .heads import (
     POOLS,
     AttentionPool,
@@ -216,6 +216,7 @@ __all__ = [
     "mcc",
     "top_k_accuracy",
     "ModelCache",
+    "file_path",
     "gradio_errors",
     "connect",
     "number_input",

@@ -36,12 +36,22 @@ from typing import Any, TypeVar
 
 from .errors import UserError
 
-__all__ = ["ModelCache", "connect", "gradio_errors", "number_input", "page_message"]
+__all__ = ["ModelCache", "connect", "file_path", "gradio_errors", "number_input", "page_message"]
 
 log = logging.getLogger("longstream.demo")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w.-]*")
+
+
+def file_path(value: Any) -> str | None:
+    """A ``gr.File`` / ``gr.Audio`` / ``gr.Image`` (type="filepath") value -- a path string, an object with
+    ``.name`` or a dict with ``"path"`` / ``"name"`` -- as a path; None when the component is empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        return value.get("path") or value.get("name")
+    return str(getattr(value, "name", value))
 
 
 def upload_folder() -> Path:

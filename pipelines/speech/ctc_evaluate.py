@@ -23,7 +23,7 @@ import torch
 
 from longstream.pipelines.common import check_finite_result
 
-from .ctc_config import CTCConfig
+from .config import CTCConfig, speakers
 from .ctc_model import CTCDigitModel
 from .recognizer import recognize_array
 from .scoring import digit_error_rate, timing_errors, timing_summary
@@ -55,8 +55,6 @@ def score_streams(model: CTCDigitModel, streams: list[Stream], chunk_ms: float =
 
 def test_streams(cfg: CTCConfig, clips: list[Clip] | None = None, *, n: int | None = None,
                  seconds: float | None = None, seed: int | None = None) -> list[Stream]:
-    from .ctc_train import speakers
-
     clips = clips if clips is not None else load_clips("test", cfg.data.root or None, speakers=speakers(cfg))
     n = cfg.data.eval_streams if n is None else n
     seconds = cfg.data.eval_seconds if seconds is None else seconds
@@ -117,8 +115,6 @@ def isolated_digit_metrics(model: CTCDigitModel, root: str | None = None, snr_db
     import torch.nn.functional as F
 
     from longstream.pipelines.common import accuracy, confusion_matrix, macro_f1, mcc
-
-    from .ctc_train import speakers
 
     clips = load_clips("test", root or model.cfg.data.root or None, speakers=speakers(model.cfg))
     rng = np.random.default_rng(12345)

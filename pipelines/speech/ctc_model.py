@@ -25,7 +25,7 @@ from longstream.encoders.audio import LogMel
 from longstream.pipelines import common
 
 from . import DOMAIN
-from .ctc_config import CTC_TASK, CTCConfig
+from .config import CTC_TASK, CTCConfig
 from .streams import SAMPLE_RATE
 
 N_CLASSES = 11  # blank + 10 digits

@@ -33,7 +33,7 @@ from longstream.pipelines.common import (
     set_threads,
 )
 
-from .ctc_config import CTCConfig
+from .config import CTCConfig, speakers
 from .ctc_model import CTCDigitModel, build_ctc_model
 from .streams import Clip, StreamSpec, load_clips, make_stream
 
@@ -47,10 +47,6 @@ def stream_spec(cfg: CTCConfig, seconds: float) -> StreamSpec:
     return StreamSpec(seconds=seconds, pause_min=s.pause_min, pause_max=s.pause_max, lead_min=s.lead_min,
                       lead_max=s.lead_max, snr_min=s.snr_min, snr_max=s.snr_max, clip_gain_db=s.clip_gain_db,
                       clip_level_db=s.clip_level_db, noise=s.noise)
-
-
-def speakers(cfg: CTCConfig) -> list[str] | None:
-    return [s.strip() for s in cfg.data.speakers.split(",") if s.strip()] or None
 
 
 def make_batch(model: CTCDigitModel, clips: list[Clip], cfg: CTCConfig, step: int, batch_size: int,

@@ -6,10 +6,10 @@
   waveform S4D model).
 - **Live**: a streaming microphone; every chunk re-scores the last ``LIVE_WINDOW_S`` seconds
   and shows the current digit (per-user audio buffer in ``gr.State``).
-- **Long-form hook**: if ``recognizer.demo_panel(upload, audio)`` exists (the long-stream CTC
-  recogniser of this pipeline), it adds its transcript / timeline panel under the same inputs.
-  ``demo_panel`` is called inside the tab's ``gr.Blocks`` with the ``gr.File`` box and the
-  ``gr.Audio`` (microphone / upload) component; :func:`_path` turns either value into a path.
+- **Long-form panel**: ``transcript_demo.build_panel(upload, audio)`` (the long-stream CTC
+  recogniser of this pipeline) adds its transcript / timeline panel under the same inputs, inside
+  the tab's ``gr.Blocks``, with the ``gr.File`` box and the ``gr.Audio`` (microphone / upload)
+  component; ``common.file_path`` turns either value into a path.
 
 ``build_demo()`` builds the tab; nothing runs on import, gradio / matplotlib are imported lazily.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from longstream.pipelines.common import ModelCache, UserError, connect
+from longstream.pipelines.common import ModelCache, UserError, connect, file_path
 
 DEMO_TITLE = "Speech (spoken digits)"
 DEMO_BAD_INPUT = {"elem_id": "speech-file", "file": ("notaudio.wav", "this is text, not audio\n"),
@@ -64,15 +64,6 @@ def waveform_figure(wave, sr: int, digit: int, p: float, region: tuple[float, fl
     return fig
 
 
-def _path(f: Any) -> str | None:
-    """A ``gr.File`` / ``gr.Audio`` value (a path, or an object with ``.name`` / ``["path"]``) as a path."""
-    if f is None or f == "":
-        return None
-    if isinstance(f, dict):
-        return f.get("path") or f.get("name")
-    return str(getattr(f, "name", f))
-
-
 def recognise(upload: Any, recording: Any = None, checkpoint: str | None = None) -> tuple[str, dict[str, float], Any]:
     """``(summary, {digit: p}, waveform figure)`` for the uploaded file, else the microphone recording."""
     from pathlib import Path
@@ -80,7 +71,7 @@ def recognise(upload: Any, recording: Any = None, checkpoint: str | None = None)
     from .data import read_audio_sr, voiced_region
     from .evaluate import classify
 
-    audio = _path(upload) or _path(recording)
+    audio = file_path(upload) or file_path(recording)
     if not audio:
         raise UserError("no audio: upload a file or record one with the microphone")
     from longstream.encoders.audio import resample
@@ -132,12 +123,10 @@ def live(chunk: Any, buffer: dict | None, checkpoint: str | None = None) -> tupl
 
 
 def _long_form_panel():
-    """The long-form recogniser's panel builder, if that part of the pipeline is installed."""
-    try:
-        from . import recognizer
-    except ImportError:
-        return None
-    return getattr(recognizer, "demo_panel", None)
+    """The long-form recogniser's panel builder (``transcript_demo.build_panel``)."""
+    from .transcript_demo import build_panel
+
+    return build_panel
 
 
 def build_demo(checkpoint: str | None = None):

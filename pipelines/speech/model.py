@@ -24,8 +24,11 @@ from longstream.encoders.audio import LogMel, RawWaveStem, SpecAugment
 from longstream.pipelines import common
 
 from . import DOMAIN
-from .config import FRONTENDS, Config
-from .ctc_config import CTCConfig  # long-stream CTC recogniser: dispatched on below
+from .config import (
+    FRONTENDS,
+    Config,
+    CTCConfig,  # long-stream CTC recogniser: dispatched on below
+)
 from .ctc_model import build_ctc_model, ctc_example_batch, is_ctc_checkpoint, load_ctc
 
 NORMS = ("utterance", "cmvn", "global")

@@ -150,11 +150,3 @@ class BlockResampler:
 
     def flush(self) -> np.ndarray:
         return self.push(np.zeros(0, np.float32), final=True)
-
-
-def demo_panel(upload, audio) -> None:
-    """The long-form panel of the speech tab (``transcript_demo.py``); ``demo.py`` calls it with
-    the tab's file box and its microphone / upload audio component."""
-    from .transcript_demo import build_panel
-
-    build_panel(upload, audio)

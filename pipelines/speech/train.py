@@ -28,8 +28,7 @@ from longstream.pipelines.common import (
     wrap_ddp,
 )
 
-from .config import Config
-from .ctc_config import CTCConfig
+from .config import Config, CTCConfig
 from .data import augment_batch, collate, load_split
 from .evaluate import evaluate_waves
 from .model import build_model

@@ -1,6 +1,6 @@
 """Long-form panel of the speech tab: connected digits with times (``speech/mamba-ctc-digits``).
 
-Added under the tab's inputs by ``demo.py`` (through ``recognizer.demo_panel(upload, audio)``):
+Added under the tab's inputs by ``demo.py`` (``build_panel(upload, audio)``):
 
 - **Transcribe**: the file in the tab's file box (else the recording) goes through the same streaming engine as
   ``longstream speech transcribe`` -> the digits with start / end times, a timeline plot
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from longstream.pipelines.common import ModelCache, UserError, connect
+from longstream.pipelines.common import ModelCache, UserError, connect, file_path
 
 CTC_CHECKPOINT = "speech/mamba-ctc-digits"
 PAGE_MAX_SECONDS = 900.0  # the page's limit per file (the CLI has none)
@@ -66,11 +66,10 @@ def transcribe_upload(upload: Any, recording: Any = None) -> tuple[str, Any, str
     """``(transcript text, timeline figure, SRT file path)`` of the uploaded file, else the recording."""
     import tempfile
 
-    from .demo import _path
     from .subtitles import to_srt
     from .transcribe import open_info, transcribe_file
 
-    audio = _path(upload) or _path(recording)
+    audio = file_path(upload) or file_path(recording)
     if not audio:
         raise UserError("no audio: upload a file, record one, or load the example stream")
     info = open_info(Path(audio))
