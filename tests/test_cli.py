@@ -196,3 +196,21 @@ def test_gradio_app_has_one_tab_per_pipeline():
     with pytest.raises(UserError, match="unknown or unavailable"):
         build_app(only=["nope"])
     assert "template" in list_pipelines()
+
+
+@pytest.mark.parametrize("domain", ["genomics", "speech", "vision"])
+def test_predict_defaults_to_the_shipped_checkpoint(domain, capsys):
+    """``predict`` without ``--checkpoint`` runs the pipeline's shipped model (and says which in --help);
+    a pipeline without a default still requires it."""
+    from longstream.pipelines.hub import resolve
+
+    assert main([domain, "predict", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    name = out.split("default: the shipped ", 1)[1].split(")", 1)[0]
+    assert name.startswith(f"{domain}/"), name
+    assert (resolve(name) / "model.safetensors").is_file()  # a shipped checkpoint, found offline
+
+
+def test_predict_without_a_default_checkpoint_requires_one(capsys):
+    assert main(["template", "predict", "0.5"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

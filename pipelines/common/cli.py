@@ -137,6 +137,7 @@ def run_pipeline_cli(
     evaluate: Callable[..., dict[str, Any]] | str,
     predict: Callable[..., Any] | str,
     default_preset: str = "tiny",
+    default_checkpoint: str | None = None,
     description: str = "",
     extra_verbs: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Any] | str]]
     | None = None,
@@ -150,7 +151,8 @@ def run_pipeline_cli(
     - ``evaluate --checkpoint NAME_OR_DIR [--data PATH] [--json] [--quiet]``
       -> ``evaluate(checkpoint=str, data=str|None) -> dict[str, float]``; ``--json``
       prints one JSON object as the last line of stdout.
-    - ``predict --checkpoint NAME_OR_DIR INPUT... [--out FILE]``
+    - ``predict [--checkpoint NAME_OR_DIR] INPUT... [--out FILE]`` (``--checkpoint`` may be left out where
+      the pipeline names a ``default_checkpoint``: its shipped model)
       -> ``predict(checkpoint=str, inputs=list[str], out=str|None) -> JSON-able``; printed
       as JSON on stdout (and written to ``--out`` by the pipeline if it makes files).
     - ``extra_verbs``: ``{"backtest": (add_arguments(parser), handler(args) -> JSON-able)}``.
@@ -181,7 +183,11 @@ def run_pipeline_cli(
     p_eval.add_argument("--quiet", action="store_true")
 
     p_pred = sub.add_parser("predict", help="run a checkpoint on inputs")
-    p_pred.add_argument("--checkpoint", required=True, help="checkpoint dir or hub name")
+    if default_checkpoint:
+        p_pred.add_argument("--checkpoint", default=default_checkpoint,
+                            help=f"checkpoint dir or hub name (default: the shipped {default_checkpoint})")
+    else:
+        p_pred.add_argument("--checkpoint", required=True, help="checkpoint dir or hub name")
     p_pred.add_argument("inputs", nargs="+", metavar="INPUT")
     p_pred.add_argument("--out", default=None, metavar="FILE",
                         help="write the result to exactly this file (its folder must exist; an existing file is "

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         train="longstream.pipelines.genomics.train:train",
         evaluate="longstream.pipelines.genomics.evaluate:evaluate",
         predict="longstream.pipelines.genomics.evaluate:predict",
+        default_checkpoint="genomics/mamba-species",
         extra_verbs={"embed": (_embed_args, "longstream.pipelines.genomics.embed:embed_command"),
                      "score-variants": (_variants_args, "longstream.pipelines.genomics.variants:score_command")},
         description="Genomics: species from a DNA window, a DNA language model, and gene (CDS) segmentation "

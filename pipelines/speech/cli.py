@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         train="longstream.pipelines.speech.train:train",
         evaluate="longstream.pipelines.speech.evaluate:evaluate",
         predict="longstream.pipelines.speech.evaluate:predict",
+        default_checkpoint="speech/mamba-digits",
         description="Speech: spoken-digit classification on the Free Spoken Digit Dataset (log-mel or raw "
                     "waveform into Mamba / S4D).",
         extra_verbs=SUBCOMMANDS,

@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         train="longstream.pipelines.vision.train:train",
         evaluate="longstream.pipelines.vision.evaluate:evaluate",
         predict="longstream.pipelines.vision.evaluate:predict",
+        default_checkpoint="vision/vim-fmnist",
         description="Vision: Fashion-MNIST / ImageFolder classification with Vision Mamba, a timm ViT baseline "
                     "and sequential-pixel Mamba / S4D models; predict prints the top-k labels of image files.",
     )
