@@ -113,6 +113,13 @@ def fused_step(lm: LanguageModel, h: Tensor, state: State) -> tuple[Tensor, Stat
     if not (m0._step_fused(h, state[0]) and blk0.norm.weight.dtype == torch.float32):
         return None
     ops = cpu_kernels.ops()
+    if cpu_kernels.has_op("lm_step"):
+        flat = _lm_step_tensors(lm, pairs, h, state)
+        if flat is not None:
+            res = ops.lm_step(h.contiguous(), flat, [st["conv"].contiguous() for st in state],
+                              [st["ssm"].contiguous() for st in state], bb.norm_f.weight, bb.norm_f.eps)
+            n = len(pairs)
+            return res[0], [{"conv": res[1 + i], "ssm": res[1 + n + i]} for i in range(n)]
     new_states = []
     h = h.contiguous()
     for (blk, m), st in zip(pairs, state):
@@ -120,6 +127,8 @@ def fused_step(lm: LanguageModel, h: Tensor, state: State) -> tuple[Tensor, Stat
             return None  # a layer that differs (dtype, backend): the generic path for all
         x = ops.rms_norm_rows(h, blk.norm.weight, blk.norm.eps)  # (b, d)
         lin = getattr(m, "_lowp_linears", None)  # set by LanguageModel.quantize
+        if lin is None and not (decode_linear_ok(m.in_proj.weight) and decode_linear_ok(m.out_proj.weight)):
+            return None  # widths the compiled GEMV does not take (d % 8 != 0): the generic path
         xz = lin[0](x) if lin is not None else decode_linear(x, m.in_proj.weight, m.in_proj.bias)  # (b, 2e)
         conv_w, conv_b, dtw_t, A = m._step_consts()
         y, conv, ssm = ops.mamba_step(
@@ -130,6 +139,36 @@ def fused_step(lm: LanguageModel, h: Tensor, state: State) -> tuple[Tensor, Stat
         h = h + out
         new_states.append({"conv": conv, "ssm": ssm})
     return ops.rms_norm_rows(h, bb.norm_f.weight, bb.norm_f.eps), new_states
+
+
+def _lm_step_tensors(lm: LanguageModel, pairs: list[tuple[Block, Mamba]], h: Tensor, state: State) -> list[Tensor] | None:
+    """The 14 tensors per layer of ``lm_step`` (``csrc/decode_cpu.cpp``), or None when a layer does not
+    fit it (a layer the fused step does not apply to, a norm eps other than ``norm_f``'s, a
+    low-precision weight without the compiled GEMV, x_proj / dt_proj biases, weights not contiguous)."""
+    eps = lm.backbone.norm_f.eps
+    flat: list[Tensor] = []
+    for (blk, m), st in zip(pairs, state):
+        if (
+            not m._step_fused(h, st)
+            or blk.norm.eps != eps
+            or m.x_proj.bias is not None
+            or not (m.x_proj.weight.is_contiguous() and m.D.is_contiguous() and m.dt_proj.bias is not None)
+        ):
+            return None
+        lin = getattr(m, "_lowp_linears", None)
+        if lin is not None:
+            if lin[0].kernel_args is None or lin[1].kernel_args is None:
+                return None
+            (w_in, s_in, b_in), (w_out, s_out, b_out) = lin[0].kernel_args, lin[1].kernel_args
+        else:
+            if not (decode_linear_ok(m.in_proj.weight) and decode_linear_ok(m.out_proj.weight)):
+                return None
+            w_in, s_in, b_in = m.in_proj.weight, _EMPTY, _EMPTY if m.in_proj.bias is None else m.in_proj.bias
+            w_out, s_out, b_out = m.out_proj.weight, _EMPTY, _EMPTY if m.out_proj.bias is None else m.out_proj.bias
+        conv_w, conv_b, dtw_t, A = m._step_consts()
+        flat += [blk.norm.weight, w_in, s_in, b_in, conv_w, conv_b, m.x_proj.weight, dtw_t, m.dt_proj.bias,
+                 A, m.D, w_out, s_out, b_out]
+    return flat
 
 
 # ---------------------------------------------------------------------- model

@@ -67,12 +67,14 @@ class LowpLinear:
         self.out_features = w.shape[0]
         self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
         self._fn: Callable[[Tensor], Tensor]
+        self.kernel_args: tuple[Tensor, Tensor, Tensor] | None = None  # (w, scale, bias) of the compiled GEMV
         use_kernel = _kernel() and w.shape[1] % 8 == 0
         if mode == "bf16":
             wb = w.to(torch.bfloat16).contiguous()
             self.nbytes = wb.numel() * 2
             if use_kernel:
                 self._fn = _kernel_fn(wb, None, self.bias)
+                self.kernel_args = (wb, _EMPTY, _EMPTY if self.bias is None else self.bias)
                 self.bias = None
             else:
                 self._fn = lambda x: F.linear(x.to(torch.bfloat16), wb).float()
@@ -82,6 +84,7 @@ class LowpLinear:
         if use_kernel:
             q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (o, i)
             self._fn = _kernel_fn(q, scale.contiguous(), self.bias)
+            self.kernel_args = (q, scale.contiguous(), _EMPTY if self.bias is None else self.bias)
             self.bias = None
         elif _fbgemm_int8():
             with warnings.catch_warnings():  # quantised-tensor creation is deprecated upstream
@@ -100,6 +103,9 @@ class LowpLinear:
     def __call__(self, x: Tensor) -> Tensor:
         y = self._fn(x.contiguous())  # (b, o)
         return y if self.bias is None else y + self.bias
+
+
+_EMPTY = torch.empty(0)
 
 
 def _kernel_fn(w: Tensor, scale: Tensor | None, bias: Tensor | None) -> Callable[[Tensor], Tensor]:

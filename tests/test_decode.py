@@ -175,3 +175,64 @@ def test_lowp_linear_kernel_and_fallback_agree(mode, monkeypatch):
         y = LowpLinear(w, b, mode)(x)
         rel = float((y - ref).norm() / ref.norm())
         assert 0 < rel < tol[use, mode], (mode, use, rel)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", [None, "bf16", "int8"])
+def test_lm_step_whole_stack_matches_layer_loop_and_thread_count(mode, monkeypatch):
+    """The one-call ``lm_step`` (all layers on the decode pool, the SSM step split by channel blocks)
+    gives the per-layer loop of compiled calls' logits and states, and bit-identical results at one
+    and two threads (its partial sums are added in a fixed order). d_inner 80: a partial block."""
+    import longstream.backbones.lm as lm_mod
+
+    assert cpu_kernels.has_op("lm_step")
+    torch.manual_seed(0)
+    cfg = BackboneConfig(d_model=40, n_layers=3, pattern="M", mixer_kwargs={"M": {"d_state": 16}})
+    lm = LanguageModel(120, cfg).eval()
+    if mode:
+        lm.quantize(mode)
+    ids = torch.randint(0, 120, (2, 6))
+
+    def run(lm_step: bool, threads: int):
+        monkeypatch.setitem(cpu_kernels._STATE, "op:lm_step", lm_step)
+        torch.set_num_threads(threads)
+        calls = []
+        orig = lm_mod._lm_step_tensors
+        monkeypatch.setattr(lm_mod, "_lm_step_tensors", lambda *a: calls.append(1) or orig(*a))
+        try:
+            out = []
+            with torch.no_grad():
+                _, st = lm.backbone(lm.embedding(ids[:, :2]), None)  # a prefilled state
+                for t in range(2, ids.shape[1]):
+                    y, st = lm.step(ids[:, t], st)
+                    out.append(y)
+        finally:
+            torch.set_num_threads(1)
+            monkeypatch.setattr(lm_mod, "_lm_step_tensors", orig)
+        assert bool(calls) == lm_step  # the path under test ran
+        return torch.stack(out), st
+
+    (y1, s1), (y2, s2), (yl, sl) = run(True, 1), run(True, 2), run(False, 1)
+    assert torch.equal(y1, y2)
+    for a, b in zip(s1, s2):
+        assert torch.equal(a["ssm"], b["ssm"]) and torch.equal(a["conv"], b["conv"])
+    close(y1, yl, atol=1e-5)
+    for a, b in zip(s1, sl):
+        close(a["ssm"], b["ssm"], atol=1e-5)
+        close(a["conv"], b["conv"], atol=0)
+    assert y1.abs().max() > 0.05  # real logits, not a zero output
+
+
+@needs_kernels
+def test_lm_step_width_not_multiple_of_8_falls_back():
+    """d_model 36: the compiled GEMVs do not apply; LanguageModel.step takes the generic path
+    (it used to raise from decode_linear) and matches the backbone's forward."""
+    torch.manual_seed(0)
+    cfg = BackboneConfig(d_model=36, n_layers=2, pattern="M", mixer_kwargs={"M": {"d_state": 8}})
+    lm = LanguageModel(50, cfg).eval()
+    ids = torch.randint(0, 50, (1, 5))
+    with torch.no_grad():
+        full, _ = lm(ids)
+        _, st = lm.backbone(lm.embedding(ids[:, :4]), None)
+        y, _ = lm.step(ids[:, 4], st)
+    close(y, full[:, 4], atol=1e-4)

@@ -110,6 +110,21 @@ def test_species_batches_are_a_function_of_seed_and_step():
         assert w.tobytes() in g or reverse_complement_ids(w).tobytes() in g
 
 
+def test_step_length_log_uniform_draws_short_and_long_windows():
+    from longstream.pipelines.common import UserError
+    from longstream.pipelines.genomics.config import DataConfig
+
+    dc = DataConfig(train_len=16384, train_len_min=1024, train_len_dist="log")
+    lengths = np.array([D.step_length(dc, 0, s) for s in range(400)])
+    assert lengths.min() >= 1024 and lengths.max() <= 16384 and (lengths % 64 == 0).all()
+    # log-uniform: about half the steps below the geometric mean (4K), unlike uniform's quarter
+    assert 0.4 < (lengths < 4096).mean() < 0.6 and (lengths > 8192).mean() > 0.15
+    uni = np.array([D.step_length(DataConfig(train_len=16384, train_len_min=1024), 0, s) for s in range(400)])
+    assert (uni < 4096).mean() < 0.3
+    with pytest.raises(UserError, match="train_len_dist"):
+        D.step_length(DataConfig(train_len=16384, train_len_min=1024, train_len_dist="zipf"), 0, 0)
+
+
 def test_cds_batches_keep_labels_aligned_under_reverse_complement():
     r = np.random.default_rng(1)
     ids = r.integers(7, 11, 4000).astype(np.uint8)

@@ -33,6 +33,7 @@ class DataConfig:
     root: str = ""  # the genomics data folder; "" = $LONGSTREAM_DATA/genomics
     train_len: int = 1024  # longest training window (bases)
     train_len_min: int = 0  # shortest training window; 0 = always train_len (a length per step)
+    train_len_dist: str = "uniform"  # how a step's length is drawn in [train_len_min, train_len]: uniform | log
     rc_prob: float = 0.5  # probability a training window is reverse-complemented
     mutate_prob: float = 0.0  # species / cds training: each base replaced by a random base with this probability
     # species evaluation

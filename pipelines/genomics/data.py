@@ -93,8 +93,13 @@ def step_length(dc: DataConfig, seed: int, step: int) -> int:
     """The training window length of ``step`` (one length per step, a multiple of 64 when sampled)."""
     if dc.train_len_min <= 0 or dc.train_len_min >= dc.train_len:
         return dc.train_len
+    if dc.train_len_dist not in ("uniform", "log"):
+        raise UserError(f"--data.train_len_dist {dc.train_len_dist!r}: use uniform or log")
     r = _rng(seed, step, 1)
-    return int(r.integers(dc.train_len_min // 64, dc.train_len // 64 + 1)) * 64
+    lo, hi = dc.train_len_min // 64, dc.train_len // 64
+    if dc.train_len_dist == "log":  # log-uniform: as many steps at 1-2K as at 8-16K
+        return int(np.clip(np.rint(np.exp(r.uniform(np.log(lo), np.log(hi)))), lo, hi)) * 64
+    return int(r.integers(lo, hi + 1)) * 64
 
 
 def _window(chroms: list[np.ndarray], r: np.random.Generator, length: int) -> np.ndarray:

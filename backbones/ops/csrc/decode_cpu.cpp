@@ -20,8 +20,10 @@
 // Also rms_norm_rows (the RMSNorm of one token per row), decode_linear (the bandwidth-bound GEMV
 // of a token's projections and LM head, float32 / bf16 / int8 weights, on a caller-participating
 // pool: see DecodePool), linear_rows (decode_linear for float32 weights) and s4d_step (one step
-// of S4D's complex diagonal recurrence). Registered as torch.ops.longstream_ops.{mamba_step,
-// rms_norm_rows, linear_rows, decode_linear, s4d_step} (a fragment of the library in scan_cpu.cpp).
+// of S4D's complex diagonal recurrence), and lm_step (a whole stack of Mamba blocks for one token,
+// every phase on the pool, the SSM step split by channels). Registered as
+// torch.ops.longstream_ops.{mamba_step, rms_norm_rows, linear_rows, decode_linear, lm_step, s4d_step}
+// (a fragment of the library in scan_cpu.cpp).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -142,15 +144,7 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& xz, const at::Tensor& conv,
   return {y, conv_new, ssm_new};
 }
 
-// RMSNorm of rows: x (b, d) -> x * rsqrt(mean(x^2) + eps) * w, float32 (one call per layer in
-// decoding instead of the ~8 ops of the composite).
-at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
-  need(x, "x", 2); need(w, "weight", 1);
-  const int64_t Bsz = x.size(0), Dm = x.size(1);
-  TORCH_CHECK(w.size(0) == Dm, "rms_norm weight must have ", Dm, " entries");
-  auto y = at::empty_like(x);
-  const float *px = x.data_ptr<float>(), *pw = w.data_ptr<float>();
-  float* py = y.data_ptr<float>();
+void rms_rows(const float* px, const float* pw, float* py, int64_t Bsz, int64_t Dm, double eps) {
   for (int64_t b = 0; b < Bsz; ++b) {
     const float* xr = px + b * Dm;
     float* yr = py + b * Dm;
@@ -159,6 +153,16 @@ at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
     const float s = float(1.0 / std::sqrt(ss / double(Dm) + eps));
     for (int64_t i = 0; i < Dm; ++i) yr[i] = xr[i] * s * pw[i];
   }
+}
+
+// RMSNorm of rows: x (b, d) -> x * rsqrt(mean(x^2) + eps) * w, float32 (one call per layer in
+// decoding instead of the ~8 ops of the composite).
+at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
+  need(x, "x", 2); need(w, "weight", 1);
+  const int64_t Bsz = x.size(0), Dm = x.size(1);
+  TORCH_CHECK(w.size(0) == Dm, "rms_norm weight must have ", Dm, " entries");
+  auto y = at::empty_like(x);
+  rms_rows(x.data_ptr<float>(), w.data_ptr<float>(), y.data_ptr<float>(), Bsz, Dm, eps);
   return y;
 }
 
@@ -313,7 +317,6 @@ int participants(int64_t weight_bytes) {
 }
 
 // weights: float32, bfloat16 (raw 16-bit) or int8 with one float32 scale per output row
-enum class WKind { F32, BF16, I8 };
 
 static inline __m256 load_w8(const float* w) { return _mm256_loadu_ps(w); }
 static inline __m256 load_w8(const uint16_t* w) {
@@ -387,6 +390,38 @@ void gemv_chunk(const void* vctx, int64_t chunk) {
   }
 }
 
+// y (b, o) = x (b, i) W^T (* scale) + bias on the decode pool; W already checked (contiguous, 2-d,
+// float32 / bfloat16 / int8, i % 8 == 0).
+void run_gemv(const float* x, int64_t Bsz, const at::Tensor& w, const float* scale, const float* bias, float* y) {
+  const int64_t I = w.size(1), O = w.size(0), esz = w.element_size();
+  const int64_t rows = std::max<int64_t>(4, (kChunkBytes / (I * esz)) / 4 * 4);
+  GemvCtx g{x, w.data_ptr(), scale, bias, y, Bsz, I, O, rows};
+  const auto st = w.scalar_type();
+  DecodePool::Fn fn = st == at::kFloat ? &gemv_chunk<float> : st == at::kBFloat16 ? &gemv_chunk<uint16_t>
+                                                                                   : &gemv_chunk<int8_t>;
+  DecodePool::get().run((O + rows - 1) / rows, fn, &g, participants(O * I * esz * Bsz));
+}
+
+// a checked decode weight: W (o, i) float32 / bfloat16 / int8 (int8 with its per-row scale)
+struct Lin {
+  const float* scale;  // null when absent
+  const float* bias;   // null when absent
+};
+
+Lin check_lin(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& bias, int64_t I) {
+  TORCH_CHECK(w.device().is_cpu() && w.is_contiguous() && w.dim() == 2, "weight must be a contiguous 2-d CPU tensor");
+  const int64_t O = w.size(0);
+  TORCH_CHECK(w.size(1) == I && I % kV == 0, "decode weight must be (o, i) with i == ", I, " and i % 8 == 0");
+  const auto st = w.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kChar,
+              "decode weight must be float32, bfloat16 or int8");
+  const bool has_s = scale.defined() && scale.numel() > 0, has_b = bias.defined() && bias.numel() > 0;
+  TORCH_CHECK(st != at::kChar || has_s, "an int8 weight needs its per-row scale");
+  if (has_s) { need(scale, "scale", 1); TORCH_CHECK(scale.size(0) == O, "scale must have ", O, " entries"); }
+  if (has_b) { need(bias, "bias", 1); TORCH_CHECK(bias.size(0) == O, "bias must have ", O, " entries"); }
+  return {has_s ? scale.data_ptr<float>() : nullptr, has_b ? bias.data_ptr<float>() : nullptr};
+}
+
 // y = x W^T (* scale) + bias for a few rows x (b, i) float32; W (o, i) float32 / bfloat16 / int8
 // (int8 needs scale (o,)); i % 8 == 0. Threaded on the decode pool for weights >= 1 MB.
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& bias) {
@@ -394,24 +429,9 @@ at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
   TORCH_CHECK(w.device().is_cpu() && w.is_contiguous() && w.dim() == 2, "weight must be a contiguous 2-d CPU tensor");
   const int64_t Bsz = x.size(0), I = x.size(1), O = w.size(0);
   TORCH_CHECK(w.size(1) == I && I % kV == 0, "decode_linear needs weight (o, i) with i == x.size(1) and i % 8 == 0");
-  WKind kind;
-  if (w.scalar_type() == at::kFloat) kind = WKind::F32;
-  else if (w.scalar_type() == at::kBFloat16) kind = WKind::BF16;
-  else if (w.scalar_type() == at::kChar) kind = WKind::I8;
-  else TORCH_CHECK(false, "decode_linear weight must be float32, bfloat16 or int8");
-  const bool has_s = scale.defined() && scale.numel() > 0, has_b = bias.defined() && bias.numel() > 0;
-  TORCH_CHECK(kind != WKind::I8 || has_s, "an int8 weight needs its per-row scale");
-  if (has_s) { need(scale, "scale", 1); TORCH_CHECK(scale.size(0) == O, "scale must have ", O, " entries"); }
-  if (has_b) { need(bias, "bias", 1); TORCH_CHECK(bias.size(0) == O, "bias must have ", O, " entries"); }
+  const Lin l = check_lin(w, scale, bias, I);
   auto y = at::empty({Bsz, O}, x.options());
-  const int64_t esz = w.element_size();
-  const int64_t rows = std::max<int64_t>(4, (kChunkBytes / (I * esz)) / 4 * 4);
-  GemvCtx g{x.data_ptr<float>(), w.data_ptr(), has_s ? scale.data_ptr<float>() : nullptr,
-            has_b ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), Bsz, I, O, rows};
-  DecodePool::Fn fn = kind == WKind::F32 ? &gemv_chunk<float>
-                      : kind == WKind::BF16 ? &gemv_chunk<uint16_t> : &gemv_chunk<int8_t>;
-  const int64_t chunks = (O + rows - 1) / rows;
-  DecodePool::get().run(chunks, fn, &g, participants(O * I * esz * Bsz));
+  run_gemv(x.data_ptr<float>(), Bsz, w, l.scale, l.bias, y.data_ptr<float>());
   return y;
 }
 
@@ -420,6 +440,164 @@ at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   need(w, "weight", 2);
   return decode_linear(x, w, at::Tensor(), bias);
+}
+
+// ---------------------------------------------------------------- whole-model decode step
+// lm_step: one token through a stack of pre-norm Mamba blocks (h += out_proj(mamba(in_proj(norm(h))))
+// per layer, then the final norm) in one call. Every phase runs on the decode pool: the in / out
+// projections by rows (run_gemv) and the SSM step by blocks of kStepCh channels in two passes,
+//   A: conv + SiLU of the block's channels and their partial x_proj dot products,
+//   B: (after the partials are summed in block order on the caller) dt, the state update and y.
+// The partials are always summed in the same order, so the result does not depend on the number
+// of threads. The arithmetic is mamba_step's (the x_proj sums are split by blocks of channels).
+
+constexpr int64_t kStepCh = 64;  // channels per SSM-step chunk (a multiple of 8)
+
+struct StepCtx {
+  const float *xz, *conv, *conv_w, *conv_b, *xproj_w, *dtw_t, *dt_b, *A, *D, *ssm;
+  float *u, *part, *xd, *conv_new, *ssm_new, *y;
+  int64_t B, E, K, N, R, J;  // J = R + 2N
+};
+
+void step_pass_a(const void* vctx, int64_t chunk) {
+  const StepCtx& t = *static_cast<const StepCtx*>(vctx);
+  const int64_t c0 = chunk * kStepCh, c1 = std::min(t.E, c0 + kStepCh), E = t.E, K = t.K;
+  FtzGuard ftz;
+  for (int64_t b = 0; b < t.B; ++b) {
+    const float* x = t.xz + b * 2 * E;
+    float* u = t.u + b * E;
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* win = t.conv + (b * E + c) * (K - 1);
+      float* wn = t.conv_new + (b * E + c) * (K - 1);
+      const float* w = t.conv_w + c * K;
+      float acc = t.conv_b[c];
+      for (int64_t k = 0; k < K - 1; ++k) acc += w[k] * win[k];
+      acc += w[K - 1] * x[c];
+      for (int64_t k = 0; k + 1 < K - 1; ++k) wn[k] = win[k + 1];
+      if (K > 1) wn[K - 2] = x[c];
+      u[c] = acc;
+    }
+    for (int64_t c = c0; c < c1; c += kV) _mm256_storeu_ps(u + c, silu256(_mm256_loadu_ps(u + c)));
+    float* part = t.part + (chunk * t.B + b) * t.J;
+    for (int64_t j = 0; j < t.J; ++j) {
+      const float* wr = t.xproj_w + j * E;
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t c = c0; c < c1; c += kV) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(u + c), a0);
+      part[j] = hsum256(a0);
+    }
+  }
+}
+
+void step_pass_b(const void* vctx, int64_t chunk) {
+  const StepCtx& t = *static_cast<const StepCtx*>(vctx);
+  const int64_t c0 = chunk * kStepCh, c1 = std::min(t.E, c0 + kStepCh), E = t.E, N = t.N;
+  FtzGuard ftz;
+  float dt[kStepCh];
+  for (int64_t b = 0; b < t.B; ++b) {
+    const float* xd = t.xd + b * t.J;
+    const float *Bv = xd + t.R, *Cv = Bv + N;
+    const float* u = t.u + b * E;
+    const float* z = t.xz + b * 2 * E + E;
+    for (int64_t c = c0; c < c1; c += kV) _mm256_storeu_ps(dt + (c - c0), _mm256_loadu_ps(t.dt_b + c));
+    for (int64_t r = 0; r < t.R; ++r) {
+      const __m256 a = _mm256_set1_ps(xd[r]);
+      const float* wr = t.dtw_t + r * E;
+      for (int64_t c = c0; c < c1; c += kV)
+        _mm256_storeu_ps(dt + (c - c0), _mm256_fmadd_ps(a, _mm256_loadu_ps(wr + c), _mm256_loadu_ps(dt + (c - c0))));
+    }
+    for (int64_t c = c0; c < c1; c += kV) _mm256_storeu_ps(dt + (c - c0), softplus256(_mm256_loadu_ps(dt + (c - c0))));
+    for (int64_t c = c0; c < c1; ++c) {
+      const float dc = dt[c - c0];
+      const __m256 vdt = _mm256_set1_ps(dc), vdu = _mm256_set1_ps(dc * u[c]);
+      const float* hr = t.ssm + (b * E + c) * N;
+      float* hn = t.ssm_new + (b * E + c) * N;
+      const float* ar = t.A + c * N;
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t i = 0; i < N; i += kV) {
+        __m256 h = _mm256_mul_ps(_mm256_loadu_ps(hr + i), exp256(_mm256_mul_ps(vdt, _mm256_loadu_ps(ar + i))));
+        h = _mm256_fmadd_ps(vdu, _mm256_loadu_ps(Bv + i), h);
+        _mm256_storeu_ps(hn + i, h);
+        acc = _mm256_fmadd_ps(h, _mm256_loadu_ps(Cv + i), acc);
+      }
+      t.y[b * E + c] = hsum256(acc) + t.D[c] * u[c];
+    }
+    float* yr = t.y + b * E;
+    for (int64_t c = c0; c < c1; c += kV)
+      _mm256_storeu_ps(yr + c, _mm256_mul_ps(_mm256_loadu_ps(yr + c), silu256(_mm256_loadu_ps(z + c))));
+  }
+}
+
+constexpr int kLmStepPerLayer = 14;
+
+// h (b, d) embedded token; layers: 14 tensors per layer in this order
+//   norm_w (d), in_w (2e, d), in_scale, in_bias, conv_w (e, k), conv_b (e), xproj_w (r+2n, e),
+//   dtproj_wt (r, e), dt_b (e), A (e, n), D (e), out_w (d, e), out_scale, out_bias
+// (in_w / out_w float32, bfloat16 or int8; scale / bias empty when absent; int8 needs its scale);
+// conv[i] (b, e, k-1), ssm[i] (b, e, n) the states (read only). Returns
+// [norm_f(h_out) (b, d), new conv_0 .. conv_{L-1}, new ssm_0 .. ssm_{L-1}].
+std::vector<at::Tensor> lm_step(const at::Tensor& h_in, at::TensorList layers, at::TensorList conv,
+                                at::TensorList ssm, const at::Tensor& norm_f, double eps) {
+  need(h_in, "h", 2); need(norm_f, "norm_f", 1);
+  const int64_t L = int64_t(conv.size());
+  TORCH_CHECK(int64_t(layers.size()) == kLmStepPerLayer * L && int64_t(ssm.size()) == L,
+              "lm_step needs 14 tensors and one conv / ssm state per layer");
+  const int64_t Bsz = h_in.size(0), Dm = h_in.size(1);
+  TORCH_CHECK(norm_f.size(0) == Dm, "norm_f must have ", Dm, " entries");
+  auto h = h_in.clone();
+  auto x = at::empty_like(h);
+  std::vector<at::Tensor> out(1 + 2 * L);
+  at::Tensor xz, u, y, part, xd, o;
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor* p = layers.data() + kLmStepPerLayer * l;
+    const at::Tensor &norm_w = p[0], &in_w = p[1], &conv_w = p[4], &conv_b = p[5], &xproj_w = p[6];
+    const at::Tensor &dtw_t = p[7], &dt_b = p[8], &A = p[9], &D = p[10], &out_w = p[11];
+    need(norm_w, "norm weight", 1); need(conv_w, "conv_w", 2); need(conv_b, "conv_b", 1);
+    need(xproj_w, "xproj_w", 2); need(dtw_t, "dtproj_wt", 2); need(dt_b, "dt_b", 1); need(A, "A", 2); need(D, "D", 1);
+    need(conv[l], "conv state", 3); need(ssm[l], "ssm state", 3);
+    const int64_t E = conv_w.size(0), K = conv_w.size(1), N = A.size(1), R = dtw_t.size(0), J = R + 2 * N;
+    TORCH_CHECK(E % kV == 0 && N % kV == 0, "lm_step needs e % 8 == 0 and n % 8 == 0");
+    TORCH_CHECK(norm_w.size(0) == Dm && in_w.size(0) == 2 * E && out_w.size(0) == Dm && out_w.size(1) == E,
+                "lm_step projection shapes");
+    TORCH_CHECK(xproj_w.size(0) == J && xproj_w.size(1) == E && dtw_t.size(1) == E && A.size(0) == E, "lm_step SSM shapes");
+    TORCH_CHECK(conv[l].size(0) == Bsz && conv[l].size(1) == E && conv[l].size(2) == K - 1 && ssm[l].size(0) == Bsz &&
+                    ssm[l].size(1) == E && ssm[l].size(2) == N, "lm_step state shapes");
+    const Lin lin_in = check_lin(in_w, p[2], p[3], Dm), lin_out = check_lin(out_w, p[12], p[13], E);
+    const int64_t nch = (E + kStepCh - 1) / kStepCh;
+    if (!xz.defined() || xz.size(1) != 2 * E || part.size(0) != nch * Bsz * J) {
+      xz = at::empty({Bsz, 2 * E}, h.options());
+      u = at::empty({Bsz, E}, h.options());
+      y = at::empty({Bsz, E}, h.options());
+      part = at::empty({nch * Bsz * J}, h.options());
+      xd = at::empty({Bsz, J}, h.options());
+      o = at::empty({Bsz, Dm}, h.options());
+    }
+    rms_rows(h.data_ptr<float>(), norm_w.data_ptr<float>(), x.data_ptr<float>(), Bsz, Dm, eps);
+    run_gemv(x.data_ptr<float>(), Bsz, in_w, lin_in.scale, lin_in.bias, xz.data_ptr<float>());
+    auto conv_new = at::empty_like(conv[l]);
+    auto ssm_new = at::empty_like(ssm[l]);
+    StepCtx t{xz.data_ptr<float>(), conv[l].data_ptr<float>(), conv_w.data_ptr<float>(), conv_b.data_ptr<float>(),
+              xproj_w.data_ptr<float>(), dtw_t.data_ptr<float>(), dt_b.data_ptr<float>(), A.data_ptr<float>(),
+              D.data_ptr<float>(), ssm[l].data_ptr<float>(), u.data_ptr<float>(), part.data_ptr<float>(),
+              xd.data_ptr<float>(), conv_new.data_ptr<float>(), ssm_new.data_ptr<float>(), y.data_ptr<float>(),
+              Bsz, E, K, N, R, J};
+    const int threads = participants(in_w.numel() * in_w.element_size() * Bsz);
+    DecodePool::get().run(nch, &step_pass_a, &t, threads);
+    float* pxd = xd.data_ptr<float>();
+    const float* pp = part.data_ptr<float>();
+    for (int64_t i = 0; i < Bsz * J; ++i) pxd[i] = 0.f;
+    for (int64_t c = 0; c < nch; ++c)  // block order: independent of the thread count
+      for (int64_t i = 0; i < Bsz * J; ++i) pxd[i] += pp[c * Bsz * J + i];
+    DecodePool::get().run(nch, &step_pass_b, &t, threads);
+    run_gemv(y.data_ptr<float>(), Bsz, out_w, lin_out.scale, lin_out.bias, o.data_ptr<float>());
+    float* ph = h.data_ptr<float>();
+    const float* po = o.data_ptr<float>();
+    for (int64_t i = 0; i < Bsz * Dm; ++i) ph[i] += po[i];
+    out[1 + l] = conv_new;
+    out[1 + L + l] = ssm_new;
+  }
+  out[0] = at::empty_like(h);
+  rms_rows(h.data_ptr<float>(), norm_f.data_ptr<float>(), out[0].data_ptr<float>(), Bsz, Dm, eps);
+  return out;
 }
 
 // One streaming step of a diagonal complex SSM (S4D, Gu et al. 2022) for rows u (b, h):
@@ -467,6 +645,7 @@ TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
   m.def("rms_norm_rows(Tensor x, Tensor w, float eps) -> Tensor");
   m.def("linear_rows(Tensor x, Tensor w, Tensor bias) -> Tensor");
   m.def("decode_linear(Tensor x, Tensor w, Tensor scale, Tensor bias) -> Tensor");
+  m.def("lm_step(Tensor h, Tensor[] layers, Tensor[] conv, Tensor[] ssm, Tensor norm_f, float eps) -> Tensor[]");
   m.def("s4d_step(Tensor u, Tensor x, Tensor dA, Tensor dB, Tensor c2, Tensor D, bool gelu) -> Tensor[]");
 }
 
@@ -475,5 +654,6 @@ TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
   m.impl("rms_norm_rows", &rms_norm_rows);
   m.impl("linear_rows", &linear_rows);
   m.impl("decode_linear", &decode_linear);
+  m.impl("lm_step", &lm_step);
   m.impl("s4d_step", &s4d_step);
 }
