@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recorded", action="store_true",
                     help="take the test metrics recorded in each checkpoint's config.json (computed by the same "
                          "evaluate code at the end of training) instead of evaluating again")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of the existing results whose names this run does not measure (marked "
+                         "as earlier runs, with the load and date of the run that measured them)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from longstream.pipelines.common import dumps_strict
@@ -127,9 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         r["train_images_per_s"] = round(args.batch / t, 2)
         r["train_tokens_per_s"] = round(args.batch * r["tokens"] / t, 1)
         r["epoch_minutes_at_measured_rate"] = round(60_000 / (args.batch / t) / 60, 1)
-    report = {"benchmark": "vision_quality", "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
-              "loadavg_before": load0, "loadavg_after": os.getloadavg(), "results": rows, "claims": CLAIMS}
     out = Path(args.out)
+    if args.append and out.with_suffix(".json").is_file():
+        prev = json.loads(out.with_suffix(".json").read_text())
+        mine = {r["name"] for r in rows}
+        kept = [{**r, "earlier_run": r.get("earlier_run") or {"loadavg": prev.get("loadavg_before"),
+                                                              "date": prev.get("date")}}
+                for r in prev.get("results", []) if r["name"] not in mine]
+        rows = kept + rows
+    report = {"benchmark": "vision_quality", "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+              "results": rows, "claims": CLAIMS}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(dumps_strict(report, indent=1) + "\n")
     out.with_suffix(".md").write_text(render(report))
@@ -146,10 +157,14 @@ def render(rep: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["results"]:
         wall = f"{r['wall_s'] / 60:.0f} min" if r.get("wall_s") else "-"
-        lines.append(f"| {r['name']} | {r['kind']} ({r['pattern']}) | {r['d_model']} x {r['n_layers']} | {r['tokens']} "
+        mark = " (earlier run)" if r.get("earlier_run") else ""
+        lines.append(f"| {r['name']}{mark} | {r['kind']} ({r['pattern']}) | {r['d_model']} x {r['n_layers']} | {r['tokens']} "
                      f"| {r['params'] / 1e6:.2f}M | {r['steps']} x {r['batch_size']} | {wall} | {r['n_test']} | "
                      f"{r['test_accuracy']:.2%} | {r['test_macro_f1']:.4f} | {r['train_images_per_s']} "
                      f"| {r['train_tokens_per_s']:.0f} |")
+    if any(r.get("earlier_run") for r in rep["results"]):
+        lines += ["", "Rows marked *earlier run* were kept from a previous run of this benchmark (`--append`): "
+                  "their throughput was measured then, on the same machine at another load."]
     lines += ["", "Published claims quoted for context:", ""] + [f"- {c}" for c in rep["claims"]]
     return "\n".join(lines) + "\n"
 

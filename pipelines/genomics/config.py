@@ -132,11 +132,10 @@ def tiny_cds() -> Config:
 
 
 def release() -> Config:
-    """Species (shipped ``genomics/mamba-species``): 2-layer Mamba d=64, windows of 1-16K bases drawn
-    log-uniformly (as many steps at 1-2K as at 8-16K), with the tetranucleotide composition branch of
-    ``kmer_branch.py`` in the head."""
+    """Species (shipped ``genomics/mamba-species``): 2-layer Mamba d=64, windows of 1-2K bases, with the
+    tetranucleotide composition branch of ``kmer_branch.py`` in the head."""
     return Config(
-        data=DataConfig(train_len=16384, train_len_min=1024, train_len_dist="log"),
+        data=DataConfig(train_len=2048, train_len_min=1024),
         model=ModelConfig(task="species", kmer_k=4),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
         train=TrainConfig(steps=1000, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
