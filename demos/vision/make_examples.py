@@ -21,10 +21,10 @@ def main() -> None:
     d.rectangle([38, 8, 74, 16], fill=50)
     im.filter(ImageFilter.GaussianBlur(1)).save("trouser.png", optimize=True)
 
-    im, d = canvas()  # sneaker: low shoe seen from the side, toe to the left
-    d.polygon([(10, 62), (30, 50), (52, 46), (66, 30), (92, 28), (100, 40), (102, 74), (10, 74)], fill=90)
-    d.rectangle([8, 74, 104, 84], fill=40)
-    d.line([(40, 54), (60, 44)], fill=200, width=3)
+    im, d = canvas()  # sneaker: low, long shoe seen from the side, toe to the left, a light sole
+    d.polygon([(6, 62), (24, 54), (56, 52), (72, 46), (98, 46), (106, 52), (106, 70), (6, 70)], fill=70)
+    d.rectangle([4, 70, 108, 76], fill=120)
+    d.line([(44, 58), (62, 52)], fill=200, width=3)
     im.filter(ImageFilter.GaussianBlur(1)).save("sneaker.png", optimize=True)
 
     im, d = canvas()  # bag: a box with a handle
