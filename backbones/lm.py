@@ -114,7 +114,7 @@ def fused_step(lm: LanguageModel, h: Tensor, state: State) -> tuple[Tensor, Stat
         return None
     ops = cpu_kernels.ops()
     if cpu_kernels.has_op("lm_step"):
-        flat = _lm_step_tensors(lm, pairs, h, state)
+        flat = _lm_step_tensors_cached(lm, pairs, h, state)
         if flat is not None:
             res = ops.lm_step(h.contiguous(), flat, [st["conv"].contiguous() for st in state],
                               [st["ssm"].contiguous() for st in state], bb.norm_f.weight, bb.norm_f.eps)
@@ -130,7 +130,7 @@ def fused_step(lm: LanguageModel, h: Tensor, state: State) -> tuple[Tensor, Stat
         if lin is None and not (decode_linear_ok(m.in_proj.weight) and decode_linear_ok(m.out_proj.weight)):
             return None  # widths the compiled GEMV does not take (d % 8 != 0): the generic path
         xz = lin[0](x) if lin is not None else decode_linear(x, m.in_proj.weight, m.in_proj.bias)  # (b, 2e)
-        conv_w, conv_b, dtw_t, A = m._step_consts()
+        conv_w, conv_b, dtw_t, A = m._step_consts()[:4]
         y, conv, ssm = ops.mamba_step(
             xz.contiguous(), st["conv"].contiguous(), conv_w, conv_b, m.x_proj.weight, dtw_t,
             m.dt_proj.bias, A, m.D, st["ssm"].contiguous(),
@@ -139,6 +139,30 @@ def fused_step(lm: LanguageModel, h: Tensor, state: State) -> tuple[Tensor, Stat
         h = h + out
         new_states.append({"conv": conv, "ssm": ssm})
     return ops.rms_norm_rows(h, bb.norm_f.weight, bb.norm_f.eps), new_states
+
+
+def _lm_step_tensors_cached(lm: LanguageModel, pairs: list[tuple[Block, Mamba]], h: Tensor, state: State) -> list[Tensor] | None:
+    """:func:`_lm_step_tensors`, kept on the model until something it depends on changes: a parameter
+    (its storage or in-place version), a low-precision copy (:meth:`LanguageModel.quantize`), a mixer's
+    backend, the grad mode, or the dtype / device of the token or the states. Rebuilding the 14 x L
+    list costs ~1k module attribute lookups, ~0.5 ms a token for a 24-layer model."""
+    params: list[tuple] = []
+    stack: list[nn.Module] = [mod for blk, m in pairs for mod in (blk.norm, m)]
+    while stack:  # the modules' own dicts (no attribute lookups): a replaced parameter or submodule shows
+        mod = stack.pop()
+        params.extend((p.data_ptr(), p._version, p.requires_grad, p.dtype) for p in mod._parameters.values() if p is not None)
+        stack.extend(c for c in mod._modules.values() if c is not None)
+    key = (
+        torch.is_grad_enabled(), h.dtype, h.device, cpu_kernels.has_op("mamba_step"), tuple(params),
+        tuple((getattr(m, "_lowp_linears", None), m.backend) for _, m in pairs),
+        tuple((st["conv"].dtype, st["ssm"].dtype) for st in state),
+    )
+    cached = getattr(lm, "_lm_step_flat", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    flat = _lm_step_tensors(lm, pairs, h, state)
+    lm._lm_step_flat = (key, flat)
+    return flat
 
 
 def _lm_step_tensors(lm: LanguageModel, pairs: list[tuple[Block, Mamba]], h: Tensor, state: State) -> list[Tensor] | None:
@@ -165,8 +189,8 @@ def _lm_step_tensors(lm: LanguageModel, pairs: list[tuple[Block, Mamba]], h: Ten
                 return None
             w_in, s_in, b_in = m.in_proj.weight, _EMPTY, _EMPTY if m.in_proj.bias is None else m.in_proj.bias
             w_out, s_out, b_out = m.out_proj.weight, _EMPTY, _EMPTY if m.out_proj.bias is None else m.out_proj.bias
-        conv_w, conv_b, dtw_t, A = m._step_consts()
-        flat += [blk.norm.weight, w_in, s_in, b_in, conv_w, conv_b, m.x_proj.weight, dtw_t, m.dt_proj.bias,
+        conv_w, conv_b, _, A, xproj_t, dtw = m._step_consts()
+        flat += [blk.norm.weight, w_in, s_in, b_in, conv_w, conv_b, xproj_t, dtw, m.dt_proj.bias,
                  A, m.D, w_out, s_out, b_out]
     return flat
 

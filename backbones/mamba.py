@@ -241,8 +241,10 @@ class Mamba(Backbone):
 
     def _step_consts(self) -> tuple[Tensor, ...]:
         """Parameter-derived tensors of the fused decode step, cached until a parameter changes:
-        conv weight (e, k), conv bias (e), dt_proj weight transposed (r, e), A = -exp(A_log) (e, n)."""
-        params = (self.conv1d.weight, self.conv1d.bias, self.dt_proj.weight, self.A_log)
+        conv weight (e, k), conv bias (e), dt_proj weight transposed (r, e), A = -exp(A_log) (e, n),
+        and for ``lm_step`` x_proj weight transposed (e, r + 2n) and dt_proj weight (e, r), contiguous
+        (each block of channels then reads one contiguous slab of both)."""
+        params = (self.conv1d.weight, self.conv1d.bias, self.dt_proj.weight, self.A_log, self.x_proj.weight)
         key = tuple((p.data_ptr(), p._version) for p in params)
         cached = getattr(self, "_step_cache", None)
         if cached is None or cached[0] != key:
@@ -252,6 +254,8 @@ class Mamba(Backbone):
                     self.conv1d.bias.detach().contiguous(),
                     self.dt_proj.weight.detach().t().contiguous(),
                     (-torch.exp(self.A_log.detach())).contiguous(),
+                    self.x_proj.weight.detach().t().contiguous(),
+                    self.dt_proj.weight.detach().contiguous(),
                 )
             cached = (key, consts)
             self._step_cache = cached
@@ -282,7 +286,7 @@ class Mamba(Backbone):
         if self._step_fused(x_t, state):
             lin = getattr(self, "_lowp_linears", None)  # set by LanguageModel.quantize
             xz = lin[0](x_t) if lin is not None else _decode_linear(x_t, self.in_proj)  # (b, 2e)
-            conv_w, conv_b, dtw_t, A = self._step_consts()
+            conv_w, conv_b, dtw_t, A = self._step_consts()[:4]
             y, conv_state, h = cpu_kernels.ops().mamba_step(
                 xz.contiguous(), state["conv"].contiguous(), conv_w, conv_b, self.x_proj.weight,
                 dtw_t, self.dt_proj.bias, A, self.D, state["ssm"].contiguous(),

@@ -197,8 +197,8 @@ def test_lm_step_whole_stack_matches_layer_loop_and_thread_count(mode, monkeypat
         monkeypatch.setitem(cpu_kernels._STATE, "op:lm_step", lm_step)
         torch.set_num_threads(threads)
         calls = []
-        orig = lm_mod._lm_step_tensors
-        monkeypatch.setattr(lm_mod, "_lm_step_tensors", lambda *a: calls.append(1) or orig(*a))
+        orig = lm_mod._lm_step_tensors_cached
+        monkeypatch.setattr(lm_mod, "_lm_step_tensors_cached", lambda *a: calls.append(1) or orig(*a))
         try:
             out = []
             with torch.no_grad():
@@ -208,7 +208,7 @@ def test_lm_step_whole_stack_matches_layer_loop_and_thread_count(mode, monkeypat
                     out.append(y)
         finally:
             torch.set_num_threads(1)
-            monkeypatch.setattr(lm_mod, "_lm_step_tensors", orig)
+            monkeypatch.setattr(lm_mod, "_lm_step_tensors_cached", orig)
         assert bool(calls) == lm_step  # the path under test ran
         return torch.stack(out), st
 
@@ -221,6 +221,75 @@ def test_lm_step_whole_stack_matches_layer_loop_and_thread_count(mode, monkeypat
         close(a["ssm"], b["ssm"], atol=1e-5)
         close(a["conv"], b["conv"], atol=0)
     assert y1.abs().max() > 0.05  # real logits, not a zero output
+
+
+@needs_kernels
+def test_lm_step_tensor_cache_follows_parameter_changes():
+    """The cached lm_step argument list is rebuilt when a weight changes in place, is replaced, or the
+    model is quantized: each time the one-call step equals the per-layer loop of the changed model."""
+    torch.manual_seed(0)
+    cfg = BackboneConfig(d_model=32, n_layers=2, pattern="M", mixer_kwargs={"M": {"d_state": 8}})
+    lm = LanguageModel(50, cfg).eval()
+    tok = torch.tensor([3, 7])
+
+    def both():
+        with torch.no_grad():
+            st = lm.init_state(2)
+            y, _ = lm.step(tok, st)
+            cpu_kernels._STATE["op:lm_step"] = False
+            try:
+                yl, _ = lm.step(tok, st)
+            finally:
+                cpu_kernels._STATE["op:lm_step"] = True
+        close(y, yl, atol=1e-4)  # the two sum x_proj / dt_proj in different orders
+        return y
+
+    y0 = both()
+    m = lm.backbone.layers[0].mixer
+    with torch.no_grad():
+        m.x_proj.weight.copy_(torch.randn_like(m.x_proj.weight))  # in place: same storage, new version
+    y1 = both()
+    m.dt_proj.weight = torch.nn.Parameter(torch.randn_like(m.dt_proj.weight))  # replaced
+    y2 = both()
+    lm.quantize("int8")
+    y3 = both()
+    # each change moves the logits far beyond the tolerance, so a stale argument list would fail above
+    assert (y0 - y1).abs().max() > 1e-2 and (y1 - y2).abs().max() > 1e-2 and (y2 - y3).abs().max() > 1e-3
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_gemv_avx512_and_avx2_agree(threads):
+    """The AVX-512 GEMV (the default where the CPU has it) and the AVX2 one give F.linear's result for
+    float32 / bf16 / int8 weights, with row counts that leave a partial block of 4 and widths that
+    leave a partial 16-lane register (i = 8, 24, 40) or none (768)."""
+    ops = cpu_kernels.ops()
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    has512 = all(f" {f}" in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))
+    torch.manual_seed(0)
+    e = torch.empty(0)
+    prev = ops.decode_isa(0)
+    torch.set_num_threads(threads)
+    try:
+        assert ops.decode_isa(2) == (2 if has512 else 1)
+        assert ops.decode_isa(1) == 1
+        for o, i, b in ((5, 8, 1), (13, 24, 3), (301, 40, 2), (1402, 768, 1)):  # the last pooled (4.3 MB)
+            x, w, bias = torch.randn(b, i), torch.randn(o, i), torch.randn(o)
+            wb = w.to(torch.bfloat16)
+            q = torch.randint(-127, 128, (o, i), dtype=torch.int8)
+            s = torch.rand(o) * 0.01
+            refs = [((w, e, bias), F.linear(x, w, bias)), ((wb, e, e), F.linear(x, wb.float())),
+                    ((q, s, bias), F.linear(x, q.float() * s[:, None], bias))]
+            for args, ref in refs:
+                outs = []
+                for isa in (1, 2):
+                    ops.decode_isa(isa)
+                    outs.append(ops.decode_linear(x, *args))
+                    close(outs[-1], ref, atol=2e-4 * i ** 0.5)
+                assert ref.abs().max() > 0.1
+    finally:
+        ops.decode_isa(prev)
+        torch.set_num_threads(1)
 
 
 @needs_kernels

@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -390,6 +391,118 @@ void gemv_chunk(const void* vctx, int64_t chunk) {
   }
 }
 
+// The same GEMV in 512-bit registers, for CPUs with AVX-512 (F + BW + VL), chosen at run time: the
+// int8 / bf16 widening is compute-bound in 256-bit registers (three instructions per 8 weights), so
+// 16 lanes per instruction lift those paths towards the memory-bandwidth limit. Same products,
+// x kept in float32; only the order of the float32 sums differs from the AVX2 path.
+#define LS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+LS_AVX512 static inline __m512 load_w16(const float* w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
+LS_AVX512 static inline __m512 load_w16(const uint16_t* w, __mmask16 m) {
+  const __m256i v = _mm256_maskz_loadu_epi16(m, w);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+LS_AVX512 static inline __m512 load_w16(const int8_t* w, __mmask16 m) {
+  const __m128i v = _mm_maskz_loadu_epi8(m, w);
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+LS_AVX512 static inline __m512 load_w16(const float* w) { return _mm512_loadu_ps(w); }
+LS_AVX512 static inline __m512 load_w16(const uint16_t* w) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+LS_AVX512 static inline __m512 load_w16(const int8_t* w) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+
+template <typename T>
+LS_AVX512 void gemv_chunk512(const void* vctx, int64_t chunk) {
+  const GemvCtx& g = *static_cast<const GemvCtx*>(vctx);
+  const T* W = static_cast<const T*>(g.w);
+  const int64_t o0 = chunk * g.rows, o1 = std::min(g.O, o0 + g.rows), I = g.I;
+  constexpr int64_t kW = 16, kStep = 2 * kW;          // lanes per register, weights per row per iteration
+  constexpr int64_t kLine = 64 / sizeof(T);           // weights per cache line
+  constexpr int64_t kAhead = 1024 / sizeof(T);        // software prefetch 1 KB ahead in each row
+  const int64_t main_end = I / kStep * kStep;
+  const __mmask16 tail_mask = __mmask16((1u << ((I - I / kW * kW))) - 1u);
+  for (int64_t b = 0; b < g.B; ++b) {
+    const float* xr = g.x + b * I;
+    float* yr = g.y + b * g.O;
+    int64_t o = o0;
+    for (; o + 4 <= o1; o += 4) {
+      const T *w0 = W + o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+      __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
+      for (int64_t i = 0; i < main_end; i += kStep) {
+        if (i % kLine == 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(w0 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w1 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w2 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w3 + i + kAhead), _MM_HINT_T0);
+        }
+        if (sizeof(T) == 4) {  // float32: two cache lines per row per iteration
+          _mm_prefetch(reinterpret_cast<const char*>(w0 + i + kW + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w1 + i + kW + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w2 + i + kW + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w3 + i + kW + kAhead), _MM_HINT_T0);
+        }
+        const __m512 xv = _mm512_loadu_ps(xr + i), xu = _mm512_loadu_ps(xr + i + kW);
+        a0 = _mm512_fmadd_ps(load_w16(w0 + i), xv, a0);
+        a1 = _mm512_fmadd_ps(load_w16(w1 + i), xv, a1);
+        a2 = _mm512_fmadd_ps(load_w16(w2 + i), xv, a2);
+        a3 = _mm512_fmadd_ps(load_w16(w3 + i), xv, a3);
+        b0 = _mm512_fmadd_ps(load_w16(w0 + i + kW), xu, b0);
+        b1 = _mm512_fmadd_ps(load_w16(w1 + i + kW), xu, b1);
+        b2 = _mm512_fmadd_ps(load_w16(w2 + i + kW), xu, b2);
+        b3 = _mm512_fmadd_ps(load_w16(w3 + i + kW), xu, b3);
+      }
+      for (int64_t i = main_end; i < I; i += kW) {  // at most one full and one partial register
+        const __mmask16 m = i + kW <= I ? __mmask16(0xffff) : tail_mask;
+        const __m512 xv = _mm512_maskz_loadu_ps(m, xr + i);
+        a0 = _mm512_fmadd_ps(load_w16(w0 + i, m), xv, a0);
+        a1 = _mm512_fmadd_ps(load_w16(w1 + i, m), xv, a1);
+        a2 = _mm512_fmadd_ps(load_w16(w2 + i, m), xv, a2);
+        a3 = _mm512_fmadd_ps(load_w16(w3 + i, m), xv, a3);
+      }
+      yr[o] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));
+      yr[o + 1] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1));
+      yr[o + 2] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2));
+      yr[o + 3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3));
+    }
+    for (; o < o1; ++o) {
+      __m512 a0 = _mm512_setzero_ps();
+      for (int64_t i = 0; i < I; i += kW) {
+        const __mmask16 m = i + kW <= I ? __mmask16(0xffff) : tail_mask;
+        a0 = _mm512_fmadd_ps(load_w16(W + o * I + i, m), _mm512_maskz_loadu_ps(m, xr + i), a0);
+      }
+      yr[o] = _mm512_reduce_add_ps(a0);
+    }
+    for (o = o0; o < o1; ++o) {
+      if (g.scale) yr[o] *= g.scale[o];
+      if (g.bias) yr[o] += g.bias[o];
+    }
+  }
+}
+
+// Which GEMV the decode ops use: 2 = AVX-512 (the default where the CPU has F + BW + VL + DQ),
+// 1 = AVX2. LONGSTREAM_DECODE_ISA=1 forces AVX2; the op decode_isa reads / sets it (tests compare).
+bool cpu_has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+int initial_isa() {
+  const char* env = std::getenv("LONGSTREAM_DECODE_ISA");
+  return (env && std::atoi(env) == 1) || !cpu_has_avx512() ? 1 : 2;
+}
+std::atomic<int> g_isa{initial_isa()};
+
+// decode_isa(level): 0 reads the choice; 1 selects AVX2; 2 selects AVX-512 when the CPU has it (else
+// AVX2). Returns the level in use afterwards.
+int64_t decode_isa(int64_t level) {
+  if (level == 1 || level == 2) g_isa.store(level == 2 && cpu_has_avx512() ? 2 : 1);
+  return g_isa.load();
+}
+
 // y (b, o) = x (b, i) W^T (* scale) + bias on the decode pool; W already checked (contiguous, 2-d,
 // float32 / bfloat16 / int8, i % 8 == 0).
 void run_gemv(const float* x, int64_t Bsz, const at::Tensor& w, const float* scale, const float* bias, float* y) {
@@ -397,8 +510,11 @@ void run_gemv(const float* x, int64_t Bsz, const at::Tensor& w, const float* sca
   const int64_t rows = std::max<int64_t>(4, (kChunkBytes / (I * esz)) / 4 * 4);
   GemvCtx g{x, w.data_ptr(), scale, bias, y, Bsz, I, O, rows};
   const auto st = w.scalar_type();
-  DecodePool::Fn fn = st == at::kFloat ? &gemv_chunk<float> : st == at::kBFloat16 ? &gemv_chunk<uint16_t>
-                                                                                   : &gemv_chunk<int8_t>;
+  DecodePool::Fn fn;
+  if (g_isa.load(std::memory_order_relaxed) == 2)
+    fn = st == at::kFloat ? &gemv_chunk512<float> : st == at::kBFloat16 ? &gemv_chunk512<uint16_t> : &gemv_chunk512<int8_t>;
+  else
+    fn = st == at::kFloat ? &gemv_chunk<float> : st == at::kBFloat16 ? &gemv_chunk<uint16_t> : &gemv_chunk<int8_t>;
   DecodePool::get().run((O + rows - 1) / rows, fn, &g, participants(O * I * esz * Bsz));
 }
 
@@ -454,14 +570,34 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 constexpr int64_t kStepCh = 64;  // channels per SSM-step chunk (a multiple of 8)
 
 struct StepCtx {
-  const float *xz, *conv, *conv_w, *conv_b, *xproj_w, *dtw_t, *dt_b, *A, *D, *ssm;
+  const float *xz, *conv, *conv_w, *conv_b, *xproj_t, *dtw, *dt_b, *A, *D, *ssm;
   float *u, *part, *xd, *conv_new, *ssm_new, *y;
   int64_t B, E, K, N, R, J;  // J = R + 2N
 };
 
+// acc[0:n] += a * w[0:n]
+static inline void axpy_row(float* acc, float a, const float* w, int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t j = 0;
+  for (; j + kV <= n; j += kV) _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(va, _mm256_loadu_ps(w + j), _mm256_loadu_ps(acc + j)));
+  for (; j < n; ++j) acc[j] += a * w[j];
+}
+
+static inline float dot_row(const float* a, const float* b, int64_t n) {
+  __m256 s = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + kV <= n; j += kV) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s);
+  float r = hsum256(s);
+  for (; j < n; ++j) r += a[j] * b[j];
+  return r;
+}
+
+// Both passes read their weights as one contiguous slab per block of channels: x_proj transposed
+// (e, J) rows c0..c1, dt_proj (e, r) rows c0..c1 (column strips of the (J, e) / (r, e) layouts
+// are short strided reads that stall on memory latency).
 void step_pass_a(const void* vctx, int64_t chunk) {
   const StepCtx& t = *static_cast<const StepCtx*>(vctx);
-  const int64_t c0 = chunk * kStepCh, c1 = std::min(t.E, c0 + kStepCh), E = t.E, K = t.K;
+  const int64_t c0 = chunk * kStepCh, c1 = std::min(t.E, c0 + kStepCh), E = t.E, K = t.K, J = t.J;
   FtzGuard ftz;
   for (int64_t b = 0; b < t.B; ++b) {
     const float* x = t.xz + b * 2 * E;
@@ -478,13 +614,9 @@ void step_pass_a(const void* vctx, int64_t chunk) {
       u[c] = acc;
     }
     for (int64_t c = c0; c < c1; c += kV) _mm256_storeu_ps(u + c, silu256(_mm256_loadu_ps(u + c)));
-    float* part = t.part + (chunk * t.B + b) * t.J;
-    for (int64_t j = 0; j < t.J; ++j) {
-      const float* wr = t.xproj_w + j * E;
-      __m256 a0 = _mm256_setzero_ps();
-      for (int64_t c = c0; c < c1; c += kV) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(u + c), a0);
-      part[j] = hsum256(a0);
-    }
+    float* part = t.part + (chunk * t.B + b) * J;
+    for (int64_t j = 0; j < J; ++j) part[j] = 0.f;
+    for (int64_t c = c0; c < c1; ++c) axpy_row(part, u[c], t.xproj_t + c * J, J);
   }
 }
 
@@ -498,13 +630,7 @@ void step_pass_b(const void* vctx, int64_t chunk) {
     const float *Bv = xd + t.R, *Cv = Bv + N;
     const float* u = t.u + b * E;
     const float* z = t.xz + b * 2 * E + E;
-    for (int64_t c = c0; c < c1; c += kV) _mm256_storeu_ps(dt + (c - c0), _mm256_loadu_ps(t.dt_b + c));
-    for (int64_t r = 0; r < t.R; ++r) {
-      const __m256 a = _mm256_set1_ps(xd[r]);
-      const float* wr = t.dtw_t + r * E;
-      for (int64_t c = c0; c < c1; c += kV)
-        _mm256_storeu_ps(dt + (c - c0), _mm256_fmadd_ps(a, _mm256_loadu_ps(wr + c), _mm256_loadu_ps(dt + (c - c0))));
-    }
+    for (int64_t c = c0; c < c1; ++c) dt[c - c0] = t.dt_b[c] + dot_row(t.dtw + c * t.R, xd, t.R);
     for (int64_t c = c0; c < c1; c += kV) _mm256_storeu_ps(dt + (c - c0), softplus256(_mm256_loadu_ps(dt + (c - c0))));
     for (int64_t c = c0; c < c1; ++c) {
       const float dc = dt[c - c0];
@@ -530,8 +656,8 @@ void step_pass_b(const void* vctx, int64_t chunk) {
 constexpr int kLmStepPerLayer = 14;
 
 // h (b, d) embedded token; layers: 14 tensors per layer in this order
-//   norm_w (d), in_w (2e, d), in_scale, in_bias, conv_w (e, k), conv_b (e), xproj_w (r+2n, e),
-//   dtproj_wt (r, e), dt_b (e), A (e, n), D (e), out_w (d, e), out_scale, out_bias
+//   norm_w (d), in_w (2e, d), in_scale, in_bias, conv_w (e, k), conv_b (e), xproj_t (e, r+2n) (x_proj
+//   weight transposed), dtproj_w (e, r), dt_b (e), A (e, n), D (e), out_w (d, e), out_scale, out_bias
 // (in_w / out_w float32, bfloat16 or int8; scale / bias empty when absent; int8 needs its scale);
 // conv[i] (b, e, k-1), ssm[i] (b, e, n) the states (read only). Returns
 // [norm_f(h_out) (b, d), new conv_0 .. conv_{L-1}, new ssm_0 .. ssm_{L-1}].
@@ -549,16 +675,16 @@ std::vector<at::Tensor> lm_step(const at::Tensor& h_in, at::TensorList layers, a
   at::Tensor xz, u, y, part, xd, o;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* p = layers.data() + kLmStepPerLayer * l;
-    const at::Tensor &norm_w = p[0], &in_w = p[1], &conv_w = p[4], &conv_b = p[5], &xproj_w = p[6];
-    const at::Tensor &dtw_t = p[7], &dt_b = p[8], &A = p[9], &D = p[10], &out_w = p[11];
+    const at::Tensor &norm_w = p[0], &in_w = p[1], &conv_w = p[4], &conv_b = p[5], &xproj_t = p[6];
+    const at::Tensor &dtw = p[7], &dt_b = p[8], &A = p[9], &D = p[10], &out_w = p[11];
     need(norm_w, "norm weight", 1); need(conv_w, "conv_w", 2); need(conv_b, "conv_b", 1);
-    need(xproj_w, "xproj_w", 2); need(dtw_t, "dtproj_wt", 2); need(dt_b, "dt_b", 1); need(A, "A", 2); need(D, "D", 1);
+    need(xproj_t, "xproj_t", 2); need(dtw, "dtproj_w", 2); need(dt_b, "dt_b", 1); need(A, "A", 2); need(D, "D", 1);
     need(conv[l], "conv state", 3); need(ssm[l], "ssm state", 3);
-    const int64_t E = conv_w.size(0), K = conv_w.size(1), N = A.size(1), R = dtw_t.size(0), J = R + 2 * N;
+    const int64_t E = conv_w.size(0), K = conv_w.size(1), N = A.size(1), R = dtw.size(1), J = R + 2 * N;
     TORCH_CHECK(E % kV == 0 && N % kV == 0, "lm_step needs e % 8 == 0 and n % 8 == 0");
     TORCH_CHECK(norm_w.size(0) == Dm && in_w.size(0) == 2 * E && out_w.size(0) == Dm && out_w.size(1) == E,
                 "lm_step projection shapes");
-    TORCH_CHECK(xproj_w.size(0) == J && xproj_w.size(1) == E && dtw_t.size(1) == E && A.size(0) == E, "lm_step SSM shapes");
+    TORCH_CHECK(xproj_t.size(0) == E && xproj_t.size(1) == J && dtw.size(0) == E && A.size(0) == E, "lm_step SSM shapes");
     TORCH_CHECK(conv[l].size(0) == Bsz && conv[l].size(1) == E && conv[l].size(2) == K - 1 && ssm[l].size(0) == Bsz &&
                     ssm[l].size(1) == E && ssm[l].size(2) == N, "lm_step state shapes");
     const Lin lin_in = check_lin(in_w, p[2], p[3], Dm), lin_out = check_lin(out_w, p[12], p[13], E);
@@ -576,7 +702,7 @@ std::vector<at::Tensor> lm_step(const at::Tensor& h_in, at::TensorList layers, a
     auto conv_new = at::empty_like(conv[l]);
     auto ssm_new = at::empty_like(ssm[l]);
     StepCtx t{xz.data_ptr<float>(), conv[l].data_ptr<float>(), conv_w.data_ptr<float>(), conv_b.data_ptr<float>(),
-              xproj_w.data_ptr<float>(), dtw_t.data_ptr<float>(), dt_b.data_ptr<float>(), A.data_ptr<float>(),
+              xproj_t.data_ptr<float>(), dtw.data_ptr<float>(), dt_b.data_ptr<float>(), A.data_ptr<float>(),
               D.data_ptr<float>(), ssm[l].data_ptr<float>(), u.data_ptr<float>(), part.data_ptr<float>(),
               xd.data_ptr<float>(), conv_new.data_ptr<float>(), ssm_new.data_ptr<float>(), y.data_ptr<float>(),
               Bsz, E, K, N, R, J};
@@ -646,6 +772,7 @@ TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
   m.def("linear_rows(Tensor x, Tensor w, Tensor bias) -> Tensor");
   m.def("decode_linear(Tensor x, Tensor w, Tensor scale, Tensor bias) -> Tensor");
   m.def("lm_step(Tensor h, Tensor[] layers, Tensor[] conv, Tensor[] ssm, Tensor norm_f, float eps) -> Tensor[]");
+  m.def("decode_isa(int level) -> int", &decode_isa);
   m.def("s4d_step(Tensor u, Tensor x, Tensor dA, Tensor dB, Tensor c2, Tensor D, bool gelu) -> Tensor[]");
 }
 
