@@ -70,7 +70,7 @@ class LowpLinear:
         self.kernel_args: tuple[Tensor, Tensor, Tensor] | None = None  # (w, scale, bias) of the compiled GEMV
         use_kernel = _kernel() and w.shape[1] % 8 == 0
         if mode == "bf16":
-            wb = w.to(torch.bfloat16).contiguous()
+            wb = _on_hugepages(w.to(torch.bfloat16).contiguous())
             self.nbytes = wb.numel() * 2
             if use_kernel:
                 self._fn = _kernel_fn(wb, None, self.bias)
@@ -82,7 +82,7 @@ class LowpLinear:
         scale = (w.abs().amax(1) / 127.0).clamp(min=1e-12)  # (o,) per output channel
         self.nbytes = w.numel()
         if use_kernel:
-            q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (o, i)
+            q = _on_hugepages(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous())  # (o, i)
             self._fn = _kernel_fn(q, scale.contiguous(), self.bias)
             self.kernel_args = (q, scale.contiguous(), _EMPTY if self.bias is None else self.bias)
             self.bias = None
@@ -106,6 +106,13 @@ class LowpLinear:
 
 
 _EMPTY = torch.empty(0)
+
+
+def _on_hugepages(t: Tensor) -> Tensor:
+    """``t`` copied onto transparent huge pages when large enough (see :mod:`.hugepages`)."""
+    from .hugepages import MIN_BYTES, hugepage_copy
+
+    return hugepage_copy(t) if t.numel() * t.element_size() >= MIN_BYTES else t
 
 
 def _kernel_fn(w: Tensor, scale: Tensor | None, bias: Tensor | None) -> Callable[[Tensor], Tensor]:

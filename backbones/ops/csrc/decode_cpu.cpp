@@ -179,6 +179,13 @@ at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
 // caller runs alone for a while and then tries them again.
 
 constexpr int64_t kParBytes = 1 << 20;   // smaller products stay on the calling thread
+
+// hardware threads, read once: std::thread::hardware_concurrency() reads a sysfs file on each call
+// (glibc's get_nprocs), ~10 us, which a 24-layer token paid ~100 times
+int hw_threads() {
+  static const int n = int(std::max(1u, std::thread::hardware_concurrency()));
+  return n;
+}
 constexpr int64_t kChunkBytes = 64 << 10;
 
 class DecodePool {
@@ -253,7 +260,7 @@ class DecodePool {
   }
 
   void ensure_helpers(int n) {
-    n = std::min(n, int(std::max(1u, std::thread::hardware_concurrency())) - 1);
+    n = std::min(n, hw_threads() - 1);
     while (int(helpers_.size()) < n) {
       const int idx = int(helpers_.size());
       helpers_.emplace_back([this, idx] { helper(idx); });
@@ -313,7 +320,7 @@ class DecodePool {
 
 int participants(int64_t weight_bytes) {
   if (weight_bytes < kParBytes) return 1;
-  const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int hw = hw_threads();
   return std::max(1, std::min({at::get_num_threads(), hw, int(weight_bytes / kParBytes)}));
 }
 
