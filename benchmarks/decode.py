@@ -11,7 +11,10 @@ vocab 50,280, random weights, float32) is built once; for each thread count (pin
   decode pool, then the pooled GEMV of the head), ``fp32-loop`` (the per-layer loop of compiled
   calls it replaced: one-row RMSNorm, pooled GEMVs for in_proj / out_proj, the one-call Mamba
   step), and the opt-in
-  low-precision decode weights ``int8`` / ``bf16`` (:meth:`LanguageModel.quantize`);
+  low-precision decode weights ``int8`` / ``bf16`` (:meth:`LanguageModel.quantize`); and two
+  attributions: ``fp32-4k`` (the same weights left on 4 KB pages: a second model whose
+  first decode step skips :func:`~longstream.backbones.hugepages.move_to_hugepages`) and
+  ``int8-avx2`` (the int8 GEMV forced onto its AVX2 code, ``decode_isa(1)``);
 - prefill tokens/s (one ``forward`` of the prompt, head on the last token) at 512 and 2,048;
 - a streaming ``step`` with torch's default thread count against one thread (the 130m LM and
   a d_model 256 Mamba layer), which must not be slower;
@@ -47,6 +50,7 @@ from timing import cpu_name, interleaved  # noqa: E402  (benchmarks/timing.py)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from longstream.backbones.hugepages import move_to_hugepages  # noqa: E402
 from longstream.backbones.lm import LanguageModel  # noqa: E402
 from longstream.backbones.mamba import Mamba  # noqa: E402
 from longstream.backbones.ops import cpu_kernels  # noqa: E402
@@ -84,7 +88,7 @@ def load_llama_cpp(path: Path = LLAMA_CPP_JSON) -> dict:
 
 LLAMA_CPP = load_llama_cpp()
 VOCAB = 50280
-MODES = ("base", "fp32-loop", "fp32", "int8", "bf16")
+MODES = ("base", "fp32-loop", "fp32", "fp32-4k", "int8", "int8-avx2", "bf16")
 _FUSED_STEP = Mamba._step_fused
 _ROWS_OP = cpu_kernels.has_op("rms_norm_rows")  # real availability, before set_mode toggles it
 _GEMV_OP = cpu_kernels.has_op("decode_linear")
@@ -106,6 +110,8 @@ def set_mode(lm: LanguageModel, mode: str) -> None:
 def decode_fn(lm: LanguageModel, mode: str, prompt: torch.Tensor, n: int) -> Callable[[], float]:
     def run() -> float:
         set_mode(lm, mode)
+        if cpu_kernels.has_op("decode_isa"):
+            cpu_kernels.ops().decode_isa(2)  # AVX-512 where the CPU has it (the default)
         with torch.inference_mode():
             _, st = lm.backbone(lm.embedding(prompt), None)
             tok = prompt[:, -1]
@@ -116,6 +122,31 @@ def decode_fn(lm: LanguageModel, mode: str, prompt: torch.Tensor, n: int) -> Cal
             return time.perf_counter() - t0
 
     return run
+
+
+def attribution_fn(lm: LanguageModel, lm_4k: LanguageModel, mode: str, prompt: torch.Tensor, n: int) -> Callable[[], float]:
+    """``fp32-4k``: ``fp32`` on the model kept on 4 KB pages; ``int8-avx2``: ``int8`` on the AVX2 GEMV."""
+    if mode == "fp32-4k":
+        return decode_fn(lm_4k, "fp32", prompt, n)
+    inner = decode_fn(lm, "int8", prompt, n)
+
+    def run() -> float:
+        set_mode(lm, "int8")
+        ops = cpu_kernels.ops()
+        try:
+            ops.decode_isa(1)
+            with torch.inference_mode():
+                _, st = lm.backbone(lm.embedding(prompt), None)
+                tok = prompt[:, -1]
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    logits, st = lm.step(tok, st)
+                    tok = logits.argmax(-1)
+                return time.perf_counter() - t0
+        finally:
+            ops.decode_isa(2)
+
+    return run if cpu_kernels.has_op("decode_isa") else inner
 
 
 def prefill_fn(lm: LanguageModel, ids: torch.Tensor) -> Callable[[], float]:
@@ -191,6 +222,11 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     torch.manual_seed(0)
     lm = LanguageModel(VOCAB, mamba_130m()).eval()
+    moved = move_to_hugepages(lm)  # what its first compiled decode step does; done before any timing
+    lm._hugepages_tried = True
+    torch.manual_seed(0)
+    lm_4k = LanguageModel(VOCAB, mamba_130m()).eval()  # the same weights, left on 4 KB pages
+    lm_4k._hugepages_tried = True
     nparams = sum(p.numel() for p in lm.parameters())
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, VOCAB, (1, 16), generator=g)
@@ -199,11 +235,14 @@ def main() -> None:
         "params": nparams, "cpu": cpu_name(), "torch": torch.__version__, "kernels": cpu_kernels.available(),
         "torch_default_threads": default_threads, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
         "decode_tokens": args.tokens, "repeats": args.repeats, "llama_cpp": LLAMA_CPP,
+        "hugepage_bytes": moved, "thp": _thp_setting(),
     }, "decode": {}, "prefill": {}, "default_threads": {}}
 
     for nt in args.threads:
         torch.set_num_threads(nt)
-        r = interleaved({m: decode_fn(lm, m, prompt, args.tokens) for m in MODES}, args.repeats, self_timed=True)
+        fns = {m: attribution_fn(lm, lm_4k, m, prompt, args.tokens) if m in ("fp32-4k", "int8-avx2")
+               else decode_fn(lm, m, prompt, args.tokens) for m in MODES}
+        r = interleaved(fns, args.repeats, self_timed=True)
         row = {m: {"tok_s": round(args.tokens / v["time_s"], 2), "times_s": v["times_s"]} for m, v in r.items()}
         for m in MODES:
             ref = LLAMA_CPP["decode_bf16" if m in ("int8", "bf16") else "decode_fp32"].get(nt)
@@ -211,6 +250,8 @@ def main() -> None:
                 row[m]["vs_llama_cpp"] = round(row[m]["tok_s"] / ref, 3)
         row["fp32_vs_base"] = round(row["fp32"]["tok_s"] / row["base"]["tok_s"], 3)
         row["fp32_vs_loop"] = round(row["fp32"]["tok_s"] / row["fp32-loop"]["tok_s"], 3)
+        row["fp32_vs_4k"] = round(row["fp32"]["tok_s"] / row["fp32-4k"]["tok_s"], 3)
+        row["int8_vs_avx2"] = round(row["int8"]["tok_s"] / row["int8-avx2"]["tok_s"], 3)
         row["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
         res["decode"][str(nt)] = row
         print(f"threads {nt} decode tok/s", {m: row[m]["tok_s"] for m in MODES}, row["loadavg"], flush=True)
@@ -254,6 +295,13 @@ def main() -> None:
     print("wrote", args.out + ".{json,md}")
 
 
+def _thp_setting() -> str:
+    try:
+        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        return "n/a"
+
+
 def render(res: dict) -> str:
     m = res["meta"]
     lines = [
@@ -261,12 +309,16 @@ def render(res: dict) -> str:
         f"{m['model']}; {m['params'] / 1e6:.0f}M parameters; CPU {m['cpu']}; torch {m['torch']}; "
         f"compiled kernels {m['kernels']}; load average {' '.join(m['loadavg_start'])} -> "
         f"{' '.join(m['loadavg_end'])}. Interleaved timing, min of {m['repeats']} runs of "
-        f"{m['decode_tokens']} tokens. llama.cpp figures: {LLAMA_CPP['source']}.", "",
+        f"{m['decode_tokens']} tokens. llama.cpp figures: {LLAMA_CPP['source']}. Weights on transparent huge "
+        f"pages: {m.get('hugepage_bytes', 0) / 2**20:.0f} MiB (THP setting `{m.get('thp', 'n/a')}`).", "",
         "## Decode tokens/s", "",
         "| threads | base (PyTorch step) | fp32 per-layer loop | fp32 (`lm_step`) | fp32 / base | fp32 / loop "
         "| llama.cpp fp32 | fp32 / llama.cpp | int8 | bf16 | llama.cpp bf16 | int8 / llama.cpp bf16 | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    attrib = ["", "## Attribution: huge pages and the AVX-512 GEMV", "",
+              "| threads | fp32 (huge pages) | fp32 on 4 KB pages | ratio | int8 (AVX-512) | int8 on AVX2 | ratio |",
+              "|---|---|---|---|---|---|---|"]
     for nt, r in res["decode"].items():
         lf = LLAMA_CPP["decode_fp32"].get(int(nt))
         lb = LLAMA_CPP["decode_bf16"].get(int(nt))
@@ -277,6 +329,10 @@ def render(res: dict) -> str:
             f"{r['bf16']['tok_s']:.1f} | {lb if lb else '—'} | "
             f"{(str(r['int8']['vs_llama_cpp']) + 'x') if 'vs_llama_cpp' in r['int8'] else '—'} | "
             f"{' '.join(r['loadavg'])} |")
+        if "fp32-4k" in r:
+            attrib.append(f"| {nt} | {r['fp32']['tok_s']:.1f} | {r['fp32-4k']['tok_s']:.1f} | {r['fp32_vs_4k']:.2f}x | "
+                          f"{r['int8']['tok_s']:.1f} | {r['int8-avx2']['tok_s']:.1f} | {r['int8_vs_avx2']:.2f}x |")
+    lines += attrib
     pre = ", ".join(f"{L}: {v:.0f}" for L, v in LLAMA_CPP["prefill"].items())
     lines += ["", f"## Prefill tokens/s (llama.cpp at 1 thread {pre}; bar 2x)", "",
               "| threads | length | tok/s | llama.cpp (same threads) | / llama.cpp |", "|---|---|---|---|---|"]
