@@ -12,8 +12,10 @@ while the conv, ``x_proj`` / ``dt_proj``, the SSM recurrence and its state stay 
   activations (``decode_linear``); otherwise activations are quantised per tensor on the fly
   for an int8 GEMM (fbgemm's ``torch.ops.quantized.linear_dynamic``, or
   ``torch._weight_int8pack_mm`` on bf16 activations).
-- ``"bf16"``: bfloat16 weights, float32 activations and result with the compiled kernels
-  (bf16 activations through ``F.linear`` without them).
+- ``"bf16"``: bfloat16 weights and a float32 result with the compiled kernels; on CPUs with
+  AVX512-BF16 the activations are rounded to bf16 for its pairwise dot products (``vdpbf16ps``,
+  float32 sums; llama.cpp's bf16 path does the same), elsewhere they stay float32 (bf16
+  activations through ``F.linear`` without the kernels).
 
 The low-precision copies serve :meth:`Mamba.step` (its compiled CPU path: float32, no
 autograd) and :meth:`LanguageModel.step` / ``generate``'s decode loop; ``forward`` (training,

@@ -343,6 +343,7 @@ struct GemvCtx {
   const float* bias;   // (o,) or null
   float* y;            // (b, o)
   int64_t B, I, O, rows;  // rows per chunk (a multiple of 4)
+  const uint16_t* xb = nullptr;  // x rounded to bfloat16 (b, i) for the AVX512-BF16 dot products
 };
 
 // rows [o0, o1) of y = x W^T (* scale) + bias; four rows share each load of x
@@ -491,11 +492,86 @@ LS_AVX512 void gemv_chunk512(const void* vctx, int64_t chunk) {
   }
 }
 
+// bfloat16 weights on CPUs with AVX512-BF16: vdpbf16ps multiplies 32 bf16 pairs per instruction into
+// 16 float32 sums, so the weights are not widened at all. x is rounded to bf16 once per call (round
+// to nearest even, as llama.cpp's bf16 dot does); products and sums stay float32.
+#define LS_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+LS_AVX512BF16 static inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
+
+LS_AVX512BF16 void gemv_chunk_bf16dp(const void* vctx, int64_t chunk) {
+  const GemvCtx& g = *static_cast<const GemvCtx*>(vctx);
+  const uint16_t* W = static_cast<const uint16_t*>(g.w);
+  const int64_t o0 = chunk * g.rows, o1 = std::min(g.O, o0 + g.rows), I = g.I;
+  constexpr int64_t kP = 32;  // bf16 per register
+  constexpr int64_t kAhead = 512;  // prefetch 1 KB ahead in each row
+  const int64_t main_end = I / kP * kP;
+  const __mmask32 tail = __mmask32((uint64_t(1) << (I - main_end)) - 1);
+  for (int64_t b = 0; b < g.B; ++b) {
+    const uint16_t* xr = g.xb + b * I;
+    float* yr = g.y + b * g.O;
+    int64_t o = o0;
+    for (; o + 4 <= o1; o += 4) {
+      const uint16_t *w0 = W + o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+      for (int64_t i = 0; i < main_end; i += kP) {
+        _mm_prefetch(reinterpret_cast<const char*>(w0 + i + kAhead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w1 + i + kAhead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w2 + i + kAhead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w3 + i + kAhead), _MM_HINT_T0);
+        const __m512bh xv = as_bh(_mm512_loadu_si512(xr + i));
+        a0 = _mm512_dpbf16_ps(a0, as_bh(_mm512_loadu_si512(w0 + i)), xv);
+        a1 = _mm512_dpbf16_ps(a1, as_bh(_mm512_loadu_si512(w1 + i)), xv);
+        a2 = _mm512_dpbf16_ps(a2, as_bh(_mm512_loadu_si512(w2 + i)), xv);
+        a3 = _mm512_dpbf16_ps(a3, as_bh(_mm512_loadu_si512(w3 + i)), xv);
+      }
+      if (main_end < I) {
+        const __m512bh xv = as_bh(_mm512_maskz_loadu_epi16(tail, xr + main_end));
+        a0 = _mm512_dpbf16_ps(a0, as_bh(_mm512_maskz_loadu_epi16(tail, w0 + main_end)), xv);
+        a1 = _mm512_dpbf16_ps(a1, as_bh(_mm512_maskz_loadu_epi16(tail, w1 + main_end)), xv);
+        a2 = _mm512_dpbf16_ps(a2, as_bh(_mm512_maskz_loadu_epi16(tail, w2 + main_end)), xv);
+        a3 = _mm512_dpbf16_ps(a3, as_bh(_mm512_maskz_loadu_epi16(tail, w3 + main_end)), xv);
+      }
+      yr[o] = _mm512_reduce_add_ps(a0);
+      yr[o + 1] = _mm512_reduce_add_ps(a1);
+      yr[o + 2] = _mm512_reduce_add_ps(a2);
+      yr[o + 3] = _mm512_reduce_add_ps(a3);
+    }
+    for (; o < o1; ++o) {
+      __m512 a0 = _mm512_setzero_ps();
+      for (int64_t i = 0; i < I; i += kP) {
+        const __mmask32 m = i + kP <= I ? __mmask32(0xffffffffu) : tail;
+        a0 = _mm512_dpbf16_ps(a0, as_bh(_mm512_maskz_loadu_epi16(m, W + o * I + i)), as_bh(_mm512_maskz_loadu_epi16(m, xr + i)));
+      }
+      yr[o] = _mm512_reduce_add_ps(a0);
+    }
+    for (o = o0; o < o1; ++o) {
+      if (g.scale) yr[o] *= g.scale[o];
+      if (g.bias) yr[o] += g.bias[o];
+    }
+  }
+}
+
+// x (n floats) -> bf16, round to nearest even (n % 16 handled by a masked tail)
+LS_AVX512BF16 void to_bf16(const float* x, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), reinterpret_cast<const __m256i&>(static_cast<const __m256bh&>(_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)))));
+  if (i < n) {
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1u);
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
+    _mm256_mask_storeu_epi16(out + i, m, reinterpret_cast<const __m256i&>(v));
+  }
+}
+
 // Which GEMV the decode ops use: 2 = AVX-512 (the default where the CPU has F + BW + VL + DQ),
 // 1 = AVX2. LONGSTREAM_DECODE_ISA=1 forces AVX2; the op decode_isa reads / sets it (tests compare).
 bool cpu_has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+bool cpu_has_avx512bf16() {
+  static const bool has = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return has;
 }
 int initial_isa() {
   const char* env = std::getenv("LONGSTREAM_DECODE_ISA");
@@ -518,7 +594,14 @@ void run_gemv(const float* x, int64_t Bsz, const at::Tensor& w, const float* sca
   GemvCtx g{x, w.data_ptr(), scale, bias, y, Bsz, I, O, rows};
   const auto st = w.scalar_type();
   DecodePool::Fn fn;
-  if (g_isa.load(std::memory_order_relaxed) == 2)
+  std::vector<uint16_t> xb;
+  const bool wide = g_isa.load(std::memory_order_relaxed) == 2;
+  if (wide && st == at::kBFloat16 && cpu_has_avx512bf16()) {
+    xb.resize(size_t(Bsz * I));
+    to_bf16(x, xb.data(), Bsz * I);
+    g.xb = xb.data();
+    fn = &gemv_chunk_bf16dp;
+  } else if (wide)
     fn = st == at::kFloat ? &gemv_chunk512<float> : st == at::kBFloat16 ? &gemv_chunk512<uint16_t> : &gemv_chunk512<int8_t>;
   else
     fn = st == at::kFloat ? &gemv_chunk<float> : st == at::kBFloat16 ? &gemv_chunk<uint16_t> : &gemv_chunk<int8_t>;
