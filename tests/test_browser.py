@@ -159,6 +159,7 @@ def test_tab_runs_its_example(page, domain, title):
     button.click()
     try:
         status = page.wait_for_function(_HAS_OUTPUT_JS, arg=f"{domain}-output", timeout=180_000).json_value()
+        page.wait_for_timeout(1_500)  # outputs fade in and images load after the first one lands
     finally:
         page.screenshot(path=str(ARTIFACTS / f"browser_{domain}.png"), full_page=True)
     assert status == "ok", f"{domain}: {status}"
