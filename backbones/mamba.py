@@ -68,10 +68,7 @@ class _InProjFn(torch.autograd.Function):
         outs = []
         for lo in (0, e):
             o = bigbuf.empty(x2.shape[0], e, dtype=x.dtype, device=x.device)  # (m, e)
-            if b is None:
-                torch.mm(x2, w[lo : lo + e].t(), out=o)
-            else:
-                torch.addmm(b[lo : lo + e], x2, w[lo : lo + e].t(), out=o)
+            bigbuf._mm_bias(x2, w[lo : lo + e].t(), None if b is None else b[lo : lo + e], o)
             outs.append(o.view(*x.shape[:-1], e))
         ctx.save_for_backward(x, w)
         ctx.e, ctx.has_bias = e, b is not None
@@ -90,10 +87,7 @@ class _InProjFn(torch.autograd.Function):
             for g, lo in zip(gs, (0, e)):
                 if g is None:
                     continue
-                if first:
-                    torch.mm(g, w[lo : lo + e], out=gx)
-                else:
-                    gx.addmm_(g, w[lo : lo + e])
+                bigbuf.gemm(g, w[lo : lo + e], gx, beta=0.0 if first else 1.0)
                 first = False
             if first:
                 gx.zero_()
@@ -102,7 +96,7 @@ class _InProjFn(torch.autograd.Function):
             gw = torch.zeros_like(w) if any(g is None for g in gs) else torch.empty_like(w)  # (2e, d)
             for g, lo in zip(gs, (0, e)):
                 if g is not None:
-                    torch.mm(g.t(), x2, out=gw[lo : lo + e])
+                    bigbuf.gemm(g.t(), x2, gw[lo : lo + e])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = torch.cat([g.sum(0) if g is not None else w.new_zeros(e) for g in gs])
         return gx, gw, gb, None

@@ -15,10 +15,45 @@ from longstream.backbones.ops.selective_scan import selective_scan
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def always_big(monkeypatch):
-    """Route every call through the pooled path (the tiny test shapes are below MIN_BYTES)."""
+@pytest.fixture(params=["mkl", "onednn"])
+def always_big(monkeypatch, request):
+    """Route every call through the pooled path (the tiny test shapes are below MIN_BYTES), once
+    with each GEMM library (LONGSTREAM_GEMM)."""
     monkeypatch.setattr(bigbuf, "MIN_BYTES", 0)
+    if request.param == "onednn" and not (cpu_kernels.has_op("gemm_available") and cpu_kernels.ops().gemm_available()):
+        pytest.skip("this PyTorch build has no oneDNN matmul")
+    monkeypatch.setenv("LONGSTREAM_GEMM", request.param)
+    assert bigbuf.gemm_backend() == request.param
+
+
+@pytest.mark.parametrize("backend", ["mkl", "onednn"])
+def test_gemm_into_matches_torch_mm(monkeypatch, backend):
+    """out = beta * out + a @ b with plain, transposed and sliced operands, beta 0 and 1, through
+    both libraries; a zero inner dimension and the auto choice (oneDNN on AMD, MKL elsewhere)."""
+    if backend == "onednn" and not (cpu_kernels.has_op("gemm_available") and cpu_kernels.ops().gemm_available()):
+        pytest.skip("this PyTorch build has no oneDNN matmul")
+    monkeypatch.setenv("LONGSTREAM_GEMM", backend)
+    assert bigbuf.gemm_backend() == backend
+    g = torch.Generator().manual_seed(0)
+    for m, k, n in ((1, 1, 1), (5, 3, 7), (300, 257, 65), (2000, 16, 48)):
+        a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+        ref = (a.double() @ b.double())
+        for aa, bb in ((a, b), (a.t().contiguous().t(), b.t().contiguous().t()), (torch.randn(m, k + 3, generator=g)[:, 1 : k + 1], b)):
+            r = aa.double() @ bb.double()
+            out = torch.full((m, n), float("nan"))
+            bigbuf.gemm(aa, bb, out)  # beta 0: the old contents (NaN) must not leak in
+            torch.testing.assert_close(out.double(), r, atol=1e-4 * k ** 0.5, rtol=1e-5)
+            base = torch.randn(m, n, generator=g)
+            out = base.clone()
+            bigbuf.gemm(aa, bb, out, beta=1.0)
+            torch.testing.assert_close(out.double(), base.double() + r, atol=1e-4 * k ** 0.5, rtol=1e-5)
+        assert ref.abs().max() > 0.1  # real products, not zeros
+    out = torch.ones(4, 3)
+    bigbuf.gemm(torch.empty(4, 0), torch.empty(0, 3), out)
+    assert torch.equal(out, torch.zeros(4, 3))
+    monkeypatch.setenv("LONGSTREAM_GEMM", "auto")
+    expected = "onednn" if bigbuf._cpu_vendor() == "AuthenticAMD" and bigbuf._gemm_ok() else "mkl"
+    assert bigbuf.gemm_backend() == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

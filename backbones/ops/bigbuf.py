@@ -23,13 +23,16 @@ Axis legend: m rows, i input width, o output width.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_kernels
 
-__all__ = ["MIN_BYTES", "empty", "empty_like", "linear", "split_linear", "trim"]
+__all__ = ["MIN_BYTES", "empty", "empty_like", "gemm", "gemm_backend", "linear", "split_linear", "trim"]
 
 MIN_BYTES = 4 << 20  # below this, glibc serves the block from its heap (its pages are reused)
 
@@ -58,6 +61,61 @@ def empty_like(t: Tensor) -> Tensor:
     return empty(*t.shape, dtype=t.dtype, device=t.device)
 
 
+def gemm_backend() -> str:
+    """The float32 GEMM the pooled paths use: ``"onednn"`` (``torch.ops.longstream_ops.gemm_into``:
+    PyTorch's bundled oneDNN matmul, AVX-512 where the CPU has it) or ``"mkl"`` (``torch.mm``).
+
+    ``LONGSTREAM_GEMM`` = ``onednn`` | ``mkl`` | ``auto`` (default, read at each call): ``auto`` takes
+    oneDNN on AMD CPUs, where MKL runs its generic AVX2 code (float32 GEMMs of a Mamba layer's
+    projections measured 2.3-3x faster through oneDNN at one thread on the AMD EPYC of
+    ``benchmarks/results/backbones.md``), and MKL elsewhere. Both compute in float32."""
+    mode = os.environ.get("LONGSTREAM_GEMM", "auto").lower()
+    if mode == "mkl" or not cpu_kernels.has_op("gemm_available") or not _gemm_ok():
+        return "mkl"
+    if mode == "onednn":
+        return "onednn"
+    return "onednn" if _cpu_vendor() == "AuthenticAMD" else "mkl"
+
+
+@functools.lru_cache(maxsize=1)
+def _gemm_ok() -> bool:
+    return bool(cpu_kernels.ops().gemm_available())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_vendor() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def gemm(a: Tensor, b: Tensor, out: Tensor, beta: float = 0.0) -> Tensor:
+    """``out = beta * out + a @ b`` for 2-d float32 CPU tensors (``out`` contiguous; ``a`` / ``b`` may
+    be transposed views), through :func:`gemm_backend`'s library; ``beta`` 0 or 1."""
+    if (
+        a.dtype == b.dtype == out.dtype == torch.float32
+        and a.device.type == "cpu"
+        and out.is_contiguous()
+        and gemm_backend() == "onednn"
+    ):
+        return cpu_kernels.ops().gemm_into(a, b, out, float(beta))
+    if beta == 0.0:
+        return torch.mm(a, b, out=out)
+    return out.addmm_(a, b, beta=beta)
+
+
+def _mm_bias(x2: Tensor, wt: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+    """out = x2 @ wt (+ bias): the forward GEMM of a linear layer into ``out`` (m, o)."""
+    if bias is None:
+        return gemm(x2, wt, out)
+    out.copy_(bias.expand_as(out))
+    return gemm(x2, wt, out, beta=1.0)
+
+
 def trim() -> int:
     """Free every cached block now; returns the bytes released."""
     return int(cpu_kernels.ops().pool_trim()) if cpu_kernels.has_op("pool_trim") else 0
@@ -71,10 +129,7 @@ class _LinearFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
         x2 = x.reshape(-1, x.shape[-1])  # (m, i)
         out = empty(x2.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)  # (m, o)
-        if bias is None:
-            torch.mm(x2, weight.t(), out=out)
-        else:
-            torch.addmm(bias, x2, weight.t(), out=out)
+        _mm_bias(x2, weight.t(), bias, out)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return out.view(*x.shape[:-1], weight.shape[0])
@@ -86,10 +141,10 @@ class _LinearFn(torch.autograd.Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = empty(g2.shape[0], weight.shape[1], dtype=g.dtype, device=g.device)  # (m, i)
-            torch.mm(g2, weight, out=gx)
+            gemm(g2, weight, gx)
             gx = gx.view(*x.shape)
         if ctx.needs_input_grad[1]:
-            gw = g2.t().mm(x.reshape(-1, x.shape[-1]))  # (o, i)
+            gw = gemm(g2.t(), x.reshape(-1, x.shape[-1]), torch.empty_like(weight))  # (o, i)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
         return gx, gw, gb
@@ -137,11 +192,7 @@ class _SplitLinearFn(torch.autograd.Function):
             for k, g in enumerate(gs):
                 if g is None:
                     continue
-                w_k = weight[offs[k] : offs[k + 1]]
-                if first:
-                    torch.mm(g, w_k, out=gx)
-                else:
-                    gx.addmm_(g, w_k)
+                gemm(g, weight[offs[k] : offs[k + 1]], gx, beta=0.0 if first else 1.0)
                 first = False
             if first:
                 gx.zero_()
@@ -150,7 +201,7 @@ class _SplitLinearFn(torch.autograd.Function):
             gw = torch.zeros_like(weight) if any(g is None for g in gs) else torch.empty_like(weight)  # (o, i)
             for k, g in enumerate(gs):
                 if g is not None:
-                    torch.mm(g.t(), x2, out=gw[offs[k] : offs[k + 1]])
+                    gemm(g.t(), x2, gw[offs[k] : offs[k + 1]])  # a block of whole rows: contiguous
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = torch.cat([g.sum(0) if g is not None else weight.new_zeros(o) for g, o in zip(gs, ctx.sizes)])
         return gx, gw, gb, None
@@ -185,10 +236,7 @@ def _split_mm(x: Tensor, weight: Tensor, bias: Tensor | None, sizes: tuple[int, 
     outs, lo = [], 0
     for o in sizes:
         out = empty(x2.shape[0], o, dtype=x.dtype, device=x.device)  # (m, o_k)
-        if bias is None:
-            torch.mm(x2, weight[lo : lo + o].t(), out=out)
-        else:
-            torch.addmm(bias[lo : lo + o], x2, weight[lo : lo + o].t(), out=out)
+        _mm_bias(x2, weight[lo : lo + o].t(), None if bias is None else bias[lo : lo + o], out)
         outs.append(out.view(*x.shape[:-1], o))
         lo += o
     return tuple(outs)
