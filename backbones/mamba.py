@@ -171,7 +171,7 @@ class Mamba(Backbone):
             and (x.requires_grad or w.requires_grad)
             and x.dtype == w.dtype == torch.float32
             and (b is None or b.dtype == torch.float32)
-            and bigbuf._pooled(x.dtype, x.device, x.numel() // max(1, x.shape[-1]) * e * 4)
+            and bigbuf._own_gemm(x, x.numel() // max(1, x.shape[-1]) * e * 4)
         ):
             return _InProjFn.apply(x, w, b, e)
         xi = bigbuf.linear(x, w[:e], None if b is None else b[:e])

@@ -184,7 +184,8 @@ class HFWrap(torch.nn.Module):
 
 
 def projection_floor(m: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """The GEMMs of a Mamba / Mamba-2 layer alone, on inputs of the right shapes."""
+    """The GEMMs of a Mamba / Mamba-2 layer alone, on inputs of the right shapes, through the
+    layer's own GEMM path (``bigbuf.linear``: pooled outputs, oneDNN or MKL as the layer uses)."""
     b, l, _ = x.shape
     w_in, w_out = m.in_proj.weight, m.out_proj.weight
     y_in = torch.randn(b, l, w_out.shape[1])
@@ -194,17 +195,17 @@ def projection_floor(m: torch.nn.Module, x: torch.Tensor) -> Callable[[], object
 
         def run():
             with torch.no_grad():
-                F.linear(x, w_in)
-                F.linear(u, m.x_proj.weight)
-                F.linear(dt_low, m.dt_proj.weight)
-                F.linear(y_in, w_out)
+                bigbuf.linear(x, w_in)
+                bigbuf.linear(u, m.x_proj.weight)
+                bigbuf.linear(dt_low, m.dt_proj.weight)
+                bigbuf.linear(y_in, w_out)
 
         return run
 
     def run2():
         with torch.no_grad():
-            F.linear(x, w_in)
-            F.linear(y_in, w_out)
+            bigbuf.linear(x, w_in)
+            bigbuf.linear(y_in, w_out)
 
     return run2
 

@@ -150,15 +150,32 @@ class _LinearFn(torch.autograd.Function):
         return gx, gw, gb
 
 
+ONEDNN_MIN_ELEMENTS = 1 << 16  # smaller outputs stay on F.linear (per-call overheads dominate there)
+
+
+def _own_gemm(x: Tensor, nbytes: int) -> bool:
+    """A float32 CPU GEMM with an output / input gradient of ``nbytes`` takes :class:`_LinearFn`:
+    pooled when large, or any size from ``ONEDNN_MIN_ELEMENTS`` up when oneDNN is the GEMM."""
+    if _pooled(x.dtype, x.device, nbytes):
+        return True
+    return (
+        nbytes >= 4 * ONEDNN_MIN_ELEMENTS
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and gemm_backend() == "onednn"
+    )
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)`` with pooled buffers for a large float32 CPU output / input
-    gradient; everything else (small, float64, CUDA, mixed dtypes) is plain ``F.linear``."""
+    """``F.linear(x, weight, bias)`` for float32 CPU tensors through :func:`gemm` (pooled buffers for a
+    large output / input gradient); everything else (tiny, float64, CUDA, mixed dtypes) is plain
+    ``F.linear``."""
     rows = x.numel() // max(1, x.shape[-1])
     if (
         x.dtype != torch.float32
         or weight.dtype != torch.float32
         or (bias is not None and bias.dtype != torch.float32)
-        or not _pooled(x.dtype, x.device, max(weight.shape[0], weight.shape[1]) * rows * 4)
+        or not _own_gemm(x, max(weight.shape[0], weight.shape[1]) * rows * 4)
     ):
         return F.linear(x, weight, bias)
     return _LinearFn.apply(x, weight, bias)
@@ -217,7 +234,7 @@ def split_linear(x: Tensor, weight: Tensor, bias: Tensor | None, sizes: list[int
         x.dtype != torch.float32
         or weight.dtype != torch.float32
         or (bias is not None and bias.dtype != torch.float32)
-        or not _pooled(x.dtype, x.device, max(sizes + (x.shape[-1],)) * rows * 4)
+        or not _own_gemm(x, max(sizes + (x.shape[-1],)) * rows * 4)
     ):
         lin = []
         lo = 0
