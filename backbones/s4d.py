@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .base import Backbone, State, lengths_from_mask
 from .config import BackboneConfig
-from .ops import cpu_kernels
+from .ops import bigbuf, cpu_kernels
 from .ops.diag_ssm import diag_ssm_chunked
 from .ops.fftconv import right_align, ssm_final_state, ssm_kernel
 from .registry import register_backbone, register_mixer
@@ -121,7 +121,7 @@ class S4D(Backbone):
     def _out(self, y: Tensor) -> Tensor:
         """GELU -> dropout -> Linear(D, 2D) -> GLU on channels-last ``y``."""
         h = self.dropout(F.gelu(y)).to(self.output_linear.weight.dtype)  # computed in fp32, projected in the weights dtype
-        return F.glu(self.output_linear(h), dim=-1)
+        return F.glu(bigbuf.linear(h, self.output_linear.weight, self.output_linear.bias), dim=-1)  # pooled, oneDNN
 
     def forward(self, x: Tensor, state: State = None, *, mask: Tensor | None = None) -> tuple[Tensor, State]:
         B, L, _ = x.shape
