@@ -18,6 +18,9 @@ vocab 50,280, random weights, float32) is built once; for each thread count (pin
 - prefill tokens/s (one ``forward`` of the prompt, head on the last token) at 512 and 2,048;
 - a streaming ``step`` with torch's default thread count against one thread (the 130m LM and
   a d_model 256 Mamba layer), which must not be slower;
+- llama.cpp's own decode (``llama-bench -p 0 -n TOKENS -r 1``, f32 and bf16 GGUFs) inside the same
+  interleaved loop when ``benchmarks/llamacpp.py`` has built it, since this machine's memory
+  bandwidth drifts by 10-25% over minutes;
 - the logit error of each low-precision mode against float32 (one step after a 64-token
   prefill: max |diff|, relative L2, and greedy-token agreement over a teacher-forced run).
 
@@ -149,6 +152,27 @@ def attribution_fn(lm: LanguageModel, lm_4k: LanguageModel, mode: str, prompt: t
     return run if cpu_kernels.has_op("decode_isa") else inner
 
 
+LLAMA_CACHE = Path(os.environ.get("LONGSTREAM_CACHE", Path.home() / ".cache" / "longstream")) / "llamacpp"
+
+
+def llama_bench_fn(kind: str, threads: int, n: int) -> Callable[[], float] | None:
+    """One ``llama-bench -p 0 -n n -r 1`` decode run of the ``kind`` (f32 / bf16) GGUF that
+    ``benchmarks/llamacpp.py`` built, as a self-timed function (seconds for n tokens from its
+    ``avg_ts``), so it can be interleaved with ours; None when the binary or model is missing."""
+    import subprocess
+
+    exe, model = LLAMA_CACHE / "build" / "bin" / "llama-bench", LLAMA_CACHE / f"mamba130m-random-{kind}.gguf"
+    if not (exe.exists() and model.exists()):
+        return None
+
+    def run() -> float:
+        out = subprocess.run([str(exe), "-m", str(model), "-t", str(threads), "-p", "0", "-n", str(n), "-r", "1",
+                              "-o", "json"], capture_output=True, text=True, check=True).stdout
+        return n / float(json.loads(out)[0]["avg_ts"])
+
+    return run
+
+
 def prefill_fn(lm: LanguageModel, ids: torch.Tensor) -> Callable[[], float]:
     def run() -> float:
         set_mode(lm, "fp32")
@@ -242,8 +266,17 @@ def main() -> None:
         torch.set_num_threads(nt)
         fns = {m: attribution_fn(lm, lm_4k, m, prompt, args.tokens) if m in ("fp32-4k", "int8-avx2")
                else decode_fn(lm, m, prompt, args.tokens) for m in MODES}
+        for kind in ("f32", "bf16"):  # llama.cpp in the same interleaved loop (the box's bandwidth drifts)
+            f = llama_bench_fn(kind, nt, args.tokens)
+            if f is not None:
+                fns[f"llama.cpp-{kind}"] = f
         r = interleaved(fns, args.repeats, self_timed=True)
         row = {m: {"tok_s": round(args.tokens / v["time_s"], 2), "times_s": v["times_s"]} for m, v in r.items()}
+        if "llama.cpp-f32" in row and "llama.cpp-bf16" in row:
+            row["interleaved"] = {
+                "fp32_vs_llama_f32": round(row["fp32"]["tok_s"] / row["llama.cpp-f32"]["tok_s"], 3),
+                "int8_vs_llama_bf16": round(row["int8"]["tok_s"] / row["llama.cpp-bf16"]["tok_s"], 3),
+                "bf16_vs_llama_bf16": round(row["bf16"]["tok_s"] / row["llama.cpp-bf16"]["tok_s"], 3)}
         for m in MODES:
             ref = LLAMA_CPP["decode_bf16" if m in ("int8", "bf16") else "decode_fp32"].get(nt)
             if ref:
@@ -254,7 +287,8 @@ def main() -> None:
         row["int8_vs_avx2"] = round(row["int8"]["tok_s"] / row["int8-avx2"]["tok_s"], 3)
         row["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
         res["decode"][str(nt)] = row
-        print(f"threads {nt} decode tok/s", {m: row[m]["tok_s"] for m in MODES}, row["loadavg"], flush=True)
+        print(f"threads {nt} decode tok/s", {m: v["tok_s"] for m, v in row.items() if isinstance(v, dict) and "tok_s" in v},
+              row.get("interleaved"), row["loadavg"], flush=True)
         for L in args.prefill if nt in args.prefill_threads else []:
             ids = torch.randint(0, VOCAB, (1, L), generator=g)
             p = interleaved({"fp32": prefill_fn(lm, ids)}, max(1, args.repeats - 1), self_timed=True)["fp32"]
@@ -333,6 +367,16 @@ def render(res: dict) -> str:
             attrib.append(f"| {nt} | {r['fp32']['tok_s']:.1f} | {r['fp32-4k']['tok_s']:.1f} | {r['fp32_vs_4k']:.2f}x | "
                           f"{r['int8']['tok_s']:.1f} | {r['int8-avx2']['tok_s']:.1f} | {r['int8_vs_avx2']:.2f}x |")
     lines += attrib
+    inter = [(nt, r) for nt, r in res["decode"].items() if "interleaved" in r]
+    if inter:
+        lines += ["", "## llama.cpp interleaved in the same loop (`llama-bench -p 0 -n TOKENS -r 1` per repeat)", "",
+                  "| threads | ours fp32 | llama.cpp fp32 | ratio | ours int8 | ours bf16 | llama.cpp bf16 | int8 ratio | bf16 ratio |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for nt, r in inter:
+            i = r["interleaved"]
+            lines.append(f"| {nt} | {r['fp32']['tok_s']:.1f} | {r['llama.cpp-f32']['tok_s']:.1f} | {i['fp32_vs_llama_f32']:.2f}x | "
+                         f"{r['int8']['tok_s']:.1f} | {r['bf16']['tok_s']:.1f} | {r['llama.cpp-bf16']['tok_s']:.1f} | "
+                         f"{i['int8_vs_llama_bf16']:.2f}x | {i['bf16_vs_llama_bf16']:.2f}x |")
     pre = ", ".join(f"{L}: {v:.0f}" for L, v in LLAMA_CPP["prefill"].items())
     lines += ["", f"## Prefill tokens/s (llama.cpp at 1 thread {pre}; bar 2x)", "",
               "| threads | length | tok/s | llama.cpp (same threads) | / llama.cpp |", "|---|---|---|---|---|"]
