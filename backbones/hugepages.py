@@ -4,8 +4,8 @@ Decoding one token on a CPU reads every projection weight once (~0.5 GB for a 13
 float32), so it runs at the memory bandwidth, and with 4 KB pages every 4 KB of weights also
 costs a page-table walk. Weights backed by 2 MB pages (``madvise(MADV_HUGEPAGE)`` on a 2 MB
 aligned anonymous mapping, honoured when ``/sys/kernel/mm/transparent_hugepage/enabled`` is
-``always`` or ``madvise``) streamed ~7-10% faster at one thread on the benchmark machine
-(``benchmarks/decode.py`` reports both).
+``always`` or ``madvise``) made float32 decode of a 130M model 4-11% faster on the benchmark
+machine (``benchmarks/decode.py`` reports both, mode ``fp32-4k``).
 
 :func:`move_to_hugepages` re-homes a module's large float parameters there in place: the same
 ``Parameter`` objects, the same values, only the storage changes (``p.data`` is swapped), so

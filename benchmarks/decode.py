@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from llamacpp import CACHE as LLAMA_CACHE  # noqa: E402  (benchmarks/llamacpp.py: where it builds llama-bench)
 from timing import cpu_name, interleaved  # noqa: E402  (benchmarks/timing.py)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,34 +111,15 @@ def set_mode(lm: LanguageModel, mode: str) -> None:
     lm.quantize(mode if mode in ("int8", "bf16") else None)
 
 
-def decode_fn(lm: LanguageModel, mode: str, prompt: torch.Tensor, n: int) -> Callable[[], float]:
+def decode_fn(lm: LanguageModel, mode: str, prompt: torch.Tensor, n: int, isa: int = 2) -> Callable[[], float]:
+    """Seconds for n greedy ``lm.step`` tokens after the prompt, in ``mode``, with the decode GEMV on
+    ``isa`` (2: AVX-512 where the CPU has it, the default; 1: AVX2)."""
     def run() -> float:
         set_mode(lm, mode)
-        if cpu_kernels.has_op("decode_isa"):
-            cpu_kernels.ops().decode_isa(2)  # AVX-512 where the CPU has it (the default)
-        with torch.inference_mode():
-            _, st = lm.backbone(lm.embedding(prompt), None)
-            tok = prompt[:, -1]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                logits, st = lm.step(tok, st)
-                tok = logits.argmax(-1)
-            return time.perf_counter() - t0
-
-    return run
-
-
-def attribution_fn(lm: LanguageModel, lm_4k: LanguageModel, mode: str, prompt: torch.Tensor, n: int) -> Callable[[], float]:
-    """``fp32-4k``: ``fp32`` on the model kept on 4 KB pages; ``int8-avx2``: ``int8`` on the AVX2 GEMV."""
-    if mode == "fp32-4k":
-        return decode_fn(lm_4k, "fp32", prompt, n)
-    inner = decode_fn(lm, "int8", prompt, n)
-
-    def run() -> float:
-        set_mode(lm, "int8")
-        ops = cpu_kernels.ops()
+        ops = cpu_kernels.ops() if cpu_kernels.has_op("decode_isa") else None
+        if ops is not None:
+            ops.decode_isa(isa)
         try:
-            ops.decode_isa(1)
             with torch.inference_mode():
                 _, st = lm.backbone(lm.embedding(prompt), None)
                 tok = prompt[:, -1]
@@ -147,12 +129,17 @@ def attribution_fn(lm: LanguageModel, lm_4k: LanguageModel, mode: str, prompt: t
                     tok = logits.argmax(-1)
                 return time.perf_counter() - t0
         finally:
-            ops.decode_isa(2)
+            if ops is not None:
+                ops.decode_isa(2)
 
-    return run if cpu_kernels.has_op("decode_isa") else inner
+    return run
 
 
-LLAMA_CACHE = Path(os.environ.get("LONGSTREAM_CACHE", Path.home() / ".cache" / "longstream")) / "llamacpp"
+def attribution_fn(lm: LanguageModel, lm_4k: LanguageModel, mode: str, prompt: torch.Tensor, n: int) -> Callable[[], float]:
+    """``fp32-4k``: ``fp32`` on the model kept on 4 KB pages; ``int8-avx2``: ``int8`` on the AVX2 GEMV."""
+    if mode == "fp32-4k":
+        return decode_fn(lm_4k, "fp32", prompt, n)
+    return decode_fn(lm, "int8", prompt, n, isa=1)
 
 
 def llama_bench_fn(kind: str, threads: int, n: int) -> Callable[[], float] | None:

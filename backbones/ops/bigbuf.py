@@ -70,27 +70,16 @@ def gemm_backend() -> str:
     projections measured 2.3-3x faster through oneDNN at one thread on the AMD EPYC of
     ``benchmarks/results/backbones.md``), and MKL elsewhere. Both compute in float32."""
     mode = os.environ.get("LONGSTREAM_GEMM", "auto").lower()
-    if mode == "mkl" or not cpu_kernels.has_op("gemm_available") or not _gemm_ok():
+    if mode == "mkl" or not cpu_kernels.has_op("gemm_available") or not _gemm_ok()[0]:
         return "mkl"
-    if mode == "onednn":
-        return "onednn"
-    return "onednn" if _cpu_vendor() == "AuthenticAMD" else "mkl"
+    return "onednn" if mode == "onednn" or _gemm_ok()[1] else "mkl"
 
 
 @functools.lru_cache(maxsize=1)
-def _gemm_ok() -> bool:
-    return bool(cpu_kernels.ops().gemm_available())
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_vendor() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+def _gemm_ok() -> tuple[bool, bool]:
+    """(oneDNN matmul available, and preferred on this CPU: an AMD one), asked once of the kernels."""
+    ops = cpu_kernels.ops()
+    return bool(ops.gemm_available()), bool(ops.gemm_preferred())
 
 
 def gemm(a: Tensor, b: Tensor, out: Tensor, beta: float = 0.0) -> Tensor:

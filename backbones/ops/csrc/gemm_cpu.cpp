@@ -10,7 +10,7 @@
 //
 // The symbol is looked up at run time (dlsym), so a PyTorch build without it (or without oneDNN)
 // only makes gemm_available() false; the Python side then keeps torch.mm. Registered as
-// torch.ops.longstream_ops.{gemm_available, gemm_into}.
+// torch.ops.longstream_ops.{gemm_available, gemm_preferred, gemm_into}.
 // Axis legend: m rows, k inner, n columns.
 
 #include <ATen/ATen.h>
@@ -33,6 +33,12 @@ MatmulFn resolve() {
 }
 
 bool gemm_available() { return resolve() != nullptr; }
+
+// available and the CPU is AMD's, where MKL takes its generic AVX2 path (LONGSTREAM_GEMM=auto)
+bool gemm_preferred() {
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd && gemm_available();
+}
 
 // out (m, n) = beta * out + a (m, k) @ b (k, n); float32 CPU, out contiguous, a / b any strides
 // (a transposed view is read as such). beta 0 ignores out's contents.
@@ -60,6 +66,7 @@ at::Tensor& gemm_into(const at::Tensor& a, const at::Tensor& b, at::Tensor& out,
 
 TORCH_LIBRARY_FRAGMENT(longstream_ops, m) {
   m.def("gemm_available() -> bool", &gemm_available);
+  m.def("gemm_preferred() -> bool", &gemm_preferred);
   m.def("gemm_into(Tensor a, Tensor b, Tensor(a!) out, float beta) -> Tensor(a!)");
 }
 
