@@ -241,6 +241,20 @@ class FrameStream:
         return span
 
 
+def slaney_mel(hz: float | Tensor) -> float | Tensor:
+    """Hz -> mel on Slaney's scale (librosa / torchaudio ``mel_scale="slaney"``)."""
+    f = torch.as_tensor(hz, dtype=torch.float64)
+    lin = f / (200.0 / 3)
+    log = 15.0 + torch.log(f.clamp_min(1e-9) / 1000.0) / (math.log(6.4) / 27.0)
+    out = torch.where(f >= 1000.0, log, lin)
+    return float(out) if out.dim() == 0 else out
+
+
+def slaney_hz(mel: Tensor) -> Tensor:
+    """mel -> Hz on Slaney's scale (inverse of :func:`slaney_mel`)."""
+    return torch.where(mel >= 15.0, 1000.0 * torch.exp((mel - 15.0) * (math.log(6.4) / 27.0)), mel * (200.0 / 3))
+
+
 class LogMel(nn.Module):
     """Log-mel filterbank: waveform ``(B, T)`` -> features ``(B, L, n_mels)``.
 
@@ -283,6 +297,26 @@ class LogMel(nn.Module):
         spec = self.mel(wave.float())  # (b, m, l)
         feats = torch.log(spec + self.eps).transpose(1, 2)  # (b, l, m)
         return feats.contiguous(), num_frames(lengths, self.n_fft, self.hop)
+
+    def band_centers(self) -> Tensor:
+        """Centre frequency (Hz) of each mel band ``(n_mels,)`` (Slaney's scale: linear to 1 kHz, then log)."""
+        mel = self.mel.mel_scale
+        f_min, f_max = float(mel.f_min), float(mel.f_max or self.sample_rate / 2)
+        pts = torch.linspace(slaney_mel(f_min), slaney_mel(f_max), self.n_mels + 2, dtype=torch.float64)
+        return slaney_hz(pts[1:-1]).float()
+
+    def warp(self, feats: Tensor, alpha: Tensor) -> Tensor:
+        """Vocal-tract length warp of log-mel ``feats (B, L, m)``: clip ``b`` becomes ``S(f / alpha[b])``
+        (formants ``alpha`` times higher), read off the band centres by linear interpolation;
+        frequencies outside the bank take the edge band."""
+        c = self.band_centers().to(feats.device)
+        b, l, m = feats.shape
+        src = (c[None] / alpha.to(c)[:, None]).clamp(c[0], c[-1]).contiguous()  # (b, m) Hz
+        j = torch.searchsorted(c, src).clamp(1, m - 1)
+        w = ((src - c[j - 1]) / (c[j] - c[j - 1])).to(feats.dtype)[:, None]  # (b, 1, m)
+        lo = feats.gather(2, (j - 1)[:, None].expand(b, l, m))
+        hi = feats.gather(2, j[:, None].expand(b, l, m))
+        return lo + w * (hi - lo)
 
     def stream_state(self, batch_shape: tuple[int, ...] = ()) -> FrameStream:
         return FrameStream(self.n_fft, self.hop, batch_shape)

@@ -53,6 +53,7 @@ class AugmentConfig:
     n_freq_masks: int = 2
     time_mask: int = 8  # max frames per time mask
     n_time_masks: int = 2
+    vtlp: float = 0.0  # log-mel front end: vocal-tract length perturbation, each clip's spectrum warped by a factor in [1 - vtlp, 1 + vtlp]
 
 
 @dataclass
@@ -70,6 +71,8 @@ class ModelConfig:
     dropout: float = 0.1
     n_classes: int = 10
     label_smoothing: float = 0.05
+    tta_warp: float = 0.0  # log-mel front end, eval: average the class probabilities over spectra warped by 1 - w, 1, 1 + w (0 = off)
+    tta_n: int = 3  # number of warp factors spread evenly over [1 - tta_warp, 1 + tta_warp]
 
 
 @dataclass

@@ -14,6 +14,7 @@ Axis legend: b batch, t samples, l frames, m mel bins, d model width, c classes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,13 @@ class DigitClassifier(nn.Module):
         self.head = common.SequenceClassifier(d, mc.n_classes, pool=mc.pool, hidden=mc.hidden, dropout=mc.dropout)
 
     # ---- front end -------------------------------------------------------------------
-    def features(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Normalised log-mel ``(B, L, m)`` and frame counts ``(B,)`` (log-mel front end only)."""
+    def features(self, wave: Tensor, lengths: Tensor | None = None,
+                 warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Normalised log-mel ``(B, L, m)`` and frame counts ``(B,)`` (log-mel front end only);
+        ``warp (B,)``: each clip's spectrum first warped by that factor (:meth:`LogMel.warp`)."""
         feats, frames = self.logmel(wave, lengths)
+        if warp is not None:
+            feats = self.logmel.warp(feats, warp)
         mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
         if self.cfg.model.norm == "global":
             return (feats - self.feat_mean) / self.feat_std, frames
@@ -72,14 +77,24 @@ class DigitClassifier(nn.Module):
             feats = feats / var.clamp_min(1e-4).sqrt()
         return feats / self.feat_std, frames
 
-    def encode(self, wave: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Tokens ``(B, L, d)`` for the backbone and their valid mask ``(B, L)``."""
+    def encode(self, wave: Tensor, lengths: Tensor | None = None,
+               warp: float | None = None) -> tuple[Tensor, Tensor]:
+        """Tokens ``(B, L, d)`` for the backbone and their valid mask ``(B, L)``.
+
+        ``warp``: the spectra are warped by this factor (test-time warping); in training with
+        ``augment.vtlp > 0`` each clip draws its own factor in ``[1 - vtlp, 1 + vtlp]``."""
         if wave.dim() == 1:
             wave = wave[None]
         if lengths is None:
             lengths = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.long)
         if self.cfg.model.frontend == "logmel":
-            feats, frames = self.features(wave, lengths)
+            b, v = wave.shape[0], self.cfg.augment.vtlp
+            alpha = None
+            if warp is not None and warp != 1.0:
+                alpha = torch.full((b,), float(warp))
+            elif self.training and v > 0:
+                alpha = 1.0 + v * (2 * torch.rand(b) - 1)
+            feats, frames = self.features(wave, lengths, alpha)
             mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
             feats = self.specaug(feats, frames).masked_fill(~mask[..., None], 0.0)
             return self.proj(feats), mask
@@ -90,10 +105,26 @@ class DigitClassifier(nn.Module):
         fe = self.logmel if self.cfg.model.frontend == "logmel" else self.stem
         return fe.num_frames(n_samples)
 
-    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
-        h, mask = self.encode(wave, lengths)  # (b, l, d)
+    def tta_factors(self) -> list[float]:
+        """Warp factors averaged over in eval (``model.tta_warp``; ``[1.0]`` when off)."""
+        mc = self.cfg.model
+        if mc.frontend != "logmel" or mc.tta_warp <= 0 or mc.tta_n < 2:
+            return [1.0]
+        return torch.linspace(1 - mc.tta_warp, 1 + mc.tta_warp, mc.tta_n).tolist()
+
+    def logits(self, wave: Tensor, lengths: Tensor | None = None, warp: float | None = None) -> Tensor:
+        h, mask = self.encode(wave, lengths, warp)  # (b, l, d)
         h, _ = self.backbone(h, mask=mask)  # (b, l, d)
         return self.head(h, mask)  # (b, c)
+
+    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Class logits ``(B, c)``; in eval with ``model.tta_warp > 0``, the log of the class
+        probabilities averaged over the warped copies (:meth:`tta_factors`)."""
+        factors = [1.0] if self.training else self.tta_factors()
+        if len(factors) == 1:
+            return self.logits(wave, lengths)
+        logp = torch.stack([torch.log_softmax(self.logits(wave, lengths, a), -1) for a in factors])
+        return torch.logsumexp(logp, 0) - math.log(len(factors))
 
     @torch.no_grad()
     def set_feature_stats(self, waves: list[Tensor]) -> None:
