@@ -241,13 +241,10 @@ class FrameStream:
         return span
 
 
-def slaney_mel(hz: float | Tensor) -> float | Tensor:
+def slaney_mel(hz: Tensor) -> Tensor:
     """Hz -> mel on Slaney's scale (librosa / torchaudio ``mel_scale="slaney"``)."""
-    f = torch.as_tensor(hz, dtype=torch.float64)
-    lin = f / (200.0 / 3)
-    log = 15.0 + torch.log(f.clamp_min(1e-9) / 1000.0) / (math.log(6.4) / 27.0)
-    out = torch.where(f >= 1000.0, log, lin)
-    return float(out) if out.dim() == 0 else out
+    log = 15.0 + torch.log(hz.clamp_min(1e-9) / 1000.0) / (math.log(6.4) / 27.0)
+    return torch.where(hz >= 1000.0, log, hz / (200.0 / 3))
 
 
 def slaney_hz(mel: Tensor) -> Tensor:
@@ -282,6 +279,9 @@ class LogMel(nn.Module):
         self.mel = AT.MelSpectrogram(sample_rate=self.sample_rate, n_fft=self.n_fft, win_length=self.win,
                                      hop_length=self.hop, f_min=f_min, f_max=f_max or None, n_mels=self.n_mels,
                                      center=False, power=2.0, norm="slaney", mel_scale="slaney")
+        edges = slaney_mel(torch.tensor([f_min, f_max or sample_rate / 2], dtype=torch.float64))
+        pts = torch.linspace(float(edges[0]), float(edges[1]), self.n_mels + 2, dtype=torch.float64)
+        self.register_buffer("centers", slaney_hz(pts[1:-1]).float(), persistent=False)  # band centres, Hz (warp)
 
     def num_frames(self, n_samples: int | Tensor) -> int | Tensor:
         return num_frames(n_samples, self.n_fft, self.hop)
@@ -300,16 +300,13 @@ class LogMel(nn.Module):
 
     def band_centers(self) -> Tensor:
         """Centre frequency (Hz) of each mel band ``(n_mels,)`` (Slaney's scale: linear to 1 kHz, then log)."""
-        mel = self.mel.mel_scale
-        f_min, f_max = float(mel.f_min), float(mel.f_max or self.sample_rate / 2)
-        pts = torch.linspace(slaney_mel(f_min), slaney_mel(f_max), self.n_mels + 2, dtype=torch.float64)
-        return slaney_hz(pts[1:-1]).float()
+        return self.centers
 
     def warp(self, feats: Tensor, alpha: Tensor) -> Tensor:
         """Vocal-tract length warp of log-mel ``feats (B, L, m)``: clip ``b`` becomes ``S(f / alpha[b])``
         (formants ``alpha`` times higher), read off the band centres by linear interpolation;
         frequencies outside the bank take the edge band."""
-        c = self.band_centers().to(feats.device)
+        c = self.centers
         b, l, m = feats.shape
         src = (c[None] / alpha.to(c)[:, None]).clamp(c[0], c[-1]).contiguous()  # (b, m) Hz
         j = torch.searchsorted(c, src).clamp(1, m - 1)

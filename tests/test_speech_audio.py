@@ -146,37 +146,29 @@ def test_specaugment_masks_only_in_training_and_within_the_clip():
 
 def test_logmel_warp_moves_a_formant_by_the_factor():
     """VTLP: a tone at 1 kHz, warped by 1.2, peaks in the band nearest 1.2 kHz; factor 1 is the identity."""
-    import math as _m
-
-    import torch as _t
-
-    from longstream.encoders.audio import LogMel
-
     lm = LogMel(8000, n_mels=40)
-    t = _t.arange(8000) / 8000.0
-    feats, _ = lm(_t.sin(2 * _m.pi * 1000.0 * t)[None])
+    t = torch.arange(8000) / 8000.0
+    feats, _ = lm(torch.sin(2 * math.pi * 1000.0 * t)[None])
     c = lm.band_centers()
-    assert _t.allclose(lm.warp(feats, _t.ones(1)), feats, atol=1e-5)
+    assert torch.allclose(lm.warp(feats, torch.ones(1)), feats, atol=1e-5)
     peak = lambda f: int(f[0].mean(0).argmax())  # noqa: E731
     assert abs(float(c[peak(feats)]) - 1000.0) < 80.0
-    warped = lm.warp(feats, _t.tensor([1.2]))
+    warped = lm.warp(feats, torch.tensor([1.2]))
     assert int((c - 1200.0).abs().argmin()) == peak(warped)
 
 
 def test_tta_off_is_the_plain_forward_and_on_averages_probabilities():
-    import torch as _t
-
     from longstream.pipelines.speech.config import tiny
     from longstream.pipelines.speech.model import build_model, example_batch
 
     cfg = tiny()
     model = build_model(cfg).eval()
     batch = example_batch(cfg)
-    with _t.no_grad():
+    with torch.no_grad():
         plain = model(**batch)
-        assert _t.equal(plain, model.logits(**batch))
+        assert torch.equal(plain, model.logits(**batch))
         cfg.model.tta_warp, cfg.model.tta_n = 0.1, 3
         assert model.tta_factors() == pytest.approx([0.9, 1.0, 1.1])
-        probs = _t.stack([_t.softmax(model.logits(**batch, warp=a), -1) for a in (0.9, 1.0, 1.1)]).mean(0)
-        assert _t.allclose(model(**batch).exp(), probs, atol=1e-6)
-        assert not _t.allclose(model(**batch), _t.log_softmax(plain, -1), atol=1e-4)
+        probs = torch.stack([torch.softmax(model.logits(**batch, warp=a), -1) for a in (0.9, 1.0, 1.1)]).mean(0)
+        assert torch.allclose(model(**batch).exp(), probs, atol=1e-6)
+        assert not torch.allclose(model(**batch), torch.log_softmax(plain, -1), atol=1e-4)
