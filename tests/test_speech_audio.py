@@ -172,3 +172,29 @@ def test_tta_off_is_the_plain_forward_and_on_averages_probabilities():
         probs = torch.stack([torch.softmax(model.logits(**batch, warp=a), -1) for a in (0.9, 1.0, 1.1)]).mean(0)
         assert torch.allclose(model(**batch).exp(), probs, atol=1e-6)
         assert not torch.allclose(model(**batch), torch.log_softmax(plain, -1), atol=1e-4)
+
+
+def test_cepstral_front_end_lifters_away_fast_ripple_across_bands():
+    """``model.n_ceps``: the tokens see the first n_ceps DCT coefficients of the normalised
+    log-mel, so a smooth spectral envelope passes and a fast ripple across the bands (pitch
+    harmonics) is removed; a bad n_ceps is a UserError."""
+    from longstream.pipelines import common
+    from longstream.pipelines.speech.config import tiny
+    from longstream.pipelines.speech.model import build_model, example_batch
+
+    cfg = tiny()
+    cfg.model.n_ceps = 4
+    model = build_model(cfg).eval()
+    m = cfg.model.n_mels
+    assert model.dct.shape == (m, 4) and model.proj.in_features == 4
+    bands = torch.arange(m, dtype=torch.float32) + 0.5
+    envelope = torch.cos(math.pi * bands * 1 / m) + 0.5 * torch.cos(math.pi * bands * 3 / m)
+    ripple = 0.8 * torch.cos(math.pi * bands * 11 / m)  # quefrency 11 > n_ceps
+    assert torch.allclose((envelope + ripple) @ model.dct, envelope @ model.dct, atol=1e-5)
+    assert (envelope @ model.dct).abs().max() > 1.0  # the envelope itself survives
+    with torch.no_grad():
+        out = model(**example_batch(cfg))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    cfg.model.n_ceps = m + 1
+    with pytest.raises(common.UserError, match="n_ceps"):
+        build_model(cfg)

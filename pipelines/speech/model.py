@@ -3,7 +3,9 @@
 ``frontend="logmel"``: :class:`~longstream.encoders.audio.LogMel` frames (10 ms hop),
 normalised (per-clip mean subtraction — cepstral mean normalisation, which removes the
 channel / speaker level —, per-clip mean and variance (``cmvn``), or global train statistics;
-then scaled by the train std kept in buffers), SpecAugment in training, a ``Linear(n_mels, d)`` per frame.
+then scaled by the train std kept in buffers), SpecAugment in training, optionally the first
+``model.n_ceps`` DCT coefficients (cepstral liftering: the spectral envelope without pitch
+harmonics), a ``Linear(n_mels or n_ceps, d)`` per frame.
 ``frontend="raw"``: :class:`~longstream.encoders.audio.RawWaveStem` (one token per
 ``raw_stride`` samples). Then ``common.build_backbone(cfg.backbone)`` (Mamba, S4D, ...;
 ``--backbone.*`` overrides) and ``common.SequenceClassifier`` (masked pooling, so a padded
@@ -53,7 +55,13 @@ class DigitClassifier(nn.Module):
             self.specaug = SpecAugment(a.freq_mask, a.time_mask, a.n_freq_masks, a.n_time_masks)
             self.register_buffer("feat_mean", torch.zeros(mc.n_mels))  # train statistics (set_feature_stats)
             self.register_buffer("feat_std", torch.ones(mc.n_mels))
-            self.proj = nn.Linear(mc.n_mels, d)
+            if not 0 <= mc.n_ceps <= mc.n_mels:
+                raise common.UserError(f"--model.n_ceps {mc.n_ceps}: use 0 (off) to --model.n_mels ({mc.n_mels})")
+            if mc.n_ceps:  # orthonormal DCT-II, (m, n_ceps): log-mel -> low cepstral coefficients
+                import torchaudio.functional as AF
+
+                self.register_buffer("dct", AF.create_dct(mc.n_ceps, mc.n_mels, "ortho"), persistent=False)
+            self.proj = nn.Linear(mc.n_ceps or mc.n_mels, d)
         else:
             self.stem = RawWaveStem(d, kernel=mc.raw_kernel, stride=mc.raw_stride)
         self.backbone = common.build_backbone(cfg.backbone)  # bad --backbone.* -> UserError
@@ -97,6 +105,8 @@ class DigitClassifier(nn.Module):
             feats, frames = self.features(wave, lengths, alpha)
             mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
             feats = self.specaug(feats, frames).masked_fill(~mask[..., None], 0.0)
+            if self.cfg.model.n_ceps:
+                feats = feats @ self.dct  # (b, l, n_ceps)
             return self.proj(feats), mask
         tokens, frames = self.stem(wave, lengths)
         return tokens, common.lengths_to_mask(frames.to(tokens.device), tokens.shape[1])
