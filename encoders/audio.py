@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -409,3 +410,27 @@ class RawWaveStem(nn.Module):
         if span.shape[-1] < self.kernel:
             return chunk.new_zeros(chunk.shape[0], 0, self.conv.out_channels)
         return self.forward(span)[0]
+
+
+class SpecConvStem(nn.Module):
+    """Two 3x3 convolutions over (time, frequency) of log-mel ``(B, L, m)`` -> tokens ``(B, L, d)``.
+
+    The keyword-spotting stem: filters local in frequency, so a formant moved by a few bands
+    (another speaker's vocal tract) excites the same filter a few bands along. Time keeps its
+    resolution (stride 1, one token per frame); the second convolution halves the frequency
+    axis; a ``Linear(channels * ceil(m / 2), d)`` maps each frame to a token. Frames outside
+    ``mask (B, L)`` are zeroed before each convolution, so a padded batch gives every clip
+    the tokens it gets alone.
+    """
+
+    def __init__(self, n_mels: int, d_model: int, channels: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=(1, 2), padding=1)
+        self.proj = nn.Linear(channels * ((n_mels + 1) // 2), d_model)
+
+    def forward(self, feats: Tensor, mask: Tensor) -> Tensor:
+        keep = mask[:, None, :, None].to(feats.dtype)  # (b, 1, l, 1)
+        h = F.gelu(self.conv1(feats[:, None] * keep))  # (b, c, l, m)
+        h = F.gelu(self.conv2(h * keep))  # (b, c, l, m / 2)
+        return self.proj(h.permute(0, 2, 1, 3).flatten(2))  # (b, l, d)

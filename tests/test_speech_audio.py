@@ -198,3 +198,38 @@ def test_cepstral_front_end_lifters_away_fast_ripple_across_bands():
     cfg.model.n_ceps = m + 1
     with pytest.raises(common.UserError, match="n_ceps"):
         build_model(cfg)
+
+
+def test_conv_stem_tokens_do_not_depend_on_the_padding_of_a_batch():
+    """``model.conv_channels``: the 3x3 conv stem re-masks padded frames before each
+    convolution, so a clip's logits in a padded batch equal its logits alone; the stem's
+    filters are local in frequency (a delta in one band reaches at most 2 bands on each side
+    after two 3x3 layers)."""
+    from longstream.encoders.audio import SpecConvStem
+    from longstream.pipelines import common
+    from longstream.pipelines.speech.config import tiny
+    from longstream.pipelines.speech.data import collate
+    from longstream.pipelines.speech.model import build_model
+
+    cfg = tiny()
+    cfg.model.conv_channels = 8
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    waves = [0.1 * torch.randn(3000, generator=g), 0.1 * torch.randn(5200, generator=g)]
+    with torch.no_grad():
+        batched = model(*collate(waves))
+        alone = torch.cat([model(w[None]) for w in waves])
+    assert torch.allclose(batched, alone, atol=1e-5)
+    stem = SpecConvStem(16, 8, channels=4)
+    x = torch.zeros(1, 5, 16)
+    x[0, 2, 6] = 1.0
+    with torch.no_grad():
+        mask = torch.ones(1, 5, dtype=torch.bool)
+        h1 = torch.nn.functional.gelu(stem.conv1(x[:, None]))
+        base = torch.nn.functional.gelu(stem.conv1(torch.zeros(1, 1, 5, 16)))
+        touched = (h1 - base).abs().sum((0, 1, 2)) > 0
+    assert touched.nonzero().flatten().tolist() == [5, 6, 7]
+    assert stem(x, mask).shape == (1, 5, 8)
+    cfg.model.conv_channels, cfg.model.n_ceps = 8, 4
+    with pytest.raises(common.UserError, match="conv_channels"):
+        build_model(cfg)

@@ -64,6 +64,7 @@ class ModelConfig:
     hop_ms: float = 10.0
     f_min: float = 20.0
     n_ceps: int = 0  # >0: keep the first n_ceps cepstral coefficients (DCT of the normalised log-mel, liftering away pitch detail); 0 = the log-mel bands
+    conv_channels: int = 0  # >0: log-mel tokens from a 2-layer 3x3 conv stem with this many channels (encoders.audio.SpecConvStem); 0 = a Linear per frame
     norm: str = "utterance"  # log-mel normalisation: utterance (per-clip mean) | cmvn (per-clip mean and std) | global
     raw_kernel: int = 32  # raw front end: samples per token window
     raw_stride: int = 16  # raw front end: samples between tokens (2 ms at 8 kHz)

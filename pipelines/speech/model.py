@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from longstream.encoders.audio import LogMel, RawWaveStem, SpecAugment
+from longstream.encoders.audio import LogMel, RawWaveStem, SpecAugment, SpecConvStem
 from longstream.pipelines import common
 
 from . import DOMAIN
@@ -61,7 +61,14 @@ class DigitClassifier(nn.Module):
                 import torchaudio.functional as AF
 
                 self.register_buffer("dct", AF.create_dct(mc.n_ceps, mc.n_mels, "ortho"), persistent=False)
-            self.proj = nn.Linear(mc.n_ceps or mc.n_mels, d)
+            if mc.conv_channels < 0:
+                raise common.UserError(f"--model.conv_channels {mc.conv_channels}: use 0 (off) or a positive width")
+            if mc.conv_channels and mc.n_ceps:
+                raise common.UserError("--model.conv_channels and --model.n_ceps: the conv stem reads mel bands; set one")
+            if mc.conv_channels:
+                self.conv = SpecConvStem(mc.n_mels, d, mc.conv_channels)
+            else:
+                self.proj = nn.Linear(mc.n_ceps or mc.n_mels, d)
         else:
             self.stem = RawWaveStem(d, kernel=mc.raw_kernel, stride=mc.raw_stride)
         self.backbone = common.build_backbone(cfg.backbone)  # bad --backbone.* -> UserError
@@ -105,6 +112,8 @@ class DigitClassifier(nn.Module):
             feats, frames = self.features(wave, lengths, alpha)
             mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
             feats = self.specaug(feats, frames).masked_fill(~mask[..., None], 0.0)
+            if self.cfg.model.conv_channels:
+                return self.conv(feats, mask), mask
             if self.cfg.model.n_ceps:
                 feats = feats @ self.dct  # (b, l, n_ceps)
             return self.proj(feats), mask
