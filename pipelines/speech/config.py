@@ -147,13 +147,14 @@ def speaker_augment() -> AugmentConfig:
 
 def loso() -> Config:
     """Leave-one-speaker-out fold (``--data.split loso:<speaker>``): the release model with
-    per-clip mean and variance normalisation and :func:`speaker_augment` (speed ±20%), 1,000 steps."""
+    per-clip mean and variance normalisation and :func:`speaker_augment` (speed ±20%), 6,000 steps
+    (1,000 steps gave a 76.1% fold mean; the heavy augmentation needs the longer schedule)."""
     cfg = release()
     cfg.data.split = "loso:jackson"
     cfg.model.norm = "cmvn"
     cfg.augment = speaker_augment()
     cfg.augment.speed = 0.2
-    cfg.train.steps = 1000
+    cfg.train.steps = 6000
     return cfg
 
 
