@@ -49,6 +49,7 @@ class DataConfig:
     cds_stride: int = 0  # prediction stride over the test region; 0 = train_len // 2
     cds_max_test: int = 0  # >0: score only the first N bases of the test region (tests)
     gene_level: bool = False  # gene calls + gene-level metrics through genes.py
+    gene_prior: bool = True  # with gene_level: also the calls of coding_prior.CodingPrior fitted on the training region (*_prior)
     # evaluation: long windows run as a chunked forward with carried state
     eval_segment: int = 4096
     eval_batch: int = 8

@@ -13,7 +13,9 @@ Per task (:data:`TASK_METRIC_KEYS`):
   same target bases of the held-out strains (``splits.lm_eval_points``);
 - cds: ``mcc`` (strand-aware 3-class per-base MCC), ``mcc_binary`` (CDS vs not), ``macro_f1``
   (3 classes), ``accuracy``, on the test region (last 30%) of M. tuberculosis; with
-  ``data.gene_level`` also the gene-level numbers of :mod:`.genes`.
+  ``data.gene_level`` also the gene-level numbers of :mod:`.genes` (``gene_*``, ``*_decoded``)
+  and, with ``data.gene_prior`` (default on), those of the supervised gene-finder prior of
+  :mod:`.coding_prior` fitted on the training region (``gene_prior_*``, ``*_prior``).
 """
 
 from __future__ import annotations
@@ -169,6 +171,26 @@ def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> 
     return m
 
 
+def prior_gene_metrics(data: D.CdsData, lo: int, hi: int) -> dict[str, Any]:
+    """Gene calls of the supervised gene-finder prior (``coding_prior.CodingPrior``: 3-periodic
+    Markov coding model + start-site model, fitted on the training region ``[0, split)`` and its
+    single-part CDS), scored like :func:`gene_level_metrics` (``*_prior`` keys)."""
+    from . import genes
+    from .coding_prior import CodingPrior
+
+    seq = data.record.sequence
+    train = [(f.start, f.end, f.strand) for f in data.record.cds
+             if f.end <= data.split and len(f.parts or ((f.start, f.end),)) == 1]  # fmt: skip
+    calls = CodingPrior().fit(seq[: data.split].upper(), train).decode(seq[lo:hi].upper())
+    true = [(f.start - lo, f.end - lo, f.strand) for f in data.record.cds if f.start >= lo and f.end <= hi]
+    m = {f"gene_prior_{k}": v for k, v in genes.gene_metrics(calls, true).items()}
+    dec = genes.genes_to_labels(calls, hi - lo)
+    y = data.labels[lo:hi]
+    m.update({"mcc_prior": mcc(y, dec), "mcc_binary_prior": mcc(y > 0, dec > 0),
+              "macro_f1_prior": macro_f1(y, dec, labels=[0, 1, 2])})
+    return m
+
+
 @torch.no_grad()
 def evaluate_cds(model, data: D.CdsData, device: str | torch.device = "cpu") -> dict[str, Any]:
     from .model import cds_probs
@@ -188,6 +210,8 @@ def evaluate_cds(model, data: D.CdsData, device: str | torch.device = "cpu") -> 
                          "test_start": lo, "test_end": hi, "n": int(hi - lo)}
     if dc.gene_level:
         m.update(gene_level_metrics(probs.numpy(), data, lo, hi))
+        if dc.gene_prior:
+            m.update(prior_gene_metrics(data, lo, hi))
     return _finish(m, "cds", "mcc")
 
 

@@ -95,6 +95,8 @@ def _codes(seq: str | bytes | np.ndarray) -> np.ndarray:
     arr = np.asarray(seq)
     if arr.dtype == np.uint8:
         return _CODE[arr]
+    if arr.dtype.kind == "i" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= 4)):
+        return arr.astype(np.int64, copy=False)  # already codes 0..4
     raise TypeError(f"sequence must be str, bytes or a uint8 array, got {arr.dtype}")
 
 
@@ -165,26 +167,45 @@ def decode_genes(
     min_length: int = 90,
     max_overlap: int = 30,
     gene_penalty: float = 25.0,
+    track_weight: float = 1.0,
+    frame_scores: np.ndarray | None = None,
+    start_scores: np.ndarray | None = None,
+    start_weight: float = 0.0,
 ) -> list[Gene]:
     """Gene calls from per-base probabilities ``probs (L, 3)`` [non-coding, plus, minus] of ``seq``.
 
     See the module docstring for the rule. Returns genes sorted by start; ``score`` is the ORF's
-    ``sum(p_strand - threshold) - gene_penalty``.
+    ``track_weight * sum(p_strand - threshold) - gene_penalty``, plus, when given (the
+    :class:`.coding_prior.CodingPrior` terms), ``sum(frame_scores[strand, frame])`` over the ORF's
+    bases and ``start_weight * start_scores[strand, start]``. Both are on each strand's own 5'->3'
+    axis: ``frame_scores (2, 3, L)`` [plus, minus] x frame (frame ``f`` = codon position 0 at
+    ``i % 3 == f``), ``start_scores (2, L)``; index 1 is the reverse complement's axis.
     """
     p = np.asarray(probs, dtype=np.float64)
     codes = _codes(seq)
     n = codes.size
     if p.shape != (n, 3):
         raise ValueError(f"probs must be (L={n}, 3), got {p.shape}")
+    if frame_scores is not None and np.shape(frame_scores) != (2, 3, n):
+        raise ValueError(f"frame_scores must be (2, 3, L={n}), got {np.shape(frame_scores)}")
+    if start_scores is not None and np.shape(start_scores) != (2, n):
+        raise ValueError(f"start_scores must be (2, L={n}), got {np.shape(start_scores)}")
     penalty = float(gene_penalty)
     starts_l, ends_l, strands_l, scores_l = [], [], [], []
-    for strand in (+1, -1):
+    for si, strand in enumerate((+1, -1)):
         track = p[:, 1] if strand > 0 else p[::-1, 2]
         c = codes if strand > 0 else _COMP[codes[::-1]]
-        cum = np.concatenate([[0.0], np.cumsum(track - threshold)])  # (L+1,)
+        base = track_weight * (track - threshold)
+        if frame_scores is None:
+            cums = [np.concatenate([[0.0], np.cumsum(base)])] * 3  # (L+1,), the same for every frame
+        else:
+            cums = [np.concatenate([[0.0], np.cumsum(base + frame_scores[si, f])]) for f in range(3)]
         for starts, stop in _orfs_forward(c, min_length):
             end = stop + 3
+            cum = cums[stop % 3]
             score = cum[end] - cum[starts] - penalty  # (n_starts,) one candidate gene per start codon
+            if start_scores is not None and start_weight:
+                score = score + start_weight * start_scores[si][starts]
             keep = score > 0  # mean coding probability on this strand above threshold
             if not keep.any():
                 continue
