@@ -10,7 +10,8 @@ Writes ``benchmarks/results/genomics.json`` and ``.md``. Sections (``--tasks``):
   ``--lm-checkpoint``, the model per context.
 - ``cds``: M. tuberculosis test region (last 30%): Prodigal (pyrodigal, single mode trained on
   the first 70%), the per-base k-mer gradient-boosting baseline (argmax and ORF-decoded with
-  ``genes.decode_genes``), the decoder's ceiling (decoding the TRUE labels) and, with
+  ``genes.decode_genes``), the supervised gene-finder prior (``coding_prior.CodingPrior``,
+  fitted on the first 70% and its genes), the decoder's ceiling (decoding the TRUE labels) and, with
   ``--cds-checkpoint``, the model. Per-base binary / strand-aware MCC and macro-F1, gene-level
   exact and stop-only sensitivity / precision.
 - ``speed``: bases/s of an embedding pass (token embedding + backbone, random weights, batch 1,
@@ -31,6 +32,7 @@ Usage::
     nice python benchmarks/genomics.py                       # everything that can run
     nice python benchmarks/genomics.py --tasks species cds --quick
     nice python benchmarks/genomics.py --species-checkpoint genomics/hyena-species ...
+    nice python benchmarks/genomics.py --tasks cds --update  # rerun one section, keep the others
     python benchmarks/genomics.py --render                   # rewrite the .md from the .json
 """
 
@@ -64,6 +66,7 @@ from longstream.pipelines.common import dumps_strict  # noqa: E402
 from longstream.pipelines.genomics import baselines as B  # noqa: E402
 from longstream.pipelines.genomics import formats, splits  # noqa: E402
 from longstream.pipelines.genomics import genes as G  # noqa: E402
+from longstream.pipelines.genomics.coding_prior import CodingPrior  # noqa: E402
 
 SPECIES_LENGTHS = (128, 256, 1024, 4096, 16384, 65536)
 ISSUE_KMER = {128: 0.77, 256: 0.84, 1024: 0.93, 4096: 0.94}
@@ -187,6 +190,13 @@ def run_cds(root: Path, args) -> dict:
           n_train_bases=args.kmer_samples, half_window=args.kmer_half_window)
     dec = G.decode_genes(probs, test_seq)
     score("kmer_gbdt_decoded", G.genes_to_labels(dec, b1 - b0), dec)
+    t0 = time.perf_counter()
+    train = [(g.start, g.end, g.strand) for g in splits.train_genes(rec) if len(g.parts or ((0, 0),)) == 1]
+    prior = CodingPrior().fit(seq[a0:a1], train)
+    t_fit = time.perf_counter() - t0
+    dec = prior.decode(test_seq)
+    score("markov_start_prior_decoded", G.genes_to_labels(dec, b1 - b0), dec, fit_s=round(t_fit, 1),
+          decode_s=round(time.perf_counter() - t0 - t_fit, 1), order=prior.order, n_train_genes=prior.n_genes)
     out["model"] = _model(args.cds_checkpoint, root)
     return out
 
@@ -390,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=str(RESULTS / "genomics.json"))
     ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json and exit")
+    ap.add_argument("--update", action="store_true",
+                    help="replace only the tasks run in an existing --out (each task keeps its own command / date)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.render:
@@ -414,7 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{task}]", flush=True)
         res[task] = runners[task]()
         res[task]["wall_s"] = round(time.perf_counter() - t0, 1)
+        res[task]["command"], res[task]["date"] = res["meta"]["command"], res["meta"]["date"]
     res["meta"]["load_end"] = list(os.getloadavg())
+    if args.update and out.is_file():
+        old = json.loads(out.read_text())
+        old.update({t: res[t] for t in args.tasks})
+        old.setdefault("meta", {})["updated"] = {t: res["meta"]["command"] for t in args.tasks}
+        res = old
     out.parent.mkdir(parents=True, exist_ok=True)
     text = dumps_strict(res, indent=1)
     tmp = out.with_suffix(".json.tmp")

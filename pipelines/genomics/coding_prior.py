@@ -22,7 +22,7 @@ on the genome it is given):
 :meth:`CodingPrior.decode` passes both to :func:`.genes.decode_genes`: an ORF ``[a, stop]``
 scores ``sum(coding LLR over [a, stop]) + start_weight * start(a) - gene_penalty`` (plus the
 optional neural track, see ``track_weight``). Defaults (order 5, start weight 2, penalty 5,
-overlap 100) were chosen on a validation split: prior fitted on ``[0, 0.55 L)`` of M.
+overlap 60) were chosen on a validation split: prior fitted on ``[0, 0.55 L)`` of M.
 tuberculosis, decoded on ``[0.55 L, 0.7 L)``, never on the test region (README, Results).
 """
 
@@ -174,7 +174,7 @@ class CodingPrior:
         return out
 
     def decode(self, seq: str | bytes | np.ndarray, probs: np.ndarray | None = None, *, track_weight: float = 0.0,
-               start_weight: float = 2.0, gene_penalty: float = 5.0, max_overlap: int = 100,
+               start_weight: float = 2.0, gene_penalty: float = 5.0, max_overlap: int = 60,
                min_length: int = 90) -> list[G.Gene]:
         """Gene calls on ``seq`` from the prior (and, with ``track_weight > 0``, a per-base model's
         ``probs (L, 3)`` as ``track_weight * (p_strand - 0.5)``); see :func:`.genes.decode_genes`."""

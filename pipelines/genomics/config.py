@@ -64,6 +64,7 @@ class ModelConfig:
     rc_conjoin: bool = False  # species: average the logits of a window and its reverse complement
     kmer_k: int = 0  # species: add a strand-symmetric k-mer composition branch to the head (kmer_branch.py); 0 = off
     orf_features: bool = False  # add the 12 open-reading-frame channels of orf_features.py to the embedding
+    prior_features: bool = False  # cds: add the 8 gene-finder prior channels of prior_features.py (fitted on the training region)
     cds_class_weights: list[float] = field(default_factory=list)  # cds loss weights [non-coding, plus, minus]; [] = equal
     label_smoothing: float = 0.0  # species / cds training cross-entropy label smoothing
     init: str = ""  # start from a `longstream hub import` output dir (embedding + backbone weights)

@@ -186,6 +186,9 @@ def decode_genes(
     n = codes.size
     if p.shape != (n, 3):
         raise ValueError(f"probs must be (L={n}, 3), got {p.shape}")
+    if max_overlap >= min_length:
+        # a short gene could then sit inside a longer one (same stop, a later start) and be called too
+        raise ValueError(f"max_overlap ({max_overlap}) must be below min_length ({min_length})")
     if frame_scores is not None and np.shape(frame_scores) != (2, 3, n):
         raise ValueError(f"frame_scores must be (2, 3, L={n}), got {np.shape(frame_scores)}")
     if start_scores is not None and np.shape(start_scores) != (2, n):

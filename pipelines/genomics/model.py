@@ -69,6 +69,16 @@ class GenomicsModel(nn.Module):
             from .orf_features import N_FEATURES
 
             self.orf = nn.Linear(N_FEATURES, d)
+        self.prior = self.prior_proj = None
+        if cfg.model.prior_features:
+            if task != "cds" or self.rc:
+                raise common.UserError("--model.prior_features is a cds option without --backbone.rc_equivariant; "
+                                       "drop it (or use --model.task cds)")
+            from .prior_features import N_FEATURES as N_PRIOR
+            from .prior_features import PriorFeatures
+
+            self.prior = PriorFeatures()
+            self.prior_proj = nn.Linear(N_PRIOR, d)
         self.backbone = common.build_backbone(cfg.backbone)  # bad --backbone.* -> UserError
         if task == "lm" and not getattr(self.backbone, "is_causal", False):
             raise common.UserError("--model.task lm needs a causal backbone; drop --backbone.bidirectional "
@@ -100,7 +110,20 @@ class GenomicsModel(nn.Module):
             from .orf_features import orf_features
 
             x = x + self.orf(orf_features(ids).to(x.dtype))
+        if self.prior is not None:
+            x = x + self.prior_proj(self.prior(ids).to(x.dtype))
         return x
+
+    def fit_prior(self, data) -> None:
+        """With ``model.prior_features``: fit the gene-finder prior on ``data`` (a ``CdsData``)'s
+        training region ``[0, split)`` and its single-part CDS, and load it into the buffers."""
+        if self.prior is None:
+            return
+        from .coding_prior import CodingPrior
+
+        cds = [(f.start, f.end, f.strand) for f in data.record.cds
+               if f.end <= data.split and len(f.parts or ((f.start, f.end),)) == 1]  # fmt: skip
+        self.prior.load_prior(CodingPrior().fit(data.record.sequence[: data.split].upper(), cds))
 
     def features(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
         """Backbone outputs ``(b, l, d)``."""

@@ -107,6 +107,8 @@ def train(
         seed_everything(tc.seed)
         data = _task_data(cfg)
         model = build_model(cfg)
+        if cfg.model.task == "cds":
+            model.fit_prior(data)  # --model.prior_features: the gene-finder prior of the training region
         if init_tensors is not None:
             init_from_imported(model, init_tensors, cfg.model.init)
         model = model.to(env.device)
