@@ -195,3 +195,73 @@ def test_cds_model_fits_the_prior_and_its_checkpoint_carries_it(tmp_path):
     bad.model.prior_features = True
     with pytest.raises(UserError, match="prior_features"):
         M.build_model(bad)
+
+
+def _record(seq, genes):
+    from types import SimpleNamespace
+
+    feats = [SimpleNamespace(start=s, end=e, strand=st, parts=None, length=e - s) for s, e, st in genes]
+    return SimpleNamespace(sequence=seq, cds=feats)
+
+
+def test_frame_labels_collapse_to_strand_labels_and_follow_reverse_complement():
+    from longstream.pipelines.genomics import splits
+    from longstream.pipelines.genomics.data import rc_labels
+
+    seq, genes = _genome(5, n_genes=12)
+    fr = splits.cds_frame_labels(_record(seq, genes))
+    st = splits.cds_labels(_record(seq, genes))
+    np.testing.assert_array_equal(np.array([0, 1, 1, 1, 2, 2, 2])[fr], st)
+    for s, e, strand in genes:  # codon position 0 at the gene's first base on its own strand
+        first = s if strand > 0 else e - 1
+        assert fr[first] == (1 if strand > 0 else 4) and fr[first + (1 if strand > 0 else -1)] == (2 if strand > 0 else 5)
+    n = len(seq)
+    rc_genes = [(n - e, n - s, -strand) for s, e, strand in genes]
+    np.testing.assert_array_equal(rc_labels(fr, frames=True), splits.cds_frame_labels(_record(_rc(seq), rc_genes)))
+
+
+def test_frame_scores_decode_true_codon_positions_into_the_genes():
+    """Decoding one-hot codon-position labels frame by frame recovers every synthetic gene exactly,
+    where the strand-only track cannot tell a gene from a same-strand ORF shifted by a frame."""
+    from longstream.pipelines.genomics import splits
+
+    seq, genes = _genome(6, n_genes=30)
+    fr = splits.cds_frame_labels(_record(seq, genes))
+    p7 = np.eye(7)[fr]
+    fs = G.frame_scores_from_probs(p7)
+    assert fs.shape == (2, 3, len(seq))
+    p3 = np.stack([p7[:, 0], p7[:, 1:4].sum(1), p7[:, 4:].sum(1)], 1)
+    calls = G.decode_genes(p3, seq, track_weight=0.0, frame_scores=fs, gene_penalty=5.0)
+    m = G.gene_metrics(calls, genes)
+    assert m["exact_sensitivity"] == 1.0 and m["exact_precision"] == 1.0, m
+    with pytest.raises(ValueError, match=r"\(L, 7\)"):
+        G.frame_scores_from_probs(p3)
+
+
+def test_cds_batch_with_frames_is_the_strand_batch_refined():
+    """--model.cds_frames trains on the same windows (and RC draws) with codon-position labels."""
+    from longstream.pipelines.genomics import config as C
+    from longstream.pipelines.genomics import data as D
+    from longstream.pipelines.genomics import splits
+
+    seq, genes = _genome(7, n_genes=20)
+    rec = _record(seq, genes)
+    data = D.CdsData(rec, D.encode(seq), splits.cds_labels(rec), len(seq) // 2, splits.cds_frame_labels(rec))
+    cfg = C.tiny_cds()
+    cfg.data.rc_prob = 0.5
+    seen = set()
+    for step in range(6):
+        cfg.model.cds_frames = False
+        x3, y3 = D.cds_batch(data, cfg, step)
+        cfg.model.cds_frames = True
+        x7, y7 = D.cds_batch(data, cfg, step)
+        assert (x3 == x7).all()
+        assert (torch_collapse(y7) == y3).all()
+        seen |= set(y7.unique().tolist())
+    assert seen == set(range(7)), seen  # every codon position on both strands occurs
+
+
+def torch_collapse(y):
+    import torch
+
+    return torch.tensor([0, 1, 1, 1, 2, 2, 2])[y]

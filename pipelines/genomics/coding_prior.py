@@ -175,11 +175,16 @@ class CodingPrior:
 
     def decode(self, seq: str | bytes | np.ndarray, probs: np.ndarray | None = None, *, track_weight: float = 0.0,
                start_weight: float = 2.0, gene_penalty: float = 5.0, max_overlap: int = 60,
-               min_length: int = 90) -> list[G.Gene]:
-        """Gene calls on ``seq`` from the prior (and, with ``track_weight > 0``, a per-base model's
-        ``probs (L, 3)`` as ``track_weight * (p_strand - 0.5)``); see :func:`.genes.decode_genes`."""
+               min_length: int = 90, model_frames: np.ndarray | None = None,
+               model_weight: float = 1.0) -> list[G.Gene]:
+        """Gene calls on ``seq`` from the prior, plus optionally a per-base model: its strand track
+        ``probs (L, 3)`` as ``track_weight * (p_strand - 0.5)``, and/or its per-frame scores
+        ``model_frames (2, 3, L)`` (:func:`.genes.frame_scores_from_probs`) times ``model_weight``;
+        see :func:`.genes.decode_genes`."""
         codes = G._codes(seq)
         frames = np.stack([self.frame_tracks(_strand_view(codes, s)) for s in (1, -1)])
+        if model_frames is not None:
+            frames = frames + model_weight * np.asarray(model_frames, dtype=np.float64)
         starts = np.stack([self.start_scores(_strand_view(codes, s)) for s in (1, -1)])
         if probs is None:
             probs, track_weight = np.zeros((codes.size, 3)), 0.0

@@ -49,6 +49,7 @@ class DataConfig:
     cds_stride: int = 0  # prediction stride over the test region; 0 = train_len // 2
     cds_max_test: int = 0  # >0: score only the first N bases of the test region (tests)
     gene_level: bool = False  # gene calls + gene-level metrics through genes.py
+    gene_model_weight: float = 1.0  # with gene_prior and a cds_frames model: the model's weight in the *_combined calls
     gene_prior: bool = True  # with gene_level: also the calls of coding_prior.CodingPrior fitted on the training region (*_prior)
     # evaluation: long windows run as a chunked forward with carried state
     eval_segment: int = 4096
@@ -64,6 +65,7 @@ class ModelConfig:
     rc_conjoin: bool = False  # species: average the logits of a window and its reverse complement
     kmer_k: int = 0  # species: add a strand-symmetric k-mer composition branch to the head (kmer_branch.py); 0 = off
     orf_features: bool = False  # add the 12 open-reading-frame channels of orf_features.py to the embedding
+    cds_frames: bool = False  # cds: 7 classes (non-coding, plus / minus strand x codon position), decoded frame by frame
     prior_features: bool = False  # cds: add the 8 gene-finder prior channels of prior_features.py (fitted on the training region)
     cds_class_weights: list[float] = field(default_factory=list)  # cds loss weights [non-coding, plus, minus]; [] = equal
     label_smoothing: float = 0.0  # species / cds training cross-entropy label smoothing

@@ -162,6 +162,7 @@ class CdsData:
     ids: np.ndarray  # (L,) uint8
     labels: np.ndarray  # (L,) uint8: 0 non-coding, 1 plus-strand CDS, 2 minus-strand CDS
     split: int  # first base of the test region
+    frame_labels: np.ndarray | None = None  # (L,) uint8: 0, 1 + codon position (plus), 4 + codon position (minus)
 
     def fingerprint(self) -> str:
         from longstream.pipelines.common import data_fingerprint
@@ -181,12 +182,15 @@ def load_cds(root: str) -> CdsData:
     ids = encode(record.sequence)
     labels = np.asarray(splits.cds_labels(record), dtype=np.uint8)
     split = int(len(ids) * splits.CDS_TRAIN_FRACTION)
-    return CdsData(record, ids, labels, split)
+    frames = np.asarray(splits.cds_frame_labels(record), dtype=np.uint8)
+    return CdsData(record, ids, labels, split, frames)
 
 
-def rc_labels(labels: np.ndarray) -> np.ndarray:
-    """Labels of the reverse-complemented window: order reversed, plus <-> minus strand."""
-    flip = np.array([0, 2, 1], dtype=labels.dtype)
+def rc_labels(labels: np.ndarray, frames: bool = False) -> np.ndarray:
+    """Labels of the reverse-complemented window: order reversed, plus <-> minus strand (with
+    ``frames``, the 7-class codon-position labels: a plus base at codon position c becomes a minus
+    base at codon position c, since the position counts from the gene's own 5' end)."""
+    flip = np.array([0, 4, 5, 6, 1, 2, 3] if frames else [0, 2, 1], dtype=labels.dtype)
     return flip[labels[::-1]]
 
 
@@ -198,9 +202,10 @@ def cds_batch(data: CdsData, cfg: Config, step: int) -> tuple[torch.Tensor, torc
     xs, ys = [], []
     for _ in range(tc.batch_size):
         s = int(r.integers(0, data.split - L + 1))
-        x, y = data.ids[s : s + L], data.labels[s : s + L]
+        frames = cfg.model.cds_frames
+        x, y = data.ids[s : s + L], (data.frame_labels if frames else data.labels)[s : s + L]
         if r.random() < dc.rc_prob:
-            x, y = reverse_complement_ids(x), rc_labels(y)
+            x, y = reverse_complement_ids(x), rc_labels(y, frames)
         xs.append(np.ascontiguousarray(mutate(x, r, dc.mutate_prob)))
         ys.append(np.ascontiguousarray(y))
     return (torch.from_numpy(np.stack(xs).astype(np.int64)), torch.from_numpy(np.stack(ys).astype(np.int64)))

@@ -161,7 +161,11 @@ def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> 
     from . import genes
 
     seq = data.record.sequence[lo:hi].upper()
-    calls = genes.decode_genes(probs, seq)
+    if probs.shape[1] == 7:  # a --model.cds_frames model: each ORF collects its own frame's probabilities
+        calls = genes.decode_genes(_collapse(probs), seq, track_weight=0.0,
+                                   frame_scores=genes.frame_scores_from_probs(probs))
+    else:
+        calls = genes.decode_genes(probs, seq)
     true = [(f.start - lo, f.end - lo, f.strand) for f in data.record.cds if f.start >= lo and f.end <= hi]
     m = {f"gene_{k}": v for k, v in genes.gene_metrics(calls, true).items()}
     dec = genes.genes_to_labels(calls, hi - lo)
@@ -171,23 +175,40 @@ def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> 
     return m
 
 
-def prior_gene_metrics(data: D.CdsData, lo: int, hi: int) -> dict[str, Any]:
+def _collapse(probs: np.ndarray) -> np.ndarray:
+    """(L, 7) codon-position probabilities -> (L, 3); (L, 3) unchanged."""
+    if probs.shape[1] == 3:
+        return probs
+    return np.stack([probs[:, 0], probs[:, 1:4].sum(1), probs[:, 4:7].sum(1)], 1)
+
+
+def prior_gene_metrics(data: D.CdsData, lo: int, hi: int, probs: np.ndarray | None = None,
+                       model_weight: float = 1.0) -> dict[str, Any]:
     """Gene calls of the supervised gene-finder prior (``coding_prior.CodingPrior``: 3-periodic
     Markov coding model + start-site model, fitted on the training region ``[0, split)`` and its
-    single-part CDS), scored like :func:`gene_level_metrics` (``*_prior`` keys)."""
+    single-part CDS), scored like :func:`gene_level_metrics` (``*_prior`` keys); with 7-class
+    ``probs`` (a ``--model.cds_frames`` model) also the prior plus ``model_weight`` times the
+    model's per-frame scores (``*_combined`` keys)."""
     from . import genes
     from .coding_prior import CodingPrior
 
     seq = data.record.sequence
     train = [(f.start, f.end, f.strand) for f in data.record.cds
              if f.end <= data.split and len(f.parts or ((f.start, f.end),)) == 1]  # fmt: skip
-    calls = CodingPrior().fit(seq[: data.split].upper(), train).decode(seq[lo:hi].upper())
+    prior = CodingPrior().fit(seq[: data.split].upper(), train)
+    test_seq = seq[lo:hi].upper()
     true = [(f.start - lo, f.end - lo, f.strand) for f in data.record.cds if f.start >= lo and f.end <= hi]
-    m = {f"gene_prior_{k}": v for k, v in genes.gene_metrics(calls, true).items()}
-    dec = genes.genes_to_labels(calls, hi - lo)
     y = data.labels[lo:hi]
-    m.update({"mcc_prior": mcc(y, dec), "mcc_binary_prior": mcc(y > 0, dec > 0),
-              "macro_f1_prior": macro_f1(y, dec, labels=[0, 1, 2])})
+    runs = {"prior": prior.decode(test_seq)}
+    if probs is not None and probs.shape[1] == 7:
+        runs["combined"] = prior.decode(test_seq, model_frames=genes.frame_scores_from_probs(probs),
+                                        model_weight=model_weight)
+    m: dict[str, Any] = {}
+    for tag, calls in runs.items():
+        m.update({f"gene_{tag}_{k}": v for k, v in genes.gene_metrics(calls, true).items()})
+        dec = genes.genes_to_labels(calls, hi - lo)
+        m.update({f"mcc_{tag}": mcc(y, dec), f"mcc_binary_{tag}": mcc(y > 0, dec > 0),
+                  f"macro_f1_{tag}": macro_f1(y, dec, labels=[0, 1, 2])})
     return m
 
 
@@ -200,18 +221,19 @@ def evaluate_cds(model, data: D.CdsData, device: str | torch.device = "cpu") -> 
     if dc.cds_max_test > 0:
         hi = min(hi, lo + dc.cds_max_test)
     ids = torch.from_numpy(data.ids[lo:hi].astype(np.int64)).to(device)
-    probs = cds_probs(model, ids, window=dc.train_len, stride=dc.cds_stride or dc.train_len // 2,
-                      batch=dc.eval_batch)
-    check_finite_output(probs, source="the M. tuberculosis test region", what="coding probabilities")
-    pred = probs.argmax(-1).numpy()
+    full = cds_probs(model, ids, window=dc.train_len, stride=dc.cds_stride or dc.train_len // 2,
+                     batch=dc.eval_batch, keep_frames=True).numpy()  # (L, 3), or (L, 7) with model.cds_frames
+    check_finite_output(full, source="the M. tuberculosis test region", what="coding probabilities")
+    probs = _collapse(full)
+    pred = probs.argmax(-1)
     y = data.labels[lo:hi]
     m: dict[str, Any] = {"mcc": mcc(y, pred), "mcc_binary": mcc(y > 0, pred > 0),
                          "macro_f1": macro_f1(y, pred, labels=[0, 1, 2]), "accuracy": accuracy(y, pred),
                          "test_start": lo, "test_end": hi, "n": int(hi - lo)}
     if dc.gene_level:
-        m.update(gene_level_metrics(probs.numpy(), data, lo, hi))
+        m.update(gene_level_metrics(full, data, lo, hi))
         if dc.gene_prior:
-            m.update(prior_gene_metrics(data, lo, hi))
+            m.update(prior_gene_metrics(data, lo, hi, full, dc.gene_model_weight))
     return _finish(m, "cds", "mcc")
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "base_metrics",
     "decode_genes",
     "find_orfs",
+    "frame_scores_from_probs",
     "gene_metrics",
     "genes_to_labels",
     "labels_to_probs",
@@ -223,6 +224,23 @@ def decode_genes(
     s, e = np.concatenate(starts_l), np.concatenate(ends_l)
     st, w = np.concatenate(strands_l), np.concatenate(scores_l)
     return _best_set(s, e, st, w, max_overlap)
+
+
+def frame_scores_from_probs(probs7: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """``(2, 3, L)`` per-frame scores for :func:`decode_genes` from 7-class codon-position
+    probabilities ``(L, 7)`` [non-coding, plus x codon position 0..2, minus x 0..2]: in frame ``f``
+    of a strand (its own 5'->3' axis), base ``i`` scores ``p(strand, codon position (i - f) % 3) -
+    threshold``, so an ORF collects the model's belief in exactly its reading frame."""
+    p = np.asarray(probs7, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 7:
+        raise ValueError(f"probs7 must be (L, 7), got {p.shape}")
+    n = p.shape[0]
+    out = np.empty((2, 3, n))
+    i = np.arange(n)
+    for si, cols in ((0, p[:, 1:4]), (1, p[::-1, 4:7])):  # the minus strand on its own axis
+        for f in range(3):
+            out[si, f] = cols[i, (i - f) % 3] - threshold
+    return out
 
 
 def _best_set(s: np.ndarray, e: np.ndarray, st: np.ndarray, w: np.ndarray, max_overlap: int) -> list[Gene]:

@@ -35,6 +35,7 @@ from .kmer_branch import KmerComposition, KmerCounter, kmer_counts
 VOCAB = 16  # DNATokenizer's 12 ids padded to a multiple of 8 (HyenaDNA's layout)
 N_SPECIES = 4
 N_CDS = 3
+N_CDS_FRAMES = 7  # --model.cds_frames: non-coding, plus x codon position 0..2, minus x 0..2
 TASK_TEXT = {
     "species": "bacterial species from a DNA window (4 species, held-out strains)",
     "lm": "next-nucleotide DNA language model (bits per base)",
@@ -99,9 +100,12 @@ class GenomicsModel(nn.Module):
             else:
                 self.head = nn.Linear(d, VOCAB)
         elif self.rc:
+            if cfg.model.cds_frames:
+                raise common.UserError("--model.cds_frames does not combine with --backbone.rc_equivariant; drop one")
             self.head = RCStrandHead(d)
         else:
-            self.head = common.TokenClassifier(d, N_CDS, dropout=cfg.model.dropout)
+            self.head = common.TokenClassifier(d, N_CDS_FRAMES if cfg.model.cds_frames else N_CDS,
+                                               dropout=cfg.model.dropout)
 
     def embed_ids(self, ids: Tensor) -> Tensor:
         """Input vectors ``(b, l, d)``: the base embedding (+ the ORF channels with ``model.orf_features``)."""
@@ -313,12 +317,19 @@ def lm_target_nll(model: GenomicsModel, ids: Tensor, target: int, *, segment: in
 
 
 @torch.no_grad()
-def cds_probs(model: GenomicsModel, ids: Tensor, *, window: int, stride: int, batch: int = 8) -> Tensor:
+def collapse_frames(probs: Tensor) -> Tensor:
+    """7-class codon-position probabilities ``(..., 7)`` -> ``(..., 3)`` [non-coding, plus, minus]."""
+    return torch.stack([probs[..., 0], probs[..., 1:4].sum(-1), probs[..., 4:7].sum(-1)], -1)
+
+
+def cds_probs(model: GenomicsModel, ids: Tensor, *, window: int, stride: int, batch: int = 8,
+              keep_frames: bool = False) -> Tensor:
     """Per-base class probabilities ``(L, 3)`` of one sequence ``ids (L,)`` from overlapping windows.
 
     Windows of ``window`` bases every ``stride`` bases (the last one flush with the end);
     each base averages the windows covering it, weighted towards the window centre
-    (a triangle), so edge effects of a window count little.
+    (a triangle), so edge effects of a window count little. A ``model.cds_frames`` model's 7
+    codon-position classes are summed per strand, unless ``keep_frames`` (then ``(L, 7)``).
     """
     model.eval()
     L = ids.shape[0]
@@ -328,13 +339,16 @@ def cds_probs(model: GenomicsModel, ids: Tensor, *, window: int, stride: int, ba
         starts.append(L - window)
     pos = torch.arange(window, dtype=torch.float32)
     w = torch.minimum(pos + 1, window - pos)[:, None]  # (window, 1)
-    acc = torch.zeros(L, N_CDS)
+    acc = None
     norm = torch.zeros(L, 1)
     for i in range(0, len(starts), batch):
         chunk = starts[i : i + batch]
         xb = torch.stack([ids[s : s + window] for s in chunk])  # (b, window)
-        p = torch.softmax(model(xb).float(), -1)  # (b, window, 3)
+        p = torch.softmax(model(xb).float(), -1)  # (b, window, 3 or 7 classes)
+        if acc is None:
+            acc = torch.zeros(L, p.shape[-1])
         for s, ps in zip(chunk, p):
             acc[s : s + window] += ps * w
             norm[s : s + window] += w
-    return acc / norm
+    out = acc / norm
+    return out if keep_frames or out.shape[-1] == N_CDS else collapse_frames(out)

@@ -41,6 +41,7 @@ __all__ = [
     "eval_windows",
     "lm_eval_points",
     "cds_labels",
+    "cds_frame_labels",
     "cds_split",
     "train_genes",
     "test_genes",
@@ -206,6 +207,26 @@ def cds_labels(record: GenBankRecord) -> np.ndarray:
     for g in sorted(record.cds, key=lambda f: (f.length, f.strand == 1, f.start)):
         for s, e in g.parts or ((g.start, g.end),):
             labels[s:e] = 1 if g.strand == 1 else 2
+    return labels
+
+
+def cds_frame_labels(record: GenBankRecord) -> np.ndarray:
+    """Per-base labels (L,) uint8 with the codon position: 0 non-coding, ``1 + c`` a plus-strand CDS
+    base at codon position c (0, 1, 2 from the gene's 5' end), ``4 + c`` a minus-strand one.
+
+    The same painting rule as :func:`cds_labels` (the longest gene wins), so collapsing the
+    codon positions (1..3 -> 1, 4..6 -> 2) gives exactly :func:`cds_labels`. A joined CDS counts
+    codon positions along its spliced sequence.
+    """
+    labels = np.zeros(len(record.sequence), dtype=np.uint8)
+    for g in sorted(record.cds, key=lambda f: (f.length, f.strand == 1, f.start)):
+        parts = sorted(g.parts or ((g.start, g.end),), reverse=g.strand != 1)  # the gene's 5' -> 3' order
+        done = 0
+        for s, e in parts:
+            i = np.arange(s, e)
+            off = done + (i - s) if g.strand == 1 else done + (e - 1 - i)  # bases from the gene's 5' end
+            labels[s:e] = (1 if g.strand == 1 else 4) + off % 3
+            done += e - s
     return labels
 
 
