@@ -265,3 +265,18 @@ def torch_collapse(y):
     import torch
 
     return torch.tensor([0, 1, 1, 1, 2, 2, 2])[y]
+
+
+def test_prior_rebuilt_from_model_buffers_decodes_the_same_genes():
+    from longstream.pipelines.genomics.prior_features import PriorFeatures
+
+    train_seq, train_genes = _genome(8)
+    test_seq, _ = _genome(9)
+    prior = CodingPrior(order=3).fit(train_seq, train_genes)
+    feats = PriorFeatures(order=3)
+    feats.load_prior(prior)
+    again = CodingPrior.from_features(feats)
+    codes = G._codes(test_seq)
+    np.testing.assert_allclose(again.start_scores(codes), prior.start_scores(codes), atol=1e-4)
+    np.testing.assert_allclose(again.frame_tracks(codes), prior.frame_tracks(codes), atol=1e-5)
+    assert [g.key for g in again.decode(test_seq)] == [g.key for g in prior.decode(test_seq)]

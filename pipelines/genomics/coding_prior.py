@@ -13,17 +13,18 @@ on the genome it is given):
   strands). :meth:`CodingPrior.frame_tracks` gives, for each of the 3 frames of a sequence
   read 5'->3', the per-base log-likelihood ratio (nats) coding-in-this-frame vs background;
   an ORF's coding score is the sum of its frame's track over its bases.
-- **start model**: logistic regression (scikit-learn) on the one-hot bases from
+- **start model**: logistic regression (scikit-learn, its weights kept as arrays) on the one-hot bases from
   ``start_upstream`` bases before a start codon to ``start_downstream`` after it (the codon
   itself included), fitted on every in-frame start codon of each training gene's ORF (the
   annotated start positive, the others negative); :meth:`CodingPrior.start_scores` is the
   log-odds minus the training prior, so an average candidate scores 0.
 
 :meth:`CodingPrior.decode` passes both to :func:`.genes.decode_genes`: an ORF ``[a, stop]``
-scores ``sum(coding LLR over [a, stop]) + start_weight * start(a) - gene_penalty`` (plus the
-optional neural track, see ``track_weight``). Defaults (order 5, start weight 2, penalty 5,
-overlap 60) were chosen on a validation split: prior fitted on ``[0, 0.55 L)`` of M.
-tuberculosis, decoded on ``[0.55 L, 0.7 L)``, never on the test region (README, Results).
+scores ``sum(coding LLR + coding_bias over [a, stop]) + start_weight * start(a) - gene_penalty``
+(plus the optional model terms, see :meth:`CodingPrior.decode`). Defaults (order 5, start
+weight 2, bias 0.07 nats per base, penalty 20, overlap 60, model weight 0.25) were chosen on a
+validation split: prior (and model) fitted on ``[0, 0.55 L)`` of M. tuberculosis, decoded on
+``[0.55 L, 0.7 L)``, never on the test region (README, Results).
 """
 
 from __future__ import annotations
@@ -86,9 +87,20 @@ class CodingPrior:
         self.order, self.pseudo = int(order), float(pseudo)
         self.up, self.down, self.C, self.seed = int(start_upstream), int(start_downstream), float(start_C), seed
         self.llr: np.ndarray | None = None  # (3, 4**(order+1)) coding-in-phase vs background, nats
-        self.start_model: Any = None
+        self.start_coef: np.ndarray | None = None  # ((up + 3 + down) * 4,) logistic-regression weights
+        self.start_intercept = 0.0
         self.start_prior = 0.0
         self.n_genes = 0
+
+    @classmethod
+    def from_features(cls, feats: Any) -> CodingPrior:
+        """The prior held by a model's :class:`.prior_features.PriorFeatures` buffers (a checkpoint
+        trained with ``--model.prior_features`` carries it, so it decodes any sequence)."""
+        prior = cls(order=feats.order, start_upstream=feats.up, start_downstream=feats.down)
+        prior.llr = feats.llr.detach().cpu().double().numpy().copy()
+        prior.start_coef = feats.start_w.detach().cpu().double().numpy().T.reshape(-1).copy()
+        prior.start_intercept, prior.start_prior = float(feats.start_b), 0.0
+        return prior
 
     # ------------------------------------------------------------------ fit
     def fit(self, seq: str | bytes | np.ndarray, genes: Sequence[Any]) -> CodingPrior:
@@ -140,13 +152,15 @@ class CodingPrior:
         if not X or not np.concatenate(y).any():
             raise ValueError("CodingPrior.fit: no annotated start codon found in the genes' ORFs")
         Xa, ya = np.concatenate(X), np.concatenate(y)
-        self.start_model = LogisticRegression(C=self.C, max_iter=1000, random_state=self.seed).fit(Xa, ya)
+        lr = LogisticRegression(C=self.C, max_iter=1000, random_state=self.seed).fit(Xa, ya)
+        self.start_coef = lr.coef_.ravel().astype(np.float64)
+        self.start_intercept = float(lr.intercept_[0])
         p = float(ya.mean())
         self.start_prior = float(np.log(p / (1 - p))) if 0 < p < 1 else 0.0
 
     # ------------------------------------------------------------------ score
     def _check(self) -> None:
-        if self.llr is None or self.start_model is None:
+        if self.llr is None or self.start_coef is None:
             raise RuntimeError("CodingPrior: call fit() first")
 
     def frame_tracks(self, codes: np.ndarray) -> np.ndarray:
@@ -169,20 +183,22 @@ class CodingPrior:
         pos = np.nonzero(np.isin(G._codon_ids(codes), G._START_IDS))[0]
         out = np.zeros(codes.size)
         if pos.size:
-            out[pos] = self.start_model.decision_function(_one_hot_around(codes, pos, self.up, self.down))
-            out[pos] -= self.start_prior
+            x = _one_hot_around(codes, pos, self.up, self.down).astype(np.float64)
+            out[pos] = x @ self.start_coef + self.start_intercept - self.start_prior
         return out
 
     def decode(self, seq: str | bytes | np.ndarray, probs: np.ndarray | None = None, *, track_weight: float = 0.0,
-               start_weight: float = 2.0, gene_penalty: float = 5.0, max_overlap: int = 60,
-               min_length: int = 90, model_frames: np.ndarray | None = None,
-               model_weight: float = 1.0) -> list[G.Gene]:
+               start_weight: float = 2.0, gene_penalty: float = 20.0, coding_bias: float = 0.07,
+               max_overlap: int = 60, min_length: int = 90, model_frames: np.ndarray | None = None,
+               model_weight: float = 0.25) -> list[G.Gene]:
         """Gene calls on ``seq`` from the prior, plus optionally a per-base model: its strand track
         ``probs (L, 3)`` as ``track_weight * (p_strand - 0.5)``, and/or its per-frame scores
         ``model_frames (2, 3, L)`` (:func:`.genes.frame_scores_from_probs`) times ``model_weight``;
-        see :func:`.genes.decode_genes`."""
+        see :func:`.genes.decode_genes`. ``coding_bias`` (nats per base) is added to every frame: it
+        favours the longer of two starts and, with ``gene_penalty``, sets how long and how coding-like
+        an ORF must be to be called."""
         codes = G._codes(seq)
-        frames = np.stack([self.frame_tracks(_strand_view(codes, s)) for s in (1, -1)])
+        frames = np.stack([self.frame_tracks(_strand_view(codes, s)) for s in (1, -1)]) + float(coding_bias)
         if model_frames is not None:
             frames = frames + model_weight * np.asarray(model_frames, dtype=np.float64)
         starts = np.stack([self.start_scores(_strand_view(codes, s)) for s in (1, -1)])

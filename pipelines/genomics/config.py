@@ -49,7 +49,7 @@ class DataConfig:
     cds_stride: int = 0  # prediction stride over the test region; 0 = train_len // 2
     cds_max_test: int = 0  # >0: score only the first N bases of the test region (tests)
     gene_level: bool = False  # gene calls + gene-level metrics through genes.py
-    gene_model_weight: float = 1.0  # with gene_prior and a cds_frames model: the model's weight in the *_combined calls
+    gene_model_weight: float = 0.25  # with gene_prior and a cds_frames model: the model's weight in the *_combined calls
     gene_prior: bool = True  # with gene_level: also the calls of coding_prior.CodingPrior fitted on the training region (*_prior)
     # evaluation: long windows run as a chunked forward with carried state
     eval_segment: int = 4096
@@ -161,11 +161,13 @@ def release_lm() -> Config:
 
 def release_cds() -> Config:
     """CDS segmentation (shipped ``genomics/bimamba-cds``): bidirectional 2-layer Mamba d=64 on 2K windows,
-    with the 12 open-reading-frame channels of ``orf_features.py`` added to the embedding; gene calls
-    and gene-level metrics through ``genes.py`` (~16 min training + ~3 min evaluation, one thread)."""
+    with the 12 open-reading-frame channels of ``orf_features.py`` and the 8 gene-finder prior channels
+    of ``prior_features.py`` (fitted on the training region) added to the embedding, predicting 7
+    codon-position classes; gene calls and gene-level metrics through ``genes.py`` and
+    ``coding_prior.py`` (~5-16 min training + ~1 min evaluation, one thread, depending on load)."""
     return Config(
         data=DataConfig(train_len=2048, rc_prob=0.5, gene_level=True),
-        model=ModelConfig(task="cds", orf_features=True),
+        model=ModelConfig(task="cds", orf_features=True, prior_features=True, cds_frames=True),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M", bidirectional=True),
         train=TrainConfig(steps=800, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )

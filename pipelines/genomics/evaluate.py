@@ -296,7 +296,7 @@ def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[
 
     ``--out f.tsv`` writes a tab-separated table, any other name JSON.
     """
-    from .model import cds_probs, from_pretrained, lm_target_nll, species_logits
+    from .model import call_genes, cds_probs, from_pretrained, lm_target_nll, species_logits
 
     out_file = resolve_out(out)[0] if out else None  # the shared --out rule, before any work
     model = from_pretrained(checkpoint)
@@ -318,16 +318,25 @@ def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[
             check_finite_output(nll, source=f"{spec}: record {name!r}", what="log-likelihoods")
             row["bits_per_base"] = round(float(nll.mean()) / math.log(2), 4)
         else:
-            probs = cds_probs(model, x, window=dc.train_len, stride=dc.cds_stride or dc.train_len // 2)
-            check_finite_output(probs, source=f"{spec}: record {name!r}", what="coding probabilities")
-            lab = probs.argmax(-1).numpy()
+            full = cds_probs(model, x, window=dc.train_len, stride=dc.cds_stride or dc.train_len // 2,
+                             keep_frames=True).numpy()
+            check_finite_output(full, source=f"{spec}: record {name!r}", what="coding probabilities")
+            lab = _collapse(full).argmax(-1)
             row["coding_fraction"] = round(float((lab > 0).mean()), 4)
             row["segments"] = _segments(lab)
+            calls = call_genes(model, full, _base_codes(ids))
+            row["genes"] = [[g.start, g.end, "+" if g.strand > 0 else "-"] for g in calls]
         results.append(row)
     if out_file is not None:
         text = _tsv(results) if out_file.suffix.lower() == ".tsv" else dumps_strict(results, indent=2) + "\n"
         write_out(out_file, text)
     return results
+
+
+def _base_codes(ids: np.ndarray) -> np.ndarray:
+    """Token ids -> the ORF decoder's base codes: A C G T -> 0..3, anything else (N, specials) -> 4."""
+    b = ids.astype(np.int64) - 7  # the DNA tokenizer's layout: A C G T N at ids 7..11
+    return np.where((b >= 0) & (b <= 3), b, 4)
 
 
 def _segments(lab: np.ndarray, min_len: int = 60) -> list[list]:

@@ -317,11 +317,31 @@ def lm_target_nll(model: GenomicsModel, ids: Tensor, target: int, *, segment: in
 
 
 @torch.no_grad()
+def call_genes(model: GenomicsModel, probs: Any, seq: Any) -> list:
+    """The pipeline's gene calls on ``seq`` (a base string or ``genes`` base codes) from ``probs`` (``(L, 3)`` or a ``cds_frames`` model's
+    ``(L, 7)``, numpy): with a gene-finder prior in the checkpoint (``--model.prior_features``),
+    the prior's ORF decoding (``coding_prior.CodingPrior.decode``: it scored best on the validation
+    split, README); otherwise the ORF decoding of the model's own track (``genes.decode_genes``)."""
+    import numpy as np
+
+    from . import genes
+    from .coding_prior import CodingPrior
+
+    p = np.asarray(probs, dtype=np.float64)
+    if model.prior is not None and bool(model.prior.llr.abs().sum() > 0):
+        return CodingPrior.from_features(model.prior).decode(seq)
+    if p.shape[1] == 7:
+        p3 = np.stack([p[:, 0], p[:, 1:4].sum(1), p[:, 4:7].sum(1)], 1)
+        return genes.decode_genes(p3, seq, track_weight=0.0, frame_scores=genes.frame_scores_from_probs(p))
+    return genes.decode_genes(p, seq)
+
+
 def collapse_frames(probs: Tensor) -> Tensor:
     """7-class codon-position probabilities ``(..., 7)`` -> ``(..., 3)`` [non-coding, plus, minus]."""
     return torch.stack([probs[..., 0], probs[..., 1:4].sum(-1), probs[..., 4:7].sum(-1)], -1)
 
 
+@torch.no_grad()
 def cds_probs(model: GenomicsModel, ids: Tensor, *, window: int, stride: int, batch: int = 8,
               keep_frames: bool = False) -> Tensor:
     """Per-base class probabilities ``(L, 3)`` of one sequence ``ids (L,)`` from overlapping windows.

@@ -47,9 +47,9 @@ class PriorFeatures(nn.Module):
             raise ValueError(f"prior (order {prior.order}, start window -{prior.up}/+{prior.down}) does not match "
                              f"the features (order {self.order}, -{self.up}/+{self.down})")
         self.llr.copy_(torch.as_tensor(prior.llr, dtype=torch.float32))
-        coef = torch.as_tensor(prior.start_model.coef_.reshape(-1, 4), dtype=torch.float32)  # (positions, 4)
+        coef = torch.as_tensor(prior.start_coef.reshape(-1, 4), dtype=torch.float32)  # (positions, 4)
         self.start_w.copy_(coef.T)
-        self.start_b.fill_(float(prior.start_model.intercept_[0]) - prior.start_prior)
+        self.start_b.fill_(prior.start_intercept - prior.start_prior)
 
     def _strand(self, base: Tensor, ok: Tensor) -> Tensor:
         """Channels ``(b, 4, l)`` of one strand, ``base (b, l)`` codes 0..3 on that strand's 5'->3' axis."""
