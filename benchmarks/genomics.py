@@ -357,6 +357,14 @@ def render(res: dict) -> str:
                          f"{_f(mm.get('macro_f1_decoded'))} | {_f(mm.get('gene_exact_sensitivity'))} | "
                          f"{_f(mm.get('gene_exact_precision'))} | {_f(mm.get('gene_stop_sensitivity'))} | "
                          f"{_f(mm.get('gene_stop_precision'))} |")  # fmt: skip
+            for tag, what in (("prior", "its gene-finder prior, decoded"), ("combined", "prior + model, decoded")):
+                if f"mcc_{tag}" in mm:
+                    lines.append(f"| model {name}, {what} | {_f(mm.get(f'mcc_binary_{tag}'))} | "
+                                 f"{_f(mm.get(f'mcc_{tag}'))} | {_f(mm.get(f'macro_f1_{tag}'))} | "
+                                 f"{_f(mm.get(f'gene_{tag}_exact_sensitivity'))} | "
+                                 f"{_f(mm.get(f'gene_{tag}_exact_precision'))} | "
+                                 f"{_f(mm.get(f'gene_{tag}_stop_sensitivity'))} | "
+                                 f"{_f(mm.get(f'gene_{tag}_stop_precision'))} |")  # fmt: skip
         lines += ["", f"Issue's Prodigal measurement: {ISSUE_PRODIGAL}.", "", _model_note(s["model"]), ""]
     if "speed" in res:
         s = res["speed"]
