@@ -105,8 +105,8 @@ def _mtb_gb() -> Path:
 
 def test_prior_on_mtb_validation_split():
     """The protocol that chose the defaults: fit on [0, 0.55 L) of M. tuberculosis, decode the
-    validation region [0.55 L, 0.7 L) (measured: strand MCC 0.878, binary 0.688, exact
-    sensitivity 0.670, stop sensitivity 0.922). About 10 s."""
+    validation region [0.55 L, 0.7 L) with the defaults (measured: strand MCC 0.896, binary 0.731,
+    exact sensitivity 0.681, stop sensitivity 0.934). About 10 s."""
     if not _mtb_gb().exists():
         pytest.skip(f"{_mtb_gb()} not present")
     from longstream.pipelines.genomics import formats, splits
@@ -120,8 +120,8 @@ def test_prior_on_mtb_validation_split():
     true = [(g.start - lo, g.end - lo, g.strand) for g in rec.cds if g.start >= lo and g.end <= hi]
     m = G.gene_metrics(calls, true)
     b = G.base_metrics(splits.cds_labels(rec)[lo:hi], G.genes_to_labels(calls, hi - lo))
-    assert b["strand_mcc"] >= 0.86 and b["binary_mcc"] >= 0.66, b
-    assert m["exact_sensitivity"] >= 0.62 and m["stop_sensitivity"] >= 0.9, m
+    assert b["strand_mcc"] >= 0.885 and b["binary_mcc"] >= 0.715, b
+    assert m["exact_sensitivity"] >= 0.66 and m["stop_sensitivity"] >= 0.92, m
 
 
 def test_prior_features_match_the_numpy_prior():
@@ -137,14 +137,14 @@ def test_prior_features_match_the_numpy_prior():
     prior = CodingPrior(order=3).fit(seq, genes)
     feats = PriorFeatures(order=3)
     feats.load_prior(prior)
-    w = seq[1000:2500]
+    w = seq[1000:1700] + "NNNN" + seq[1704:2500]  # an N run breaks k-mers and codons
     f = feats(torch.from_numpy(encode(w).astype(np.int64))[None])[0].numpy().astype(np.float64)
     n = len(w)
     assert f.shape == (n, 8)
     codes = G._codes(w)
     for strand, view in ((0, codes), (1, G._COMP[codes[::-1]])):
         tr, st = prior.frame_tracks(view), prior.start_scores(view)
-        for t in (70, 400, 777, 1200):
+        for t in (0, 5, 70, 400, 699, 702, 706, 777, 1200, n - 5, n - 1):  # edges and the N run included
             j = t if strand == 0 else n - 1 - t  # the base on this strand's axis
             for c in range(3):
                 want = tr[(j - c) % 3, max(j - 60, 0) : j + 61].sum()
@@ -153,8 +153,8 @@ def test_prior_features_match_the_numpy_prior():
         fwd = pos if strand == 0 else n - 1 - pos
         assert pos.size > 5
         np.testing.assert_allclose(f[fwd, 6 + strand] * _START_SCALE, st[pos], atol=1e-4)
-    # no other base carries a start score
-    assert np.count_nonzero(f[:, 6]) == np.count_nonzero(prior.start_scores(codes))
+        # no other base carries a start score
+        assert set(np.nonzero(f[:, 6 + strand])[0]) == set(fwd.tolist())
     with pytest.raises(ValueError, match="does not match"):
         PriorFeatures(order=5).load_prior(prior)
 
@@ -280,3 +280,26 @@ def test_prior_rebuilt_from_model_buffers_decodes_the_same_genes():
     np.testing.assert_allclose(again.start_scores(codes), prior.start_scores(codes), atol=1e-4)
     np.testing.assert_allclose(again.frame_tracks(codes), prior.frame_tracks(codes), atol=1e-5)
     assert [g.key for g in again.decode(test_seq)] == [g.key for g in prior.decode(test_seq)]
+
+
+def test_decode_genes_refuses_an_overlap_that_allows_nested_calls():
+    """With max_overlap >= min_length a short ORF sharing a longer one's stop could be called
+    inside it (both counted): refused with one clear error."""
+    seq = "ATG" + "GCT" * 40 + "TAA"
+    with pytest.raises(ValueError, match="max_overlap"):
+        G.decode_genes(np.zeros((len(seq), 3)), seq, min_length=60, max_overlap=60)
+
+
+def test_frame_labels_of_a_joined_minus_strand_gene_count_along_the_spliced_sequence():
+    """A minus-strand join lists its parts 5' -> 3' (the parser's order: the right part first);
+    codon positions continue across the junction."""
+    from types import SimpleNamespace
+
+    from longstream.pipelines.genomics import splits
+
+    g = SimpleNamespace(start=10, end=60, strand=-1, parts=((40, 60), (10, 20)), length=30)
+    lab = splits.cds_frame_labels(SimpleNamespace(sequence="A" * 80, cds=[g]))
+    assert lab[59] == 4 and lab[58] == 5 and lab[57] == 6  # the gene's first codon, read leftwards
+    assert lab[40] == 4 + (19 % 3)  # the 20th base of the spliced gene
+    assert lab[19] == 4 + (20 % 3) and lab[10] == 4 + (29 % 3)  # the second part continues the count
+    assert (lab[20:40] == 0).all()  # the intron is not coding

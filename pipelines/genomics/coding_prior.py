@@ -106,11 +106,13 @@ class CodingPrior:
     def fit(self, seq: str | bytes | np.ndarray, genes: Sequence[Any]) -> CodingPrior:
         """Fit on ``seq`` (the training region) and its CDS ``genes`` (``(start, end, strand)`` in
         ``seq`` coordinates, stop codon included, as :class:`.genes.Gene`); bases outside every
-        gene are the background."""
+        gene are the background. Pseudogenes (a ``pseudo`` attribute) and lengths that are not a
+        whole number of codons are skipped."""
         codes = G._codes(seq)
         n, k = codes.size, self.order
-        keys = [G._key(g) for g in genes]
-        keys = [t for t in keys if 0 <= t[0] and t[1] <= n and t[1] - t[0] >= 6]
+        keys = [G._key(g) for g in genes if not getattr(g, "pseudo", False)]
+        # whole codons only: a pseudogene or a length off the codon grid would corrupt the phase counts
+        keys = [t for t in keys if 0 <= t[0] and t[1] <= n and t[1] - t[0] >= 6 and (t[1] - t[0]) % 3 == 0]
         if not keys:
             raise ValueError("CodingPrior.fit: no genes inside the sequence")
         cod = np.zeros((3, 4 ** (k + 1)))

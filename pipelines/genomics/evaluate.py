@@ -161,11 +161,7 @@ def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> 
     from . import genes
 
     seq = data.record.sequence[lo:hi].upper()
-    if probs.shape[1] == 7:  # a --model.cds_frames model: each ORF collects its own frame's probabilities
-        calls = genes.decode_genes(_collapse(probs), seq, track_weight=0.0,
-                                   frame_scores=genes.frame_scores_from_probs(probs))
-    else:
-        calls = genes.decode_genes(probs, seq)
+    calls = genes.decode_model_track(probs, seq)  # frame by frame for a --model.cds_frames model
     true = [(f.start - lo, f.end - lo, f.strand) for f in data.record.cds if f.start >= lo and f.end <= hi]
     m = {f"gene_{k}": v for k, v in genes.gene_metrics(calls, true).items()}
     dec = genes.genes_to_labels(calls, hi - lo)
@@ -177,13 +173,13 @@ def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> 
 
 def _collapse(probs: np.ndarray) -> np.ndarray:
     """(L, 7) codon-position probabilities -> (L, 3); (L, 3) unchanged."""
-    if probs.shape[1] == 3:
-        return probs
-    return np.stack([probs[:, 0], probs[:, 1:4].sum(1), probs[:, 4:7].sum(1)], 1)
+    from .model import collapse_frames
+
+    return probs if probs.shape[1] == 3 else collapse_frames(torch.from_numpy(probs)).numpy()
 
 
 def prior_gene_metrics(data: D.CdsData, lo: int, hi: int, probs: np.ndarray | None = None,
-                       model_weight: float = 1.0) -> dict[str, Any]:
+                       model_weight: float = 0.25) -> dict[str, Any]:
     """Gene calls of the supervised gene-finder prior (``coding_prior.CodingPrior``: 3-periodic
     Markov coding model + start-site model, fitted on the training region ``[0, split)`` and its
     single-part CDS), scored like :func:`gene_level_metrics` (``*_prior`` keys); with 7-class
@@ -292,9 +288,12 @@ def _encode(spec: str, name: str, seq: str) -> np.ndarray:
 
 @torch.no_grad()
 def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[dict[str, Any]]:
-    """Per record: species probabilities (species), bits per base (lm) or coding segments (cds).
+    """Per record: species probabilities (species), bits per base (lm), or for cds the coding
+    fraction, per-base coding ``segments`` and the ``genes`` of ``model.call_genes`` (each
+    ``[start, end, "+"|"-"]``).
 
-    ``--out f.tsv`` writes a tab-separated table, any other name JSON.
+    ``--out f.tsv`` writes a tab-separated table (without the ``segments`` / ``genes`` lists),
+    any other name JSON.
     """
     from .model import call_genes, cds_probs, from_pretrained, lm_target_nll, species_logits
 
@@ -353,7 +352,7 @@ def _segments(lab: np.ndarray, min_len: int = 60) -> list[list]:
 
 
 def _tsv(results: list[dict[str, Any]]) -> str:
-    cols = [k for k in results[0] if k not in ("probs", "segments")]
+    cols = [k for k in results[0] if k not in ("probs", "segments", "genes")]  # lists: JSON output only
     extra = list(results[0].get("probs", {}))
     lines = ["\t".join(cols + [f"p_{s}" for s in extra])]
     for r in results:

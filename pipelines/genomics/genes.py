@@ -55,6 +55,7 @@ __all__ = [
     "decode_genes",
     "find_orfs",
     "frame_scores_from_probs",
+    "decode_model_track",
     "gene_metrics",
     "genes_to_labels",
     "labels_to_probs",
@@ -94,7 +95,7 @@ def _codes(seq: str | bytes | np.ndarray) -> np.ndarray:
     if isinstance(seq, bytes | bytearray):
         return _CODE[np.frombuffer(seq, dtype=np.uint8)]
     arr = np.asarray(seq)
-    if arr.dtype == np.uint8:
+    if arr.dtype == np.uint8:  # ASCII bytes (token ids or codes must come as a signed integer array)
         return _CODE[arr]
     if arr.dtype.kind == "i" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= 4)):
         return arr.astype(np.int64, copy=False)  # already codes 0..4
@@ -181,6 +182,8 @@ def decode_genes(
     bases and ``start_weight * start_scores[strand, start]``. Both are on each strand's own 5'->3'
     axis: ``frame_scores (2, 3, L)`` [plus, minus] x frame (frame ``f`` = codon position 0 at
     ``i % 3 == f``), ``start_scores (2, L)``; index 1 is the reverse complement's axis.
+    ``max_overlap`` must be below ``min_length`` (else a short ORF could be called inside a longer
+    one that shares its stop); a ``ValueError`` says so.
     """
     p = np.asarray(probs, dtype=np.float64)
     codes = _codes(seq)
@@ -210,7 +213,7 @@ def decode_genes(
             score = cum[end] - cum[starts] - penalty  # (n_starts,) one candidate gene per start codon
             if start_scores is not None and start_weight:
                 score = score + start_weight * start_scores[si][starts]
-            keep = score > 0  # mean coding probability on this strand above threshold
+            keep = score > 0  # the ORF's total score (track, frame and start terms, minus the penalty) is positive
             if not keep.any():
                 continue
             a = starts[keep]
@@ -241,6 +244,16 @@ def frame_scores_from_probs(probs7: np.ndarray, threshold: float = 0.5) -> np.nd
         for f in range(3):
             out[si, f] = cols[i, (i - f) % 3] - threshold
     return out
+
+
+def decode_model_track(probs: np.ndarray, seq: str | bytes | np.ndarray) -> list[Gene]:
+    """:func:`decode_genes` of a model's own probabilities: ``(L, 3)`` strand track as it is, or
+    ``(L, 7)`` codon-position probabilities frame by frame (:func:`frame_scores_from_probs`)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape[1] == 7:
+        p3 = np.stack([p[:, 0], p[:, 1:4].sum(1), p[:, 4:7].sum(1)], 1)
+        return decode_genes(p3, seq, track_weight=0.0, frame_scores=frame_scores_from_probs(p))
+    return decode_genes(p, seq)
 
 
 def _best_set(s: np.ndarray, e: np.ndarray, st: np.ndarray, w: np.ndarray, max_overlap: int) -> list[Gene]:

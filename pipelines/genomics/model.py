@@ -327,13 +327,9 @@ def call_genes(model: GenomicsModel, probs: Any, seq: Any) -> list:
     from . import genes
     from .coding_prior import CodingPrior
 
-    p = np.asarray(probs, dtype=np.float64)
     if model.prior is not None and bool(model.prior.llr.abs().sum() > 0):
         return CodingPrior.from_features(model.prior).decode(seq)
-    if p.shape[1] == 7:
-        p3 = np.stack([p[:, 0], p[:, 1:4].sum(1), p[:, 4:7].sum(1)], 1)
-        return genes.decode_genes(p3, seq, track_weight=0.0, frame_scores=genes.frame_scores_from_probs(p))
-    return genes.decode_genes(p, seq)
+    return genes.decode_model_track(np.asarray(probs, dtype=np.float64), seq)
 
 
 def collapse_frames(probs: Tensor) -> Tensor:

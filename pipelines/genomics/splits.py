@@ -220,7 +220,7 @@ def cds_frame_labels(record: GenBankRecord) -> np.ndarray:
     """
     labels = np.zeros(len(record.sequence), dtype=np.uint8)
     for g in sorted(record.cds, key=lambda f: (f.length, f.strand == 1, f.start)):
-        parts = sorted(g.parts or ((g.start, g.end),), reverse=g.strand != 1)  # the gene's 5' -> 3' order
+        parts = g.parts or ((g.start, g.end),)  # the parser's order is the gene's 5' -> 3' order
         done = 0
         for s, e in parts:
             i = np.arange(s, e)
