@@ -191,8 +191,7 @@ def run_cds(root: Path, args) -> dict:
     dec = G.decode_genes(probs, test_seq)
     score("kmer_gbdt_decoded", G.genes_to_labels(dec, b1 - b0), dec)
     t0 = time.perf_counter()
-    train = [(g.start, g.end, g.strand) for g in splits.train_genes(rec) if len(g.parts or ((0, 0),)) == 1]
-    prior = CodingPrior().fit(seq[a0:a1], train)
+    prior = CodingPrior.fit_region(rec, a1)  # the training region [0, 0.7 L) and its genes
     t_fit = time.perf_counter() - t0
     dec = prior.decode(test_seq)
     score("markov_start_prior_decoded", G.genes_to_labels(dec, b1 - b0), dec, fit_s=round(t_fit, 1),

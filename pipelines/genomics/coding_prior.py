@@ -102,6 +102,13 @@ class CodingPrior:
         prior.start_intercept, prior.start_prior = float(feats.start_b), 0.0
         return prior
 
+    @classmethod
+    def fit_region(cls, record: Any, split: int) -> CodingPrior:
+        """Fitted on the training region ``record.sequence[:split]`` and the single-part CDS of
+        ``record.cds`` inside it (the rule every caller uses: training, evaluation, benchmark)."""
+        genes = [g for g in record.cds if g.start >= 0 and g.end <= split and len(g.parts or ((g.start, g.end),)) == 1]
+        return cls().fit(record.sequence[:split].upper(), genes)
+
     # ------------------------------------------------------------------ fit
     def fit(self, seq: str | bytes | np.ndarray, genes: Sequence[Any]) -> CodingPrior:
         """Fit on ``seq`` (the training region) and its CDS ``genes`` (``(start, end, strand)`` in

@@ -108,13 +108,14 @@ def coding_track(model, seq: str):
     import torch
 
     from . import data as D
-    from .model import call_genes, cds_probs, collapse_frames
+    from .genes import collapse_frames
+    from .model import call_genes, cds_probs
 
     dc = model.cfg.data
     ids = torch.from_numpy(D.encode(seq).astype("int64"))
-    full = cds_probs(model, ids, window=dc.train_len, stride=dc.cds_stride or dc.train_len // 2, keep_frames=True)
-    probs = full if full.shape[-1] == 3 else collapse_frames(full)
-    return probs.numpy(), call_genes(model, full.numpy(), seq.upper())
+    full = cds_probs(model, ids, window=dc.train_len, stride=dc.cds_stride or dc.train_len // 2,
+                     keep_frames=True).numpy()
+    return collapse_frames(full), call_genes(model, full, seq.upper())
 
 
 def track_figure(probs, genes, edits: list[tuple[int, str, str]] = ()):

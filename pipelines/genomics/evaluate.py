@@ -15,7 +15,9 @@ Per task (:data:`TASK_METRIC_KEYS`):
   (3 classes), ``accuracy``, on the test region (last 30%) of M. tuberculosis; with
   ``data.gene_level`` also the gene-level numbers of :mod:`.genes` (``gene_*``, ``*_decoded``)
   and, with ``data.gene_prior`` (default on), those of the supervised gene-finder prior of
-  :mod:`.coding_prior` fitted on the training region (``gene_prior_*``, ``*_prior``).
+  :mod:`.coding_prior` fitted on the training region (``gene_prior_*``, ``*_prior``; the copy a
+  ``--model.prior_features`` checkpoint carries, when it has one) and, for a codon-position
+  model, the prior plus the model (``gene_combined_*``, ``*_combined``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from longstream.pipelines.common import (
 )
 
 from . import data as D
+from . import genes
 
 METRIC_KEYS = ["task", "headline", "headline_metric", "n"]
 TASK_METRIC_KEYS = {
@@ -154,63 +157,48 @@ def evaluate_lm(model, data: D.SpeciesData, device: str | torch.device = "cpu") 
 
 
 # ---------------------------------------------------------------------------- cds
-def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> dict[str, Any]:
-    """Gene calls decoded from the per-base probabilities (ORF-aware, ``genes.decode_genes`` of helper
-    gen-bench) scored against the annotated CDS fully inside ``[lo, hi)``, plus the per-base
-    metrics of the decoded calls (``*_decoded``)."""
-    from . import genes
-
-    seq = data.record.sequence[lo:hi].upper()
-    calls = genes.decode_model_track(probs, seq)  # frame by frame for a --model.cds_frames model
+def _call_metrics(calls: list, data: D.CdsData, lo: int, hi: int, gene_prefix: str, suffix: str) -> dict[str, Any]:
+    """Gene-level numbers of ``calls`` against the annotated CDS fully inside ``[lo, hi)``
+    (``{gene_prefix}exact_sensitivity`` ...) and per-base MCC / binary MCC / macro-F1 of their labels
+    (``mcc_{suffix}`` ...)."""
     true = [(f.start - lo, f.end - lo, f.strand) for f in data.record.cds if f.start >= lo and f.end <= hi]
-    m = {f"gene_{k}": v for k, v in genes.gene_metrics(calls, true).items()}
+    m = {f"{gene_prefix}{k}": v for k, v in genes.gene_metrics(calls, true).items()}
     dec = genes.genes_to_labels(calls, hi - lo)
     y = data.labels[lo:hi]
-    m.update({"mcc_decoded": mcc(y, dec), "mcc_binary_decoded": mcc(y > 0, dec > 0),
-              "macro_f1_decoded": macro_f1(y, dec, labels=[0, 1, 2])})
+    m.update({f"mcc_{suffix}": mcc(y, dec), f"mcc_binary_{suffix}": mcc(y > 0, dec > 0),
+              f"macro_f1_{suffix}": macro_f1(y, dec, labels=[0, 1, 2])})
     return m
 
 
-def _collapse(probs: np.ndarray) -> np.ndarray:
-    """(L, 7) codon-position probabilities -> (L, 3); (L, 3) unchanged."""
-    from .model import collapse_frames
-
-    return probs if probs.shape[1] == 3 else collapse_frames(torch.from_numpy(probs)).numpy()
+def gene_level_metrics(probs: np.ndarray, data: D.CdsData, lo: int, hi: int) -> dict[str, Any]:
+    """Gene calls decoded from the model's per-base probabilities (ORF-aware; frame by frame for a
+    ``--model.cds_frames`` model: ``genes.decode_model_track``), scored by :func:`_call_metrics`
+    (``gene_*``, ``*_decoded``)."""
+    calls = genes.decode_model_track(probs, data.record.sequence[lo:hi].upper())
+    return _call_metrics(calls, data, lo, hi, "gene_", "decoded")
 
 
 def prior_gene_metrics(data: D.CdsData, lo: int, hi: int, probs: np.ndarray | None = None,
-                       model_weight: float = 0.25) -> dict[str, Any]:
+                       model_weight: float = 0.25, prior: Any = None) -> dict[str, Any]:
     """Gene calls of the supervised gene-finder prior (``coding_prior.CodingPrior``: 3-periodic
-    Markov coding model + start-site model, fitted on the training region ``[0, split)`` and its
-    single-part CDS), scored like :func:`gene_level_metrics` (``*_prior`` keys); with 7-class
-    ``probs`` (a ``--model.cds_frames`` model) also the prior plus ``model_weight`` times the
-    model's per-frame scores (``*_combined`` keys)."""
-    from . import genes
+    Markov coding model + start-site model of the training region ``[0, split)``; ``prior`` if
+    given, such as the one a checkpoint carries, else fitted here), scored by :func:`_call_metrics`
+    (``gene_prior_*``, ``*_prior``); with 7-class ``probs`` (a ``--model.cds_frames`` model) also
+    the prior plus ``model_weight`` times the model's per-frame scores (``*_combined``)."""
     from .coding_prior import CodingPrior
 
-    seq = data.record.sequence
-    train = [(f.start, f.end, f.strand) for f in data.record.cds
-             if f.end <= data.split and len(f.parts or ((f.start, f.end),)) == 1]  # fmt: skip
-    prior = CodingPrior().fit(seq[: data.split].upper(), train)
-    test_seq = seq[lo:hi].upper()
-    true = [(f.start - lo, f.end - lo, f.strand) for f in data.record.cds if f.start >= lo and f.end <= hi]
-    y = data.labels[lo:hi]
-    runs = {"prior": prior.decode(test_seq)}
+    prior = prior if prior is not None else CodingPrior.fit_region(data.record, data.split)
+    test_seq = data.record.sequence[lo:hi].upper()
+    m = _call_metrics(prior.decode(test_seq), data, lo, hi, "gene_prior_", "prior")
     if probs is not None and probs.shape[1] == 7:
-        runs["combined"] = prior.decode(test_seq, model_frames=genes.frame_scores_from_probs(probs),
-                                        model_weight=model_weight)
-    m: dict[str, Any] = {}
-    for tag, calls in runs.items():
-        m.update({f"gene_{tag}_{k}": v for k, v in genes.gene_metrics(calls, true).items()})
-        dec = genes.genes_to_labels(calls, hi - lo)
-        m.update({f"mcc_{tag}": mcc(y, dec), f"mcc_binary_{tag}": mcc(y > 0, dec > 0),
-                  f"macro_f1_{tag}": macro_f1(y, dec, labels=[0, 1, 2])})
+        calls = prior.decode(test_seq, model_frames=genes.frame_scores_from_probs(probs), model_weight=model_weight)
+        m.update(_call_metrics(calls, data, lo, hi, "gene_combined_", "combined"))
     return m
 
 
 @torch.no_grad()
 def evaluate_cds(model, data: D.CdsData, device: str | torch.device = "cpu") -> dict[str, Any]:
-    from .model import cds_probs
+    from .model import carried_prior, cds_probs
 
     dc = model.cfg.data
     lo, hi = data.split, len(data.ids)
@@ -220,7 +208,7 @@ def evaluate_cds(model, data: D.CdsData, device: str | torch.device = "cpu") -> 
     full = cds_probs(model, ids, window=dc.train_len, stride=dc.cds_stride or dc.train_len // 2,
                      batch=dc.eval_batch, keep_frames=True).numpy()  # (L, 3), or (L, 7) with model.cds_frames
     check_finite_output(full, source="the M. tuberculosis test region", what="coding probabilities")
-    probs = _collapse(full)
+    probs = genes.collapse_frames(full)
     pred = probs.argmax(-1)
     y = data.labels[lo:hi]
     m: dict[str, Any] = {"mcc": mcc(y, pred), "mcc_binary": mcc(y > 0, pred > 0),
@@ -229,7 +217,7 @@ def evaluate_cds(model, data: D.CdsData, device: str | torch.device = "cpu") -> 
     if dc.gene_level:
         m.update(gene_level_metrics(full, data, lo, hi))
         if dc.gene_prior:
-            m.update(prior_gene_metrics(data, lo, hi, full, dc.gene_model_weight))
+            m.update(prior_gene_metrics(data, lo, hi, full, dc.gene_model_weight, prior=carried_prior(model)))
     return _finish(m, "cds", "mcc")
 
 
@@ -320,7 +308,7 @@ def predict(checkpoint: str, inputs: list[str], out: str | None = None) -> list[
             full = cds_probs(model, x, window=dc.train_len, stride=dc.cds_stride or dc.train_len // 2,
                              keep_frames=True).numpy()
             check_finite_output(full, source=f"{spec}: record {name!r}", what="coding probabilities")
-            lab = _collapse(full).argmax(-1)
+            lab = genes.collapse_frames(full).argmax(-1)
             row["coding_fraction"] = round(float((lab > 0).mean()), 4)
             row["segments"] = _segments(lab)
             calls = call_genes(model, full, _base_codes(ids))

@@ -55,6 +55,7 @@ __all__ = [
     "decode_genes",
     "find_orfs",
     "frame_scores_from_probs",
+    "collapse_frames",
     "decode_model_track",
     "gene_metrics",
     "genes_to_labels",
@@ -246,13 +247,20 @@ def frame_scores_from_probs(probs7: np.ndarray, threshold: float = 0.5) -> np.nd
     return out
 
 
+def collapse_frames(probs: np.ndarray) -> np.ndarray:
+    """``(L, 7)`` codon-position probabilities -> ``(L, 3)`` [non-coding, plus, minus]; ``(L, 3)`` as is."""
+    p = np.asarray(probs)
+    if p.shape[1] == 3:
+        return p
+    return np.stack([p[:, 0], p[:, 1:4].sum(1), p[:, 4:7].sum(1)], 1)
+
+
 def decode_model_track(probs: np.ndarray, seq: str | bytes | np.ndarray) -> list[Gene]:
     """:func:`decode_genes` of a model's own probabilities: ``(L, 3)`` strand track as it is, or
     ``(L, 7)`` codon-position probabilities frame by frame (:func:`frame_scores_from_probs`)."""
     p = np.asarray(probs, dtype=np.float64)
     if p.shape[1] == 7:
-        p3 = np.stack([p[:, 0], p[:, 1:4].sum(1), p[:, 4:7].sum(1)], 1)
-        return decode_genes(p3, seq, track_weight=0.0, frame_scores=frame_scores_from_probs(p))
+        return decode_genes(collapse_frames(p), seq, track_weight=0.0, frame_scores=frame_scores_from_probs(p))
     return decode_genes(p, seq)
 
 

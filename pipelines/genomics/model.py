@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from longstream.encoders.dna import reverse_complement_ids
 from longstream.pipelines import common
 
-from . import DOMAIN
+from . import DOMAIN, genes
 from .config import TASKS, Config
 from .kmer_branch import KmerComposition, KmerCounter, kmer_counts
 
@@ -125,9 +125,7 @@ class GenomicsModel(nn.Module):
             return
         from .coding_prior import CodingPrior
 
-        cds = [(f.start, f.end, f.strand) for f in data.record.cds
-               if f.end <= data.split and len(f.parts or ((f.start, f.end),)) == 1]  # fmt: skip
-        self.prior.load_prior(CodingPrior().fit(data.record.sequence[: data.split].upper(), cds))
+        self.prior.load_prior(CodingPrior.fit_region(data.record, data.split))
 
     def features(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
         """Backbone outputs ``(b, l, d)``."""
@@ -316,25 +314,24 @@ def lm_target_nll(model: GenomicsModel, ids: Tensor, target: int, *, segment: in
     return F.cross_entropy(logits.transpose(1, 2), ids[:, -target:], reduction="none")
 
 
-@torch.no_grad()
 def call_genes(model: GenomicsModel, probs: Any, seq: Any) -> list:
-    """The pipeline's gene calls on ``seq`` (a base string or ``genes`` base codes) from ``probs`` (``(L, 3)`` or a ``cds_frames`` model's
-    ``(L, 7)``, numpy): with a gene-finder prior in the checkpoint (``--model.prior_features``),
-    the prior's ORF decoding (``coding_prior.CodingPrior.decode``: it scored best on the validation
-    split, README); otherwise the ORF decoding of the model's own track (``genes.decode_genes``)."""
-    import numpy as np
+    """The pipeline's gene calls on ``seq`` (a base string or ``genes`` base codes) from the model's
+    numpy ``probs`` (``(L, 3)``, or ``(L, 7)`` for a ``cds_frames`` model): with a gene-finder prior in
+    the checkpoint (``--model.prior_features``), the prior's ORF decoding (``CodingPrior.decode``:
+    it scored best on the validation split, README); otherwise ``genes.decode_model_track``."""
+    prior = carried_prior(model)
+    if prior is not None:
+        return prior.decode(seq)
+    return genes.decode_model_track(probs, seq)
 
-    from . import genes
+
+def carried_prior(model: GenomicsModel):
+    """The gene-finder prior a ``--model.prior_features`` checkpoint carries (``CodingPrior``), or None."""
     from .coding_prior import CodingPrior
 
-    if model.prior is not None and bool(model.prior.llr.abs().sum() > 0):
-        return CodingPrior.from_features(model.prior).decode(seq)
-    return genes.decode_model_track(np.asarray(probs, dtype=np.float64), seq)
-
-
-def collapse_frames(probs: Tensor) -> Tensor:
-    """7-class codon-position probabilities ``(..., 7)`` -> ``(..., 3)`` [non-coding, plus, minus]."""
-    return torch.stack([probs[..., 0], probs[..., 1:4].sum(-1), probs[..., 4:7].sum(-1)], -1)
+    if model.prior is None or not bool(model.prior.llr.abs().sum() > 0):
+        return None
+    return CodingPrior.from_features(model.prior)
 
 
 @torch.no_grad()
@@ -367,4 +364,4 @@ def cds_probs(model: GenomicsModel, ids: Tensor, *, window: int, stride: int, ba
             acc[s : s + window] += ps * w
             norm[s : s + window] += w
     out = acc / norm
-    return out if keep_frames or out.shape[-1] == N_CDS else collapse_frames(out)
+    return out if keep_frames else torch.from_numpy(genes.collapse_frames(out.numpy()))
