@@ -83,3 +83,31 @@ def test_bad_k_is_a_user_error():
     cfg.model.kmer_k = 4
     with pytest.raises(UserError, match="species-head option"):
         build_model(cfg)
+
+
+
+def test_kmer_aux_loss_adds_the_branch_cross_entropy(monkeypatch):
+    """``model.kmer_aux`` w: the species training loss is CE(summed logits) + w * CE(branch logits)."""
+    import torch.nn.functional as F
+
+    from longstream.pipelines.common.distributed import DistEnv
+    from longstream.pipelines.genomics import train as T
+
+    cfg = C.tiny()
+    cfg.model.kmer_k, cfg.train.batch_size = 3, 3
+    ids, y = torch.randint(7, 11, (3, 200)), torch.tensor([0, 1, 2])
+    monkeypatch.setattr(T.D, "species_batch", lambda data, cfg, step: (ids, y))
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    logits, comp = m(ids, kmer_part=True)
+    assert torch.equal(logits, m(ids))  # the summed logits are the usual forward
+    plain = T.batch_loss(m, cfg, None, 0, DistEnv())
+    assert torch.allclose(plain, F.cross_entropy(logits, y))
+    cfg.model.kmer_aux = 0.5
+    got = T.batch_loss(m, cfg, None, 0, DistEnv())
+    want = F.cross_entropy(logits, y) + 0.5 * F.cross_entropy(comp, y)
+    assert torch.allclose(got, want) and got > plain + 1e-3
+    bad = C.tiny()
+    bad.model.kmer_aux = 1.0  # no k-mer branch to supervise
+    with pytest.raises(UserError, match="kmer_aux"):
+        build_model(bad)

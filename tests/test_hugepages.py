@@ -3,7 +3,9 @@ storage, training / saving unaffected, and the off switch."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +84,38 @@ def test_disabled_off_linux_or_by_env(monkeypatch):
     monkeypatch.setenv("LONGSTREAM_HUGEPAGES", "1")
     monkeypatch.setattr(sys, "platform", "darwin")
     assert not hugepages.enabled()
+
+
+
+_FAULT_PROBE = (
+    "import os, longstream, torch\n"
+    "def faults(): return int(open('/proc/self/stat').read().split()[9])\n"  # minor page faults
+    "f = faults(); t = torch.empty(16 * 2**20); t.fill_(1.0)\n"  # a fresh 64 MB block, touched
+    "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), faults() - f)\n"
+)
+
+
+def _thp_mode() -> str:
+    try:
+        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+
+
+@linux
+@pytest.mark.skipif("[never]" in _thp_mode() or not _thp_mode(), reason="transparent huge pages are off")
+@pytest.mark.parametrize("thp", ["1", "0"])
+def test_import_turns_on_huge_page_allocations(thp):
+    """``import longstream`` sets THP_MEM_ALLOC_ENABLE, so PyTorch backs large blocks with 2 MB pages:
+    touching a fresh 64 MB tensor faults a few hundred times instead of once per 4 KB page
+    (16,384); LONGSTREAM_THP=0 leaves torch's allocator alone."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env["LONGSTREAM_THP"] = thp
+    out = subprocess.run([sys.executable, "-c", _FAULT_PROBE], env=env, capture_output=True, text=True, check=True)
+    flag, faults = out.stdout.split()
+    if thp == "1":
+        assert flag == "1" and int(faults) < 4000, out.stdout
+    else:
+        assert flag == "None" and int(faults) > 16000, out.stdout

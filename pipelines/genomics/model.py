@@ -85,6 +85,9 @@ class GenomicsModel(nn.Module):
             raise common.UserError("--model.task lm needs a causal backbone; drop --backbone.bidirectional "
                                    "(or pick a causal --backbone.pattern such as M or H)")
         self.kmer = None
+        if cfg.model.kmer_aux < 0 or (cfg.model.kmer_aux and not (task == "species" and cfg.model.kmer_k)):
+            raise common.UserError(f"--model.kmer_aux {cfg.model.kmer_aux} needs a species model with "
+                                   "--model.kmer_k K and a weight >= 0; set --model.kmer_k 4 or drop --model.kmer_aux")
         if task == "species":
             self.head = common.SequenceClassifier(d // 2 if self.rc else d, N_SPECIES, pool=cfg.model.pool,
                                                   dropout=cfg.model.dropout)
@@ -133,7 +136,9 @@ class GenomicsModel(nn.Module):
         return h
 
     def forward(self, ids: Tensor, mask: Tensor | None = None, state: Any = None,
-                return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
+                return_state: bool = False, kmer_part: bool = False) -> Tensor | tuple[Tensor, Any]:
+        """Logits; with ``kmer_part`` (species with a k-mer branch) also the branch's own logits
+        ``(b, 4)``, for the auxiliary loss of ``model.kmer_aux``."""
         if return_state:  # continue a stream (truncated back-propagation through time, causal backbones)
             h, state = self.backbone(self.embed_ids(ids), state, mask=mask)
             return self.head(h) if self.task == "lm" else self.head(h, mask), state
@@ -141,7 +146,10 @@ class GenomicsModel(nn.Module):
         if self.task == "species":
             logits = self.head(rc_symmetric(h) if self.rc else h, mask)  # (b, 4)
             if self.kmer is not None:
-                logits = logits + self.kmer(kmer_counts(ids, self.kmer.k, mask))
+                composition = self.kmer(kmer_counts(ids, self.kmer.k, mask))
+                logits = logits + composition
+                if kmer_part:
+                    return logits, composition
             return logits
         if self.task == "lm":
             return self.head(h)  # (b, l, v)

@@ -57,8 +57,13 @@ def batch_loss(net, cfg: Config, data, step: int, env) -> torch.Tensor:
     idx = shard_indices(torch.arange(cfg.train.batch_size), env)
     if task == "species":
         x, y = D.species_batch(data, cfg, step)
-        return F.cross_entropy(net(x[idx].to(env.device)), y[idx].to(env.device),
-                               label_smoothing=cfg.model.label_smoothing)
+        x, y, ls, aux = x[idx].to(env.device), y[idx].to(env.device), cfg.model.label_smoothing, cfg.model.kmer_aux
+        if aux <= 0:
+            return F.cross_entropy(net(x), y, label_smoothing=ls)
+        # deep supervision of the k-mer branch: without it, once the backbone has memorised the
+        # training strains the summed logits leave the composition read-out almost no gradient
+        logits, composition = net(x, kmer_part=True)
+        return F.cross_entropy(logits, y, label_smoothing=ls) + aux * F.cross_entropy(composition, y, label_smoothing=ls)
     if task == "lm":
         w = D.lm_batch(data, cfg, step)[idx].to(env.device)  # (b, k l + 1)
         k = max(1, cfg.data.lm_train_chunks)
