@@ -111,3 +111,23 @@ def test_kmer_aux_loss_adds_the_branch_cross_entropy(monkeypatch):
     bad.model.kmer_aux = 1.0  # no k-mer branch to supervise
     with pytest.raises(UserError, match="kmer_aux"):
         build_model(bad)
+
+
+def test_lower_orders_are_the_k_counts_summed_over_the_last_base():
+    """``orders`` 2: the branch's (k-1)-mer features come from the k-mer counts marginalised over the
+    last base; they equal a direct (k-1)-mer count up to the window's last (k-1)-mers."""
+    g = torch.Generator().manual_seed(3)
+    ids = _ids("".join("ACGT"[i] for i in torch.randint(0, 4, (2000,), generator=g).tolist()))
+    c4, c3 = kmer_counts(ids, 4), kmer_counts(ids, 3)
+    marg = c4.view(1, -1, 4).sum(-1)
+    assert (c3 - marg).abs().sum() <= 2  # the last 3-mer of each strand has no following base
+    torch.manual_seed(0)
+    one, two = KmerComposition(4, 4), KmerComposition(4, 4, orders=2)
+    assert set(one.state_dict()) == {"norm.weight", "norm.bias", "proj.weight", "proj.bias"}  # old checkpoints load
+    assert two.proj.in_features == 256 + 64
+    with torch.no_grad():  # the lower-order features are wired in: the 3-mer weights change the logits
+        before = two(c4)
+        two.proj.weight[:, 256:] += torch.randn(4, 64)
+        assert not torch.allclose(two(c4), before)
+    with pytest.raises(UserError, match="kmer_orders"):
+        KmerComposition(3, 4, orders=4)

@@ -64,6 +64,7 @@ class ModelConfig:
     dropout: float = 0.0
     rc_conjoin: bool = False  # species: average the logits of a window and its reverse complement
     kmer_k: int = 0  # species: add a strand-symmetric k-mer composition branch to the head (kmer_branch.py); 0 = off
+    kmer_orders: int = 1  # species with kmer_k: read orders kmer_k, kmer_k - 1, ... (this many) in the branch
     kmer_aux: float = 0.0  # species with kmer_k: weight of an extra cross-entropy on the k-mer branch's own logits
     orf_features: bool = False  # add the 12 open-reading-frame channels of orf_features.py to the embedding
     cds_frames: bool = False  # cds: 7 classes (non-coding, plus / minus strand x codon position), decoded frame by frame

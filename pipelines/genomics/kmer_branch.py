@@ -76,19 +76,36 @@ class KmerCounter:
 
 class KmerComposition(nn.Module):
     """``counts (b, 4**k)`` -> logits ``(b, n_classes)``: LayerNorm over the log-frequencies, dropout
-    (``model.dropout``, training only), then a linear map."""
+    (``model.dropout``, training only), then a linear map.
 
-    def __init__(self, k: int, n_classes: int, dropout: float = 0.0) -> None:
+    With ``orders`` > 1 the branch also reads the (k-1)-mer, (k-2)-mer, ... frequencies, each got
+    from the k-mer counts by summing over the last base (a window's last few shorter k-mers are
+    not counted: negligible), each with its own LayerNorm, all concatenated before the linear map:
+    short windows are better read from the fewer, less noisy short k-mers, long ones from the
+    longer k-mers. The counts stay those of order k, so streaming and ``KmerCounter`` are unchanged."""
+
+    def __init__(self, k: int, n_classes: int, dropout: float = 0.0, orders: int = 1) -> None:
         super().__init__()
         if not 1 <= k <= 6:
             raise UserError(f"--model.kmer_k {k}: use 1..6 (4**k features; 4 is the tetranucleotide signature), "
                             "or 0 for no k-mer branch")
-        self.k = k
+        if not 1 <= orders <= k:
+            raise UserError(f"--model.kmer_orders {orders}: use 1..{k} (orders k, k-1, ... read from --model.kmer_k {k})")
+        self.k, self.orders = k, orders
         self.norm = nn.LayerNorm(4**k)
+        self.lower = nn.ModuleList(nn.LayerNorm(4 ** (k - j)) for j in range(1, orders))  # orders k-1, k-2, ...
         self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(4**k, n_classes)
+        self.proj = nn.Linear(sum(4 ** (k - j) for j in range(orders)), n_classes)
+
+    @staticmethod
+    def _logf(counts: Tensor) -> Tensor:
+        f = counts.shape[1]
+        return torch.log((counts + 0.5) / (counts.sum(1, keepdim=True) + 0.5 * f))  # (b, f)
 
     def forward(self, counts: Tensor) -> Tensor:
-        f = counts.shape[1]
-        logf = torch.log((counts + 0.5) / (counts.sum(1, keepdim=True) + 0.5 * f))  # (b, f)
-        return self.proj(self.dropout(self.norm(logf)))
+        feats = [self.norm(self._logf(counts))]
+        c = counts
+        for norm in self.lower:
+            c = c.view(c.shape[0], -1, 4).sum(-1)  # (b, 4**(k'-1)): sum over the last base
+            feats.append(norm(self._logf(c)))
+        return self.proj(self.dropout(torch.cat(feats, 1)))

@@ -92,7 +92,8 @@ class GenomicsModel(nn.Module):
             self.head = common.SequenceClassifier(d // 2 if self.rc else d, N_SPECIES, pool=cfg.model.pool,
                                                   dropout=cfg.model.dropout)
             if cfg.model.kmer_k:
-                self.kmer = KmerComposition(cfg.model.kmer_k, N_SPECIES, dropout=cfg.model.dropout)
+                self.kmer = KmerComposition(cfg.model.kmer_k, N_SPECIES, dropout=cfg.model.dropout,
+                                            orders=cfg.model.kmer_orders)
         elif cfg.model.kmer_k:
             raise common.UserError(f"--model.kmer_k is a species-head option; drop it for --model.task {task}")
         elif task == "lm":
