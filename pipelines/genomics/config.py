@@ -138,13 +138,13 @@ def tiny_cds() -> Config:
 
 
 def release() -> Config:
-    """Species (shipped ``genomics/mamba-species``): 2-layer Mamba d=64, windows of 1-16K bases drawn
-    log-uniformly (as many steps at 1-4K as at 4-16K), with the tetranucleotide composition branch of
-    ``kmer_branch.py`` in the head, deep-supervised (``kmer_aux`` 1: its own logits get a second
-    cross-entropy); 1,000 steps of 8 windows, ~10 min at one thread plus ~4 min of evaluation."""
+    """Species (shipped ``genomics/mamba-species``): 2-layer Mamba d=64, windows of 256-16K bases drawn
+    log-uniformly, with the 5-mer composition branch of ``kmer_branch.py`` in the head,
+    deep-supervised (``kmer_aux`` 1: its own logits get a second cross-entropy); 1,000 steps of 8
+    windows, ~10 min at one thread plus ~4 min of evaluation."""
     return Config(
-        data=DataConfig(train_len=16384, train_len_min=1024, train_len_dist="log"),
-        model=ModelConfig(task="species", kmer_k=4, kmer_aux=1.0),
+        data=DataConfig(train_len=16384, train_len_min=256, train_len_dist="log"),
+        model=ModelConfig(task="species", kmer_k=5, kmer_aux=1.0),
         backbone=BackboneConfig(d_model=64, n_layers=2, pattern="M"),
         train=TrainConfig(steps=1000, batch_size=8, lr=3e-3, warmup_steps=50, save_every=100),
     )
