@@ -102,14 +102,16 @@ def peak_mib(fn: Callable[[], object]) -> float:
 
 
 def measure(fn: Callable[[], object], repeats: int) -> dict:
-    """Warm-up run, then min wall time over ``repeats`` runs (1 if the warm-up took > 5 s),
-    then one more run for the peak memory."""
+    """Warm-up run, then min wall time over ``repeats`` runs (1 if the warm-up took > 15 s),
+    then one more run for the peak memory. The first run of a long training step pays for
+    growing the buffer pool and faulting in fresh pages (8 s against 2.2 s in steady state for
+    S4D at 64K), and the second is not always steady either, so 64K runs get their repeats too."""
     gc.collect()
     t0 = time.perf_counter()
     fn()
     warm = time.perf_counter() - t0
     times = []
-    for _ in range(repeats if warm < 5.0 else 1):
+    for _ in range(repeats if warm < 15.0 else 1):
         gc.collect()
         t0 = time.perf_counter()
         fn()
