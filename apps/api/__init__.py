@@ -39,7 +39,7 @@ __all__ = ["__version__", "load", "list_models", "create_backbone"]
 
 def _huge_page_allocations() -> None:
     """Ask PyTorch's CPU allocator for transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``: blocks of
-    2 MB and more are 2 MB aligned and ``madvise(MADV_HUGEPAGE)``-ed), unless the user set that
+    2 MB and more are ``madvise(MADV_HUGEPAGE)``-ed), unless the user set that
     variable or ``LONGSTREAM_THP=0``. Long sequences allocate fresh tensors of tens of MB in every
     training step; glibc maps each one anew and the first touch of every 4 KB page faults, which
     here cost more than the arithmetic (a 64 MB elementwise op: 31 ms on fresh 4 KB pages, 10 ms
