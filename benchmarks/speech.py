@@ -43,6 +43,7 @@ RESULTS = REPO / "benchmarks" / "results"
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 MODELS = {"mamba": ("loso", "log-mel + Mamba"), "raw": ("loso-raw", "raw waveform + S4D")}
 SHIPPED = {"mamba": "speech/mamba-digits", "raw": "speech/s4d-raw-digits"}
+BASELINES = {"baseline": "MFCC + SVM", "baseline-spk": "MFCC + SVM, per-speaker standardised"}
 REFERENCES = [
     ("S4 (raw waveform, 16 kHz)", "Speech Commands SC10 (10 words), raw audio", "98.3%",
      "Gu, Goel, Re, Efficiently Modeling Long Sequences with Structured State Spaces, ICLR 2022"),
@@ -63,7 +64,7 @@ def _save(res: dict, path: Path) -> None:
     path.write_text(dumps_strict(res, indent=2) + "\n")
 
 
-def baseline(split: str) -> dict:
+def baseline(split: str, speaker_norm: bool = False) -> dict:
     from longstream.pipelines.speech import baselines as B
     from longstream.pipelines.speech import config as C
     from longstream.pipelines.speech import data as D
@@ -71,7 +72,8 @@ def baseline(split: str) -> dict:
     cfg = C.DataConfig(split=split)
     t = time.time()
     tr, te = D.load_split(cfg, "train"), D.load_split(cfg, "test")
-    r = B.fit_score(tr[:2], te[:2], cfg.sample_rate)
+    spk = ([c.speaker for c in tr[2]], [c.speaker for c in te[2]]) if speaker_norm else None
+    r = B.fit_score(tr[:2], te[:2], cfg.sample_rate, speakers=spk)
     r["seconds"] = round(time.time() - t, 1)
     return r
 
@@ -111,20 +113,21 @@ def render(res: dict) -> str:
          *([f"Notes: {n}" for n in res.get("notes", [])]), "",
          "## Standard split (test = takes 0-4 of every speaker and digit, 300 clips)", "",
          "| model | accuracy | macro-F1 | n |", "|---|---|---|---|"]
-    for key, label in [("baseline", "MFCC statistics + SVM (scikit-learn, trained in this run)")] + \
+    for key, label in [("baseline", "MFCC statistics + SVM (scikit-learn, trained in this run)"),
+                       ("baseline-spk", "same, features standardised per speaker (no labels used)")] + \
             [(k, f"{MODELS[k][1]} (`{SHIPPED[k]}`)") for k in MODELS]:
         r = res.get("standard", {}).get(key)
         if r:
             L.append(f"| {label} | {pct(r.get('accuracy'))} | {pct(r.get('macro_f1'))} | {r.get('n', '-')} |")
     L += ["", "## Leave one speaker out (train on 5 speakers, test on all 500 clips of the 6th)", "",
-          "| held-out speaker | " + " | ".join(["MFCC + SVM"] + [MODELS[k][1] for k in MODELS]) + " |",
-          "|---|" + "---|" * (1 + len(MODELS))]
+          "| held-out speaker | " + " | ".join([*BASELINES.values()] + [MODELS[k][1] for k in MODELS]) + " |",
+          "|---|" + "---|" * (len(BASELINES) + len(MODELS))]
     loso = res.get("loso", {})
     for spk in SPEAKERS:
         row = loso.get(spk, {})
-        L.append(f"| {spk} | " + " | ".join(pct(row.get(k, {}).get("accuracy")) for k in ["baseline", *MODELS]) + " |")
+        L.append(f"| {spk} | " + " | ".join(pct(row.get(k, {}).get("accuracy")) for k in [*BASELINES, *MODELS]) + " |")
     means = []
-    for k in ["baseline", *MODELS]:
+    for k in [*BASELINES, *MODELS]:
         accs = [loso[s][k]["accuracy"] for s in SPEAKERS if k in loso.get(s, {})]
         means.append(f"{pct(statistics.mean(accs))}" + ("" if len(accs) == 6 else f" ({len(accs)}/6 folds)")
                      if accs else "-")
@@ -137,7 +140,7 @@ def render(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["baseline", *MODELS], choices=["baseline", *MODELS])
+    ap.add_argument("--models", nargs="+", default=[*BASELINES, *MODELS], choices=[*BASELINES, *MODELS])
     ap.add_argument("--folds", nargs="+", default=list(SPEAKERS), choices=SPEAKERS)
     ap.add_argument("--sections", nargs="+", default=["standard", "loso"], choices=["standard", "loso"])
     ap.add_argument("--steps", type=int, default=0, help="override train.steps of the fold trainings (0 = preset)")
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"standard: {k}", flush=True)
             try:
-                std[k] = baseline("standard") if k == "baseline" else evaluate_shipped(SHIPPED[k])
+                std[k] = (baseline("standard", k == "baseline-spk") if k.startswith("baseline")
+                          else evaluate_shipped(SHIPPED[k]))
             except Exception as e:  # a missing checkpoint is recorded, the rest still runs
                 std[k] = {"skipped": f"{type(e).__name__}: {e}"}
             _save(res, out)
@@ -193,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 if k in loso.get(spk, {}):
                     continue
                 print(f"loso {spk}: {k}", flush=True)
-                r = baseline(f"loso:{spk}") if k == "baseline" else train_fold(k, spk, Path(a.runs), a.steps)
+                r = (baseline(f"loso:{spk}", k == "baseline-spk") if k.startswith("baseline")
+                     else train_fold(k, spk, Path(a.runs), a.steps))
                 loso.setdefault(spk, {})[k] = r
                 print(f"  accuracy {r['accuracy']:.4f} ({r['seconds']} s)", flush=True)
                 _save(res, out)

@@ -51,7 +51,7 @@ def test_bad_split_and_folder_are_user_errors(clips, tmp_path):
 
 
 @pytest.mark.parametrize("preset,norm", [("tiny", "utterance"), ("tiny", "cmvn"), ("tiny", "global"),
-                                         ("tiny-raw", "utterance")])
+                                         ("tiny", "speaker"), ("tiny-raw", "utterance")])
 def test_padded_batch_equals_one_clip_at_a_time(preset, norm):
     cfg = C.PRESETS[preset]()
     cfg.model.norm = norm

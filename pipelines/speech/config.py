@@ -65,7 +65,7 @@ class ModelConfig:
     f_min: float = 20.0
     n_ceps: int = 0  # >0: keep the first n_ceps cepstral coefficients (DCT of the normalised log-mel, liftering away pitch detail); 0 = the log-mel bands
     conv_channels: int = 0  # >0: log-mel tokens from a 2-layer 3x3 conv stem with this many channels (encoders.audio.SpecConvStem); 0 = a Linear per frame
-    norm: str = "utterance"  # log-mel normalisation: utterance (per-clip mean) | cmvn (per-clip mean and std) | global
+    norm: str = "utterance"  # log-mel normalisation: utterance (per-clip mean) | cmvn (per-clip mean and std) | global | speaker (per-speaker mean and std)
     raw_kernel: int = 32  # raw front end: samples per token window
     raw_stride: int = 16  # raw front end: samples between tokens (2 ms at 8 kHz)
     pool: str = "mean"  # common.POOLS
@@ -151,7 +151,7 @@ def loso() -> Config:
     (1,000 steps gave a 76.1% fold mean; the heavy augmentation needs the longer schedule)."""
     cfg = release()
     cfg.data.split = "loso:jackson"
-    cfg.model.norm = "cmvn"
+    cfg.model.norm = "speaker"
     cfg.augment = speaker_augment()
     cfg.augment.speed = 0.2
     cfg.train.steps = 6000

@@ -61,13 +61,14 @@ def evaluate_waves(model: torch.nn.Module, waves: list[torch.Tensor], y: torch.T
     was = model.training
     model.eval()
     waves = crop(waves, int(EVAL_MAX_SECONDS * model.cfg.data.sample_rate))
+    profiles = model.speaker_profiles(waves, speakers)  # norm=speaker: each speaker's own clips
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     pred = torch.empty(len(waves), dtype=torch.long)
     loss_sum = 0.0
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         x, lengths = collate([waves[i] for i in idx])
-        logits = model(x.to(device), lengths)
+        logits = model(x.to(device), lengths, None if profiles is None else profiles[idx].to(device))
         check_finite_output(logits, source=[f"{source}: clip {i + 1}" for i in idx], model_input=x, what="digit scores")
         loss_sum += F.cross_entropy(logits.float(), y[idx].to(device), reduction="sum").item()
         pred[idx] = logits.argmax(-1).cpu()

@@ -34,7 +34,7 @@ from .config import (
 )
 from .ctc_model import build_ctc_model, ctc_example_batch, is_ctc_checkpoint, load_ctc
 
-NORMS = ("utterance", "cmvn", "global")
+NORMS = ("utterance", "cmvn", "global", "speaker")
 
 
 class DigitClassifier(nn.Module):
@@ -76,15 +76,23 @@ class DigitClassifier(nn.Module):
 
     # ---- front end -------------------------------------------------------------------
     def features(self, wave: Tensor, lengths: Tensor | None = None,
-                 warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 warp: Tensor | None = None, profile: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Normalised log-mel ``(B, L, m)`` and frame counts ``(B,)`` (log-mel front end only);
-        ``warp (B,)``: each clip's spectrum first warped by that factor (:meth:`LogMel.warp`)."""
+        ``warp (B,)``: each clip's spectrum first warped by that factor (:meth:`LogMel.warp`);
+        ``profile (B, 2, m)``: with ``norm=speaker``, each clip's speaker profile
+        (:meth:`speaker_profile`; default: the clip's own)."""
         feats, frames = self.logmel(wave, lengths)
         if warp is not None:
             feats = self.logmel.warp(feats, warp)
         mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
         if self.cfg.model.norm == "global":
             return (feats - self.feat_mean) / self.feat_std, frames
+        if self.cfg.model.norm == "speaker":
+            feats = feats - _level(feats, mask)  # the clip's loudness
+            if profile is None:  # a clip alone is its own speaker
+                profile = _profile(feats, mask)
+            profile = profile.to(feats)
+            return (feats - profile[:, None, 0]) / profile[:, None, 1] / self.feat_std, frames
         center = common.masked_mean(feats, mask)[:, None]  # (b, 1, m) per-clip mean
         feats = feats - center
         if self.cfg.model.norm == "cmvn":  # and per-clip std of every band
@@ -93,7 +101,7 @@ class DigitClassifier(nn.Module):
         return feats / self.feat_std, frames
 
     def encode(self, wave: Tensor, lengths: Tensor | None = None,
-               warp: float | None = None) -> tuple[Tensor, Tensor]:
+               warp: float | None = None, profile: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Tokens ``(B, L, d)`` for the backbone and their valid mask ``(B, L)``.
 
         ``warp``: the spectra are warped by this factor (test-time warping); in training with
@@ -109,7 +117,7 @@ class DigitClassifier(nn.Module):
                 alpha = torch.full((b,), float(warp))
             elif self.training and v > 0:
                 alpha = 1.0 + v * (2 * torch.rand(b) - 1)
-            feats, frames = self.features(wave, lengths, alpha)
+            feats, frames = self.features(wave, lengths, alpha, profile)
             mask = common.lengths_to_mask(frames.to(feats.device), feats.shape[1])
             feats = self.specaug(feats, frames).masked_fill(~mask[..., None], 0.0)
             if self.cfg.model.conv_channels:
@@ -131,19 +139,45 @@ class DigitClassifier(nn.Module):
             return [1.0]
         return torch.linspace(1 - mc.tta_warp, 1 + mc.tta_warp, mc.tta_n).tolist()
 
-    def logits(self, wave: Tensor, lengths: Tensor | None = None, warp: float | None = None) -> Tensor:
-        h, mask = self.encode(wave, lengths, warp)  # (b, l, d)
+    def logits(self, wave: Tensor, lengths: Tensor | None = None, warp: float | None = None,
+               profile: Tensor | None = None) -> Tensor:
+        h, mask = self.encode(wave, lengths, warp, profile)  # (b, l, d)
         h, _ = self.backbone(h, mask=mask)  # (b, l, d)
         return self.head(h, mask)  # (b, c)
 
-    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, wave: Tensor, lengths: Tensor | None = None, profile: Tensor | None = None) -> Tensor:
         """Class logits ``(B, c)``; in eval with ``model.tta_warp > 0``, the log of the class
-        probabilities averaged over the warped copies (:meth:`tta_factors`)."""
+        probabilities averaged over the warped copies (:meth:`tta_factors`). ``profile``: see
+        :meth:`features` (``norm=speaker`` only)."""
         factors = [1.0] if self.training else self.tta_factors()
         if len(factors) == 1:
-            return self.logits(wave, lengths)
-        logp = torch.stack([torch.log_softmax(self.logits(wave, lengths, a), -1) for a in factors])
+            return self.logits(wave, lengths, profile=profile)
+        logp = torch.stack([torch.log_softmax(self.logits(wave, lengths, a, profile), -1) for a in factors])
         return torch.logsumexp(logp, 0) - math.log(len(factors))
+
+    @torch.no_grad()
+    def speaker_profile(self, waves: list[Tensor]) -> Tensor:
+        """``(2, m)``: per-band mean and std of the loudness-levelled log-mel frames of one
+        speaker's clips (``norm=speaker``: every clip is normalised by its speaker's profile, so
+        the spectral shape that tells digits apart is kept and the voice / microphone average
+        removed — speaker-level CMVN)."""
+        rows = []
+        for w in waves:
+            f, frames = self.logmel(w[None].float())
+            f = f[0, : int(frames[0])]
+            rows.append(f - f.mean())
+        if not rows or sum(len(r) for r in rows) < 2:
+            raise common.UserError("a speaker profile needs at least 2 frames of audio; give longer clips")
+        return _profile(torch.cat(rows)[None], None)[0]
+
+    def speaker_profiles(self, waves: list[Tensor], speakers: list[str] | None) -> Tensor | None:
+        """``(N, 2, m)``: each clip's speaker profile (all clips one speaker when ``speakers`` is
+        None); None unless ``norm=speaker``."""
+        if self.cfg.model.frontend != "logmel" or self.cfg.model.norm != "speaker":
+            return None
+        spk = speakers if speakers is not None else [""] * len(waves)
+        prof = {s: self.speaker_profile([w for w, t in zip(waves, spk) if t == s]) for s in sorted(set(spk))}
+        return torch.stack([prof[s] for s in spk])
 
     @torch.no_grad()
     def set_feature_stats(self, waves: list[Tensor]) -> None:
@@ -152,6 +186,8 @@ class DigitClassifier(nn.Module):
             return
         self.feat_mean.zero_()
         self.feat_std.fill_(1.0)
+        if self.cfg.model.norm == "speaker":  # the speaker profiles already scale every band
+            return
         rows = []
         for w in waves:
             f, _ = self.features(w[None])
@@ -202,13 +238,31 @@ def from_pretrained(name_or_dir: str | Path) -> DigitClassifier:
 
 
 @torch.no_grad()
-def predict_proba(model: DigitClassifier, waves: list[Tensor], batch_size: int = 32) -> Tensor:
-    """Class probabilities ``(N, c)`` of mono waveforms at the model's sample rate."""
+def predict_proba(model: DigitClassifier, waves: list[Tensor], batch_size: int = 32,
+                  speakers: list[str] | None = None) -> Tensor:
+    """Class probabilities ``(N, c)`` of mono waveforms at the model's sample rate.
+
+    A ``norm=speaker`` model normalises each clip by the profile of its speaker's clips among
+    ``waves`` (``speakers``: one name per clip; None: all of them one speaker)."""
     from .data import collate
 
     model.eval()
+    profiles = model.speaker_profiles(waves, speakers)
     out = []
     for i in range(0, len(waves), batch_size):
         x, lengths = collate(waves[i : i + batch_size])
-        out.append(torch.softmax(model(x, lengths), -1))
+        prof = None if profiles is None else profiles[i : i + batch_size]
+        out.append(torch.softmax(model(x, lengths, prof), -1))
     return torch.cat(out)
+
+
+def _level(feats: Tensor, mask: Tensor) -> Tensor:
+    """``(B, 1, 1)``: each clip's mean log-mel over its valid frames and all bands (its loudness)."""
+    return common.masked_mean(feats, mask).mean(-1)[:, None, None]
+
+
+def _profile(feats: Tensor, mask: Tensor | None) -> Tensor:
+    """``(B, 2, m)``: per-band mean and std (floored) over the valid frames of ``feats (B, L, m)``."""
+    mean = common.masked_mean(feats, mask)
+    var = common.masked_mean((feats - mean[:, None]).pow(2), mask)
+    return torch.stack([mean, var.clamp_min(1e-4).sqrt()], 1)

@@ -57,10 +57,11 @@ def train(
         env = run.env
         set_threads(tc.threads or None)
         seed_everything(tc.seed)
-        waves, y_tr, _ = load_split(cfg.data, "train")
+        waves, y_tr, clips_tr = load_split(cfg.data, "train")
         val = load_split(cfg.data, "val") if cfg.data.val_takes > 0 and cfg.data.split == "standard" else None
         model = build_model(cfg)
         model.set_feature_stats(waves)  # log-mel normalisation statistics of the training clips
+        profiles = model.speaker_profiles(waves, [c.speaker for c in clips_tr])  # norm=speaker only
         model = model.to(env.device)
         net = wrap_ddp(model, env)
         opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
@@ -80,14 +81,16 @@ def train(
             x, lengths = collate(batch)
             with torch.random.fork_rng(devices=[]):  # SpecAugment / dropout: a function of (seed, step)
                 torch.manual_seed(tc.seed * 9_000_011 + step)
-                logits = net(x.to(env.device), lengths)
+                prof = None if profiles is None else profiles[idx].to(env.device)
+                logits = net(x.to(env.device), lengths, prof)
             loss = F.cross_entropy(logits, y_tr[idx].to(env.device), label_smoothing=cfg.model.label_smoothing)
             optimizer_step(loss, opt, model=model, scheduler=sched, grad_clip=tc.grad_clip)
             done = step + 1
             if done % tc.log_every == 0 or done == tc.steps:
                 run.log.log(done, loss=all_reduce_mean(loss.item(), env), lr=sched.get_last_lr()[0])
             if val is not None and tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps):
-                m = evaluate_waves(model, val[0], val[1], batch_size=tc.eval_batch_size, device=env.device)
+                m = evaluate_waves(model, val[0], val[1], speakers=[c.speaker for c in val[2]],
+                                   batch_size=tc.eval_batch_size, device=env.device)
                 run.log.log(done, val_loss=m["loss"], val_accuracy=m["accuracy"])
                 net.train()
             run.checkpoint(done, **state())
