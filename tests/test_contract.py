@@ -214,7 +214,9 @@ EVAL_SECONDS: dict[str, float] = {
     "genomics/mamba-species": 120.0,  # measured when trained: 75-330 s by load (640 windows up to 64K, one thread)
     "speech/mamba-digits": 3.5,  # measured: 0.9 s at load ~4, 3.4-5.2 s at load 11 on 2 cores (300 FSDD clips, one thread)
     "speech/s4d-raw-digits": 4.7,  # measured: 1.8 s at load ~4, 4.7-7.1 s at load 11 on 2 cores
-    "speech/mamba-ctc-digits": 13.2,  # measured at train time: 13.1-13.5 s at load ~10 (300 clips + 4 x 120 s streams)
+    "speech/mamba-ctc-digits": 13.2,
+    # leave-one-speaker-out folds: 0.5-0.8 s each, load ~2 (500 clips of the held-out speaker)
+    **{f"speech/mamba-loso-{s}": 0.8 for s in ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")},  # measured at train time: 13.1-13.5 s at load ~10 (300 clips + 4 x 120 s streams)
     # induction + sink-window: 89 s together here; the split below is config.json's eval_seconds
     "recall/mamba-induction": 21.0,
     "recall/mamba-sinkwindow-passkey": 41.1,

@@ -2,8 +2,9 @@
 
 ``frontend="logmel"``: :class:`~longstream.encoders.audio.LogMel` frames (10 ms hop),
 normalised (per-clip mean subtraction — cepstral mean normalisation, which removes the
-channel / speaker level —, per-clip mean and variance (``cmvn``), or global train statistics;
-then scaled by the train std kept in buffers), SpecAugment in training, optionally the first
+channel / speaker level —, per-clip mean and variance (``cmvn``), global train statistics, or
+per speaker (``speaker``: each clip levelled, then standardised by its speaker's profile,
+:meth:`DigitClassifier.speaker_profile`); then scaled by the train std kept in buffers), SpecAugment in training, optionally the first
 ``model.n_ceps`` DCT coefficients (cepstral liftering: the spectral envelope without pitch
 harmonics), a ``Linear(n_mels or n_ceps, d)`` per frame.
 ``frontend="raw"``: :class:`~longstream.encoders.audio.RawWaveStem` (one token per
