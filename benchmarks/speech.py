@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"standard: {k}", flush=True)
             try:
-                std[k] = (baseline("standard", k == "baseline-spk") if k.startswith("baseline")
+                std[k] = (baseline("standard", k == "baseline-spk") if k in BASELINES
                           else evaluate_shipped(SHIPPED[k]))
             except Exception as e:  # a missing checkpoint is recorded, the rest still runs
                 std[k] = {"skipped": f"{type(e).__name__}: {e}"}
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 if k in loso.get(spk, {}):
                     continue
                 print(f"loso {spk}: {k}", flush=True)
-                r = (baseline(f"loso:{spk}", k == "baseline-spk") if k.startswith("baseline")
+                r = (baseline(f"loso:{spk}", k == "baseline-spk") if k in BASELINES
                      else train_fold(k, spk, Path(a.runs), a.steps))
                 loso.setdefault(spk, {})[k] = r
                 print(f"  accuracy {r['accuracy']:.4f} ({r['seconds']} s)", flush=True)

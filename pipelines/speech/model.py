@@ -93,7 +93,7 @@ class DigitClassifier(nn.Module):
             if profile is None:  # a clip alone is its own speaker
                 profile = _profile(feats, mask)
             profile = profile.to(feats)
-            return (feats - profile[:, None, 0]) / profile[:, None, 1] / self.feat_std, frames
+            return (feats - profile[:, None, 0]) / profile[:, None, 1], frames  # feat_std stays 1
         center = common.masked_mean(feats, mask)[:, None]  # (b, 1, m) per-clip mean
         feats = feats - center
         if self.cfg.model.norm == "cmvn":  # and per-clip std of every band
