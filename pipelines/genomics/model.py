@@ -1,6 +1,8 @@
 """Genomics model: single-nucleotide embedding -> registry backbone -> task head.
 
 - ``species``: ``common.SequenceClassifier`` (masked mean pooling + linear) -> (b, 4) logits;
+  with ``model.members`` K > 1 a deep ensemble of K such models (member 0 is this module, the
+  others live in ``extra``), whose logits are the log of the mean of the members' probabilities;
 - ``lm``: a linear next-nucleotide head -> (b, l, V) logits (needs a causal backbone);
 - ``cds``: ``common.TokenClassifier`` -> (b, l, 3) per-base logits (non-coding, plus-strand
   CDS, minus-strand CDS); meant for a bidirectional backbone (``--backbone.bidirectional true``).
@@ -18,6 +20,7 @@ Axis legend: b batch, l length, d model width, c classes, v vocabulary.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,20 @@ class GenomicsModel(nn.Module):
         else:
             self.head = common.TokenClassifier(d, N_CDS_FRAMES if cfg.model.cds_frames else N_CDS,
                                                dropout=cfg.model.dropout)
+        # --model.members K: this module is member 0, ``extra`` holds members 1 .. K-1
+        self.extra: nn.ModuleList | None = None
+        k = cfg.model.members
+        if k < 1 or (k > 1 and task != "species"):
+            raise common.UserError(f"--model.members {k}: use 1, or K >= 2 with --model.task species "
+                                   "(an ensemble of K species models)")
+        if k > 1:
+            from .config import member_config
+
+            self.extra = nn.ModuleList(GenomicsModel(member_config(cfg, i)) for i in range(1, k))
+
+    def members(self) -> list[GenomicsModel]:
+        """The ensemble's models (``[self]`` for a single model); each member has ``extra`` None."""
+        return [self] if self.extra is None else [self, *self.extra]
 
     def embed_ids(self, ids: Tensor) -> Tensor:
         """Input vectors ``(b, l, d)``: the base embedding (+ the ORF channels with ``model.orf_features``)."""
@@ -139,7 +156,16 @@ class GenomicsModel(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor | None = None, state: Any = None,
                 return_state: bool = False, kmer_part: bool = False) -> Tensor | tuple[Tensor, Any]:
         """Logits; with ``kmer_part`` (species with a k-mer branch) also the branch's own logits
-        ``(b, 4)``, for the auxiliary loss of ``model.kmer_aux``."""
+        ``(b, 4)``, for the auxiliary loss of ``model.kmer_aux``. An ensemble (``model.members``)
+        returns :func:`ensemble_logits` of its members (it is trained member by member)."""
+        if self.extra is not None:
+            if return_state or kmer_part:
+                raise ValueError("an ensemble has no single state or k-mer part: call a member (model.members())")
+            return ensemble_logits([m._logits(ids, mask) for m in self.members()])
+        return self._logits(ids, mask, state, return_state, kmer_part)
+
+    def _logits(self, ids: Tensor, mask: Tensor | None = None, state: Any = None,
+                return_state: bool = False, kmer_part: bool = False) -> Tensor | tuple[Tensor, Any]:
         if return_state:  # continue a stream (truncated back-propagation through time, causal backbones)
             h, state = self.backbone(self.embed_ids(ids), state, mask=mask)
             return self.head(h) if self.task == "lm" else self.head(h, mask), state
@@ -175,6 +201,14 @@ class GenomicsModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path) -> GenomicsModel:
         return from_pretrained(name_or_dir)
+
+
+def ensemble_logits(logits: list[Tensor]) -> Tensor:
+    """Logits whose softmax is the mean of the members' probabilities: ``log mean_i softmax(l_i)``."""
+    if len(logits) == 1:
+        return logits[0]
+    logp = torch.stack([F.log_softmax(x.float(), -1) for x in logits])
+    return torch.logsumexp(logp, 0) - math.log(len(logits))
 
 
 def rc_symmetric(h: Tensor) -> Tensor:
@@ -273,12 +307,16 @@ def species_logits(model: GenomicsModel, ids: Tensor, *, segment: int, device: s
     A causal backbone runs as a chunked forward with carried state and an online masked
     mean over the outputs (equal to one full forward); a bidirectional backbone sees each
     chunk on its own and the chunk means are averaged by length. With ``model.rc_conjoin`` the
-    logits of the window and of its reverse complement are averaged.
+    logits of the window and of its reverse complement are averaged; an ensemble
+    (``model.members``) averages its members' probabilities (:func:`ensemble_logits`).
     """
     model.eval()
     ids = ids.to(device)
-    if model.cfg.model.rc_conjoin:  # post-hoc conjoining (Caduceus): mean logits of both strands
+    return ensemble_logits([_member_logits(m, ids, segment) for m in model.members()])
 
+
+def _member_logits(model: GenomicsModel, ids: Tensor, segment: int) -> Tensor:
+    if model.cfg.model.rc_conjoin:  # post-hoc conjoining (Caduceus): mean logits of both strands
         one = _species_logits(model, ids, segment)
         return (one + _species_logits(model, reverse_complement_ids(ids), segment)) / 2
     return _species_logits(model, ids, segment)
@@ -286,7 +324,7 @@ def species_logits(model: GenomicsModel, ids: Tensor, *, segment: int, device: s
 
 def _species_logits(model: GenomicsModel, ids: Tensor, segment: int) -> Tensor:
     if model.cfg.model.pool not in ("mean", "last") or ids.shape[1] <= segment:
-        return model(ids)
+        return model._logits(ids)
     counts = None
     if model.kmer is not None:
         counter = KmerCounter(model.kmer.k)

@@ -100,6 +100,9 @@ def train(
     tc = cfg.train
     if tc.batch_size < 1 or tc.steps < 1:
         raise UserError("--train.batch_size and --train.steps must be >= 1")
+    if cfg.model.members != 1:
+        return train_ensemble(cfg, out_dir=out_dir, resume=resume, preset=preset,
+                              max_steps_this_run=max_steps_this_run, overwrite=overwrite)
     init_tensors = None
     if cfg.model.init:
         init_tensors = imported_backbone(cfg.model.init)
@@ -151,3 +154,79 @@ def train(
             )
         run.finish()
         return metrics
+
+
+def train_ensemble(
+    cfg: Config, *, out_dir: str | Path, resume: bool = False, preset: str | None = None,
+    max_steps_this_run: int = 0, overwrite: bool = False,
+) -> dict[str, Any]:
+    """``model.members`` K: train member i as the single run of seed ``train.seed + i`` in
+    ``OUT.members/seed-<s>`` (beside ``OUT``: saving swaps ``OUT`` whole; an unfinished member
+    resumes, a finished one with the same config is reused), then save the ensemble (members' probabilities averaged) in ``OUT`` and return its
+    test metrics. Each member's own metrics are recorded in the checkpoint's ``training.members``."""
+    from .config import member_config
+    from .evaluate import evaluate_model
+    from .model import from_pretrained
+
+    import os
+
+    build_model(cfg)  # a bad --model.members / --backbone.* fails here, before anything is written
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--model.members trains its members one after another in one process; "
+                        "run it without torchrun (or train single models with --model.members 1)")
+    out = Path(out_dir)
+    if (out / "config.json").exists() and not overwrite:
+        raise UserError(f"{out} holds a finished run; use --overwrite to replace it (or another --out)")
+    model = build_model(cfg)
+    per_member: dict[str, Any] = {}
+    weights: dict[str, torch.Tensor] = {}
+    for i in range(len(model.members())):
+        mcfg = member_config(cfg, i)
+        mdir = members_dir(out) / f"seed-{mcfg.train.seed}"
+        if (mdir / "config.json").exists() and not overwrite:
+            done = from_pretrained(mdir)
+            if _comparable_config(done.cfg) != _comparable_config(mcfg):
+                raise UserError(f"{mdir} holds a finished member trained with another config; "
+                                "use --overwrite to retrain the members (or another --out)")
+        else:
+            res = train(mcfg, out_dir=mdir, resume=(mdir / "train_state.pt").exists() and not overwrite,
+                        preset=preset, max_steps_this_run=max_steps_this_run, overwrite=overwrite)
+            if res.get("status") == "paused":
+                return {**res, "resume": f"train --out {out} (member seed {mcfg.train.seed} resumes)"}
+            done = from_pretrained(mdir)
+        prefix = "" if i == 0 else f"extra.{i - 1}."  # member 0 is the ensemble module itself
+        weights.update({prefix + k: v for k, v in done.state_dict().items()})
+        per_member[str(mcfg.train.seed)] = _recorded_metrics(mdir)
+    model.load_state_dict(weights, strict=True)
+    set_threads(cfg.train.threads or None)
+    data = _task_data(cfg)
+    metrics = evaluate_model(model, data, device=cfg.train.device)
+    metrics["steps"] = cfg.train.steps
+    model.save_pretrained(
+        out, preset=preset, metrics=metrics,
+        data={"name": "bacteria-genomes", "sha256": data.fingerprint(), "seed": cfg.train.seed},
+        extra={"training": {"members": per_member, "init": cfg.model.init or None}},
+    )
+    return metrics
+
+
+def members_dir(out: str | Path) -> Path:
+    """Where an ensemble in ``out`` keeps its members' runs: the sibling folder ``<out>.members``."""
+    p = Path(out)
+    return p.with_name(p.name + ".members")
+
+
+def _comparable_config(cfg: Config) -> dict[str, Any]:
+    """The config as saved (``config_to_dict``), minus the device / threads a run happened to use."""
+    from longstream.pipelines.common import config_to_dict
+
+    d = config_to_dict(cfg)
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("device", "threads")}
+    return d
+
+
+def _recorded_metrics(ckpt_dir: Path) -> dict[str, Any]:
+    """The metrics a finished run recorded in its ``config.json``."""
+    import json
+
+    return json.loads((ckpt_dir / "config.json").read_text()).get("metrics", {})
