@@ -52,7 +52,6 @@ constexpr float kLog2e = 1.44269504088896341f;
 // across 4 KiB pages, so without these hints every row is a cache (and often TLB) miss that the
 // scan's short dependency chain cannot hide. kAhead rows ahead covers the memory latency.
 constexpr int64_t kAhead = 4;
-constexpr int64_t kPre = 16;  // steps whose elementwise prologue / epilogue is computed in one pass
 template <int nv>
 static inline void prefetch_row(const float* p, bool write = false) {
   for (int v = 0; v < nv; v += 2) {  // one 64-byte line holds two registers of channels
@@ -194,7 +193,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
 
   at::parallel_for(0, Bsz * nblk, 1, [&](int64_t begin, int64_t end) {
     FtzGuard ftz;
-    std::vector<__m256> h(N * kMaxV), A(N * kMaxV), pre(kPre * kMaxV);  // pre: the step of kPre steps
+    std::vector<__m256> h(N * kMaxV), A(N * kMaxV);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, e0 = (task % nblk) * kBlock;
       const int nv_rt = (int)(std::min<int64_t>(kBlock, E - e0) / kVec);
@@ -206,42 +205,12 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
           A[n * kMaxV + v] = _mm256_mul_ps(_mm256_loadu_ps(pA + n * E + e0 + v * kVec), _mm256_set1_ps(kLog2e));
         }
       for (int64_t t = 0; t < L; ++t) {
-        if (t % kPre == 0) {
-          // the dt prologue of the next kPre steps in one pass: its exp / log / div chain is
-          // ~100 cycles long, and inside the step it sat on the path to the step's decays, where
-          // the step before was too long (hundreds of instructions) for out-of-order execution
-          // to overlap it (measured: the softplus cost ~30% of an inference scan that way)
-          const int64_t s1 = std::min(L, t + kPre);
-          for (int64_t s = t; s < s1; ++s) {
-            const int64_t so = (b * L + s) * E + e0;
-            for (int v = 0; v < nv; ++v) {
-              __m256 x = _mm256_loadu_ps(pdt + so + v * kVec);
-              if (has_bias) x = _mm256_add_ps(x, _mm256_loadu_ps(pbias + e0 + v * kVec));
-              if (softplus && save_dt) {  // softplus and its derivative sigmoid, sharing exp(-|x|)
-                const __m256 one = _mm256_set1_ps(1.0f);
-                const __m256 ex = exp256(_mm256_min_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), x)));
-                const __m256 onep = _mm256_add_ps(one, ex);
-                const __m256 num = _mm256_blendv_ps(ex, one, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
-                _mm256_storeu_ps(pdsp + so + v * kVec, _mm256_div_ps(num, onep));
-                x = _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), log256(onep));
-              } else if (softplus) {
-                x = softplus256(x);
-              }
-              if (save_dt) _mm256_storeu_ps(pdts + so + v * kVec, x);
-              pre[(s - t) * kMaxV + v] = x;
-            }
-          }
-        }
         if (t + kAhead < L) {
           const int64_t pf = (b * L + t + kAhead) * E + e0;
-          prefetch_row<nv>(pu + pf); prefetch_row<nv>(py + pf, true);
-          if (has_z) prefetch_row<nv>(pz + pf);
-        }
-        if (t + kPre < L) {  // the next prologue pass's rows
-          const int64_t pf = (b * L + t + kPre) * E + e0;
-          prefetch_row<nv>(pdt + pf);
+          prefetch_row<nv>(pdt + pf); prefetch_row<nv>(pu + pf); prefetch_row<nv>(py + pf, true);
           if (save_dt) prefetch_row<nv>(pdts + pf, true);
           if (pdsp) prefetch_row<nv>(pdsp + pf, true);
+          if (has_z) prefetch_row<nv>(pz + pf);
         }
         if (save_ckpt && t % chunk == 0) {
           float* ck = pck + ((b * nc + t / chunk) * N) * E + e0;
@@ -251,7 +220,19 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& dt, cons
         const int64_t off = (b * L + t) * E + e0;
         __m256 dtv[kMaxV], duv[kMaxV], yv[kMaxV];
         for (int v = 0; v < nv; ++v) {
-          dtv[v] = pre[(t % kPre) * kMaxV + v];
+          dtv[v] = _mm256_loadu_ps(pdt + off + v * kVec);
+          if (has_bias) dtv[v] = _mm256_add_ps(dtv[v], _mm256_loadu_ps(pbias + e0 + v * kVec));
+          if (softplus && save_dt) {  // softplus and its derivative sigmoid, sharing exp(-|x|)
+            const __m256 one = _mm256_set1_ps(1.0f), x = dtv[v];
+            const __m256 ex = exp256(_mm256_min_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), x)));
+            const __m256 onep = _mm256_add_ps(one, ex);
+            const __m256 num = _mm256_blendv_ps(ex, one, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
+            _mm256_storeu_ps(pdsp + off + v * kVec, _mm256_div_ps(num, onep));
+            dtv[v] = _mm256_add_ps(_mm256_max_ps(x, _mm256_setzero_ps()), log256(onep));
+          } else if (softplus) {
+            dtv[v] = softplus256(dtv[v]);
+          }
+          if (save_dt) _mm256_storeu_ps(pdts + off + v * kVec, dtv[v]);
           duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
           yv[v] = _mm256_setzero_ps();
         }
@@ -372,7 +353,6 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
     std::vector<__m256> hs((chunk + 1) * N * kMaxV);  // hs[i] = state before local step i
     std::vector<__m256> as(chunk * N * kMaxV);        // as[i] = decay of local step i
     std::vector<__m256> dts(chunk * kMaxV * 2);       // dt and d(dt)/d(raw dt) of local step i
-    std::vector<__m256> gzs(chunk * kMaxV * 3);       // dL/dy, dL/dout, dsilu(z)/dz of local step i
     std::vector<__m256> sBC(2 * N);                   // per-n partial sums of dB, dC (one step)
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, blk = task % nblk, e0 = blk * kBlock;
@@ -409,7 +389,8 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
               prefetch_row<nv>(pdt + off + kAhead * E);
             }
             prefetch_row<nv>(pu + off + kAhead * E);
-            prefetch_row<nv>(pdy + off + kAhead * E); if (has_z) prefetch_row<nv>(pz + off + kAhead * E);
+          } else {  // the chunk's last rows are the reverse sweep's first: fetch their dy and z
+            prefetch_row<nv>(pdy + off); if (has_z) prefetch_row<nv>(pz + off);
           }
           const float* Bt = pB + (b * L + t) * N;
           __m256* hp = hs.data() + (t - t0) * N * kMaxV;
@@ -417,24 +398,10 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           __m256* ap = as.data() + (t - t0) * N * kMaxV;
           __m256* dp = dts.data() + (t - t0) * kMaxV * 2;
           __m256 dtv[kMaxV], duv[kMaxV];
-          __m256* gp = gzs.data() + (t - t0) * kMaxV * 3;
           for (int v = 0; v < nv; ++v) {
             dtv[v] = step_dt(off + v * kVec, e0 + v * kVec, dp + kMaxV + v);
             dp[v] = dtv[v];
             duv[v] = _mm256_mul_ps(dtv[v], _mm256_loadu_ps(pu + off + v * kVec));
-            // the gate's terms, here (off the reverse sweep's path: there the sigmoid's latency
-            // delayed every step's first use of dL/dy), out = y * silu(z):
-            // dL/dy = dL/dout * silu(z), dsilu/dz = sig(z) (1 + z (1 - sig(z)))
-            const __m256 go = _mm256_loadu_ps(pdy + off + v * kVec);
-            gp[kMaxV + v] = go;
-            if (has_z) {
-              const __m256 zv = _mm256_loadu_ps(pz + off + v * kVec), sz = sigmoid256(zv);
-              const __m256 one = _mm256_set1_ps(1.0f);
-              gp[v] = _mm256_mul_ps(go, _mm256_mul_ps(zv, sz));
-              gp[2 * kMaxV + v] = _mm256_mul_ps(sz, _mm256_fmadd_ps(zv, _mm256_sub_ps(one, sz), one));
-            } else {
-              gp[v] = go;
-            }
           }
           for (int64_t n = 0; n < N; ++n) {
             const __m256 bn = _mm256_set1_ps(Bt[n]);
@@ -450,6 +417,7 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           const int64_t off = (b * L + t) * E + e0;
           if (t - kAhead >= t0) {
             const int64_t pf = off - kAhead * E;
+            prefetch_row<nv>(pdy + pf); if (has_z) prefetch_row<nv>(pz + pf);
             prefetch_row<nv>(pdu + pf, true); prefetch_row<nv>(pddt + pf, true);
             if (has_z) prefetch_row<nv>(pdz + pf, true);
           } else if (c > 0) {  // the first rows of the previous chunk's recompute (dt, u from t0 - chunk)
@@ -464,15 +432,21 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
           const __m256* hc = hp + N * kMaxV;
           const __m256* ap = as.data() + (t - t0) * N * kMaxV;
           const __m256* dp = dts.data() + (t - t0) * kMaxV * 2;
-          const __m256* gp = gzs.data() + (t - t0) * kMaxV * 3;
-          __m256 dtv[kMaxV], dsv[kMaxV], uv[kMaxV], duv[kMaxV], gv[kMaxV];
+          __m256 dtv[kMaxV], dsv[kMaxV], uv[kMaxV], duv[kMaxV], gv[kMaxV], gout[kMaxV], sz[kMaxV], zv[kMaxV];
           __m256 dxu[kMaxV], ddtv[kMaxV], yv[kMaxV];
           for (int v = 0; v < nv; ++v) {
             dtv[v] = dp[v];
             dsv[v] = dp[kMaxV + v];
             uv[v] = _mm256_loadu_ps(pu + off + v * kVec);
             duv[v] = _mm256_mul_ps(dtv[v], uv[v]);
-            gv[v] = gp[v];
+            gout[v] = _mm256_loadu_ps(pdy + off + v * kVec);
+            if (has_z) {  // out = y * silu(z): dL/dy = dL/dout * silu(z)
+              zv[v] = _mm256_loadu_ps(pz + off + v * kVec);
+              sz[v] = sigmoid256(zv[v]);
+              gv[v] = _mm256_mul_ps(gout[v], _mm256_mul_ps(zv[v], sz[v]));
+            } else {
+              gv[v] = gout[v];
+            }
             dxu[v] = _mm256_setzero_ps();
             ddtv[v] = _mm256_setzero_ps();
             yv[v] = _mm256_setzero_ps();
@@ -541,9 +515,10 @@ std::vector<at::Tensor> scan_bwd_impl(const at::Tensor& u, const at::Tensor& dt,
             dbv[v] = _mm256_add_ps(dbv[v], g);
             _mm256_storeu_ps(pddt + off + v * kVec, g);
             if (has_z) {  // dL/dz = dL/dout * (y + D u) * sig(z) (1 + z (1 - sig(z)))
+              const __m256 one = _mm256_set1_ps(1.0f);
               __m256 yp = has_D ? _mm256_fmadd_ps(Dr[v], uv[v], yv[v]) : yv[v];
-              _mm256_storeu_ps(pdz + off + v * kVec,
-                               _mm256_mul_ps(_mm256_mul_ps(gp[kMaxV + v], yp), gp[2 * kMaxV + v]));
+              __m256 ds = _mm256_mul_ps(sz[v], _mm256_fmadd_ps(zv[v], _mm256_sub_ps(one, sz[v]), one));
+              _mm256_storeu_ps(pdz + off + v * kVec, _mm256_mul_ps(_mm256_mul_ps(gout[v], yp), ds));
             }
           }
         }
