@@ -90,7 +90,9 @@ def _pipeline_evaluate():
     return ev.evaluate, None
 
 
-def _model(checkpoint: str | None, root: Path) -> dict:
+def _model(checkpoint: str | None, root: Path, species_windows: tuple[int, list[int]] | None = None) -> dict:
+    """The checkpoint's ``evaluate`` metrics; with ``species_windows`` ``(per_species, lengths)`` a species
+    model is scored on those ``splits.eval_windows`` instead of its config's (the baseline's windows)."""
     if not checkpoint:
         return {"skipped": "no checkpoint given"}
     fn, why = _pipeline_evaluate()
@@ -98,11 +100,26 @@ def _model(checkpoint: str | None, root: Path) -> dict:
         return {"skipped": why}
     t0 = time.perf_counter()
     try:
-        out = fn(checkpoint, str(root))
+        if species_windows is None:
+            out = fn(checkpoint, str(root))
+        else:
+            from longstream.pipelines.genomics import data as gd  # noqa: PLC0415
+            from longstream.pipelines.genomics import evaluate as ev  # noqa: PLC0415
+            from longstream.pipelines.genomics.model import from_pretrained  # noqa: PLC0415
+
+            m = from_pretrained(checkpoint)
+            m.cfg.data.root = str(root)
+            m.cfg.data.eval_per_species, m.cfg.data.eval_lengths = species_windows[0], list(species_windows[1])
+            if m.cfg.data.headline_length not in m.cfg.data.eval_lengths:
+                m.cfg.data.headline_length = max(m.cfg.data.eval_lengths)
+            out = ev.evaluate_model(m, gd.load_species(str(root)))
     except Exception as e:  # noqa: BLE001  (recorded, the baselines still count)
         traceback.print_exc()
         return {"checkpoint": checkpoint, "error": f"{type(e).__name__}: {e}"}
-    return {"checkpoint": checkpoint, "metrics": out, "time_s": round(time.perf_counter() - t0, 1)}
+    res = {"checkpoint": checkpoint, "metrics": out, "time_s": round(time.perf_counter() - t0, 1)}
+    if species_windows is not None:
+        res["windows"] = {"per_species": species_windows[0], "lengths": list(species_windows[1])}
+    return res
 
 
 # ----------------------------------------------------------------------------- species
@@ -134,7 +151,7 @@ def run_species(root: Path, args) -> dict:
                      "predict_bases_per_s": round(len(ev) * L / max(t_pred, 1e-9))})  # fmt: skip
         print(f"  species kmer L={L}: acc {rows[-1]['accuracy']:.4f} ({len(ev)} windows); over "
               f"{len(draws)} training draws {min(draws):.4f}-{max(draws):.4f}, mean {np.mean(draws):.4f}", flush=True)
-    return {"kmer_logreg": rows, "model": _model(args.species_checkpoint, root),
+    return {"kmer_logreg": rows, "model": _model(args.species_checkpoint, root, (args.per_species, list(args.lengths))),
             "protocol": f"train: {args.train_per_species} random windows per species from the training strains "
                         f"(per L); test: splits.eval_windows(per_species={args.per_species}, seed=0) of "
                         f"{dict(splits.TEST_STRAINS)}"}  # fmt: skip
@@ -311,6 +328,12 @@ def _f(v, nd=3) -> str:
 
 def _model_note(model: dict) -> str:
     """One line on the model row(s): which checkpoint, how long its evaluate() took, or why it is missing."""
+    if "metrics" in model and "windows" in model:
+        w = model["windows"]
+        return (f"Model rows: `{model['checkpoint']}` scored by the pipeline's `evaluate_model` on the baseline's "
+                f"windows (`splits.eval_windows`, {w['per_species']} per species; at 32 per species and the "
+                f"checkpoint's lengths this is `longstream genomics evaluate --checkpoint {model['checkpoint']}`) "
+                f"({model['time_s']} s).")
     if "metrics" in model:
         return f"Model rows: `longstream genomics evaluate --checkpoint {model['checkpoint']}` ({model['time_s']} s)."
     return f"Model: {model.get('error') or model.get('skipped')}."
