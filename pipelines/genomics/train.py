@@ -164,11 +164,11 @@ def train_ensemble(
     ``OUT.members/seed-<s>`` (beside ``OUT``: saving swaps ``OUT`` whole; an unfinished member
     resumes, a finished one with the same config is reused), then save the ensemble (members' probabilities averaged) in ``OUT`` and return its
     test metrics. Each member's own metrics are recorded in the checkpoint's ``training.members``."""
+    import os
+
     from .config import member_config
     from .evaluate import evaluate_model
     from .model import from_pretrained
-
-    import os
 
     build_model(cfg)  # a bad --model.members / --backbone.* fails here, before anything is written
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
