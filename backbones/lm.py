@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import State
-from .config import BackboneConfig
-from .io import CONFIG_NAME, CheckpointError, load_weights_dir, save_weights_dir, sha256_file
 from .block import Block
+from .config import BackboneConfig
 from .hugepages import move_to_hugepages
+from .io import CONFIG_NAME, CheckpointError, load_weights_dir, save_weights_dir, sha256_file
 from .lowp import quantize_decode
 from .mamba import Mamba
 from .ops import cpu_kernels

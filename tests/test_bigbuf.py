@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from longstream.backbones import Bidirectional
 from longstream.backbones.mamba import Mamba
-from longstream.backbones.ops import cpu_kernels, bigbuf
+from longstream.backbones.ops import bigbuf, cpu_kernels
 from longstream.backbones.ops.selective_scan import selective_scan
 
 torch.set_num_threads(1)

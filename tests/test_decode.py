@@ -294,9 +294,9 @@ def test_decode_gemv_avx512_and_avx2_agree(threads):
             wb = w.to(torch.bfloat16)
             q = torch.randint(-127, 128, (o, i), dtype=torch.int8)
             s = torch.rand(o) * 0.01
-            refs = [((w, e, bias), lambda isa: F.linear(x, w, bias)),
-                    ((wb, e, e), lambda isa: F.linear(bf16_x(x, isa), wb.float())),
-                    ((q, s, bias), lambda isa: F.linear(x, q.float() * s[:, None], bias))]
+            refs = [((w, e, bias), lambda isa, x=x, w=w, bias=bias: F.linear(x, w, bias)),
+                    ((wb, e, e), lambda isa, x=x, wb=wb: F.linear(bf16_x(x, isa), wb.float())),
+                    ((q, s, bias), lambda isa, x=x, q=q, s=s, bias=bias: F.linear(x, q.float() * s[:, None], bias))]
             for args, ref in refs:
                 for isa in (1, 2):
                     ops.decode_isa(isa)
