@@ -236,7 +236,7 @@ def test_lm_step_whole_stack_matches_layer_loop_and_thread_count(mode, monkeypat
     close(y1, yl, atol=1e-5)
     for a, b in zip(s1, sl):
         close(a["ssm"], b["ssm"], atol=1e-5)
-        close(a["conv"], b["conv"], atol=0)
+        close(a["conv"], b["conv"], atol=1e-6)  # the next layers' inputs: rounding apart (AVX2 sums in another order)
     assert y1.abs().max() > 0.05  # real logits, not a zero output
 
 

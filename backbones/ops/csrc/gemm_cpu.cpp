@@ -8,8 +8,9 @@
 // at::native::mkldnn_matmul (exported by libtorch_cpu) directly: out = beta * out + a @ b, with out
 // preallocated (the pooled buffers of ops/bigbuf.py stay in use).
 //
-// The symbol is looked up at run time (dlsym), so a PyTorch build without it (or without oneDNN)
-// only makes gemm_available() false; the Python side then keeps torch.mm. Registered as
+// The symbol is looked up at run time (dlsym) and tried once on a 2 x 2 product, so a PyTorch build
+// without it (or without oneDNN), or one that refuses float32 on this CPU, only makes gemm_available()
+// false; the Python side then keeps torch.mm. Registered as
 // torch.ops.longstream_ops.{gemm_available, gemm_preferred, gemm_into}.
 // Axis legend: m rows, k inner, n columns.
 
@@ -27,7 +28,20 @@ MatmulFn resolve() {
   static const MatmulFn fn = [] {
     if (!at::hasMKLDNN()) return MatmulFn(nullptr);
     void* p = dlsym(RTLD_DEFAULT, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff");
-    return reinterpret_cast<MatmulFn>(p);
+    auto f = reinterpret_cast<MatmulFn>(p);
+    if (f == nullptr) return f;
+    // Some builds refuse float32 on CPUs without AVX-512 (the check meant for its bf16 path fires:
+    // AMD EPYC Zen 3, AVX2 only, torch 2.14.1): try a 2 x 2 product once and keep torch.mm if it throws
+    // or is wrong.
+    try {
+      const auto opts = at::TensorOptions().dtype(at::kFloat);
+      at::Tensor a = at::arange(4, opts).view({2, 2}), out = at::zeros({2, 2}, opts);
+      f(a, a, out, 0.0f, 1.0f);
+      if (!at::allclose(out, at::mm(a, a))) return MatmulFn(nullptr);
+    } catch (const std::exception&) {
+      return MatmulFn(nullptr);
+    }
+    return f;
   }();
   return fn;
 }
