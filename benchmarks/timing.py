@@ -31,11 +31,22 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, *, self_time
 
 
 def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (``platform.processor()`` where that is unreadable)."""
+    """The CPU model from /proc/cpuinfo with its family / model numbers and widest vector ISA, e.g.
+    ``AMD EPYC (family 25, model 1, AVX2)``: the virtual machines of one name differ (Zen 3 with AVX2
+    only, Zen 4 with AVX-512), and so do the GEMM libraries' and kernels' paths on them.
+    ``platform.processor()`` where /proc/cpuinfo is unreadable."""
     try:
+        info: dict[str, str] = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if ":" in line:
+                k, v = (p.strip() for p in line.split(":", 1))
+                info.setdefault(k, v)
+            elif info:
+                break  # the first processor's block is enough
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    flags = set(info.get("flags", "").split())
+    isa = "AVX-512" if {"avx512f", "avx512bw", "avx512vl"} <= flags else "AVX2" if "avx2" in flags else "SSE"
+    if "avx512_bf16" in flags:
+        isa += " + BF16"
+    return f"{info.get('model name', platform.processor())} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}, {isa})"
