@@ -359,14 +359,16 @@ void gemv_chunk(const void* vctx, int64_t chunk) {
     for (; o + 4 <= o1; o += 4) {
       const T *w0 = W + o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-      constexpr int64_t kAhead = 1024 / sizeof(T);  // software prefetch 1 KB ahead in each row
+      // Software prefetch (AVX2 machines, measured on a Zen 3 with 1 thread, 154 MB head): float32
+      // rows stream fastest with none at all (the hardware prefetcher follows four 3 KB rows;
+      // prefetching 1 KB ahead in each row cost ~20%); bfloat16 / int8 rows are 2-4x shorter in
+      // bytes and run ~2x faster when the next block's bytes are requested in address order.
+      const char* next = reinterpret_cast<const char*>(w3 + I);
       int64_t i = 0;
       for (; i + 2 * kV <= I; i += 2 * kV) {
-        if ((i * int64_t(sizeof(T))) % 64 == 0 || sizeof(T) == 4) {
-          _mm_prefetch(reinterpret_cast<const char*>(w0 + i + kAhead), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(w1 + i + kAhead), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(w2 + i + kAhead), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(w3 + i + kAhead), _MM_HINT_T0);
+        if (sizeof(T) < 4) {  // bf16 / int8: prefetch the next block of 4 rows, in address order
+          const char* p = next + i * 4 * int64_t(sizeof(T));
+          for (int64_t q = 0; q < 8 * kV * int64_t(sizeof(T)); q += 64) _mm_prefetch(p + q, _MM_HINT_T0);
         }
         const __m256 xv = _mm256_loadu_ps(xr + i), xu = _mm256_loadu_ps(xr + i + kV);
         a0 = _mm256_fmadd_ps(load_w8(w0 + i), xv, a0);
