@@ -17,9 +17,9 @@ with ``torch.set_num_threads``) and length L in {1K, 4K, 16K, 64K}, batch 1, d_m
 - the bidirectional wrapper (``Bidirectional(Mamba, Mamba)``: a forward pass plus a reversed
   pass, as Vision Mamba / Caduceus use it) against one causal Mamba pass, forward and training
   step, interleaved at ``--bidir-lengths`` (target <= 2.2x);
-- Mamba and Mamba-2 (d_state 16 / 128) forward and training step interleaved at ``--ssm-lengths``:
-  Mamba's training-step / forward tokens/s (target >= 1/3) and Mamba-2 / Mamba tokens/s, forward
-  and training step (target >= 1), the acceptance ratios of issue 12 under one load.
+- Mamba, Mamba-2 and S4D (d_state 16 / 128 / 64) forward and training step interleaved at ``--ssm-lengths``:
+  Mamba's training-step / forward tokens/s (target >= 1/3), Mamba-2 / Mamba and S4D / Mamba tokens/s,
+  forward and training step (target >= 1), the acceptance ratios of issue 12 under one load.
 
 Timing: one warm-up, then the minimum over ``--repeats`` runs (the machine is shared; min is
 the least noisy estimate). Configurations whose projected time exceeds ``--budget`` seconds
@@ -228,11 +228,12 @@ def bidirectional_ratio(L: int, repeats: int) -> dict:
 
 
 def ssm_ratios(L: int, repeats: int) -> dict:
-    """Interleaved forward and training step of Mamba and Mamba-2 (each ``cls(256)``) at L: the
-    training-step / forward ratio of Mamba and the Mamba-2 / Mamba ratios, tokens/s."""
+    """Interleaved forward and training step of Mamba, Mamba-2 and S4D (each ``cls(256)``) at L:
+    the training-step / forward ratio of Mamba and the Mamba-2 / Mamba and S4D / Mamba ratios,
+    tokens/s."""
     mixers = list_mixers()
     torch.manual_seed(0)
-    ms = {"M": mixers["M"](D_MODEL), "M2": mixers["M2"](D_MODEL)}
+    ms = {"M": mixers["M"](D_MODEL), "M2": mixers["M2"](D_MODEL), "S": mixers["S"](D_MODEL)}
     xf, xt = torch.randn(1, L, D_MODEL), torch.randn(1, L, D_MODEL, requires_grad=True)
 
     def infer(m):
@@ -250,6 +251,8 @@ def ssm_ratios(L: int, repeats: int) -> dict:
     r["M_train_over_infer"] = round(t["M_infer"] / t["M_train"], 3)  # tokens/s ratio
     r["M2_over_M_infer"] = round(t["M_infer"] / t["M2_infer"], 3)
     r["M2_over_M_train"] = round(t["M_train"] / t["M2_train"], 3)
+    r["S_over_M_infer"] = round(t["M_infer"] / t["S_infer"], 3)
+    r["S_over_M_train"] = round(t["M_train"] / t["S_train"], 3)
     return r
 
 
@@ -437,7 +440,8 @@ def main() -> None:
             r = ssm_ratios(L, a.key_repeats)
             res.setdefault("ssm_ratios", {})[f"{tkey}/L={L}"] = r
             print(f"  ssm ratios L={L}: Mamba train/forward {r['M_train_over_infer']:.3f}, Mamba-2/Mamba forward "
-                  f"{r['M2_over_M_infer']:.3f}, training step {r['M2_over_M_train']:.3f}", flush=True)
+                  f"{r['M2_over_M_infer']:.3f}, training step {r['M2_over_M_train']:.3f}; S4D/Mamba forward "
+                  f"{r['S_over_M_infer']:.3f}, training step {r['S_over_M_train']:.3f}", flush=True)
             _save(res, a.out)
         # decode
         for name, m in mixers.items():
@@ -562,7 +566,9 @@ def _acceptance(res: dict) -> list[str]:
     for key, r in res.get("ssm_ratios", {}).items():
         out.append(f"- {key} (interleaved, min of {r.get('repeats', '?')} repeats): Mamba training step / forward "
                    f"tokens/s = **{r['M_train_over_infer']:.3f}** (target >= 0.333); Mamba-2 / Mamba tokens/s "
-                   f"forward **{r['M2_over_M_infer']:.3f}**, training step **{r['M2_over_M_train']:.3f}** (target >= 1)")
+                   f"forward **{r['M2_over_M_infer']:.3f}**, training step **{r['M2_over_M_train']:.3f}** (target >= 1)"
+                   + (f"; S4D (N 64) / Mamba tokens/s forward **{r['S_over_M_infer']:.3f}**, training step "
+                      f"**{r['S_over_M_train']:.3f}** (target >= 1)" if "S_over_M_infer" in r else ""))
     for tkey, runs in res["runs"].items():
         for L in (16384, 4096):
             h, o, ml = (runs.get(f"{n}/infer/L={L}", {}) for n in ("hf_mamba_model", "ours_mamba_model", "M"))
@@ -581,6 +587,10 @@ def _acceptance(res: dict) -> list[str]:
         if "ms_per_token" in d1 and "ms_per_token" in d64:
             out.append(f"- {tkey}: Mamba decode {d64['ms_per_token']:.3f} ms/token at 64K vs {d1['ms_per_token']:.3f} at 1K "
                        f"= **{d64['ms_per_token'] / d1['ms_per_token']:.2f}x** (target <= 1.2x)")
+        sm, mm = runs.get("S/infer/L=65536", {}), runs.get("M/infer/L=65536", {})
+        if "peak_mib" in sm and "peak_mib" in mm:
+            out.append(f"- {tkey}: S4D (N 64) / Mamba peak memory of a 64K forward = {sm['peak_mib']:.0f} / "
+                       f"{mm['peak_mib']:.0f} MiB = **{sm['peak_mib'] / mm['peak_mib']:.2f}x** (target <= 2x)")
         mem = [(int(k.split("L=")[1]), e["peak_mib"]) for k, e in runs.items()
                if k.startswith("M/infer/") and "peak_mib" in e]
         if len(mem) >= 2:
