@@ -363,11 +363,10 @@ void gemv_chunk(const void* vctx, int64_t chunk) {
       // rows stream fastest with none at all (the hardware prefetcher follows four 3 KB rows;
       // prefetching 1 KB ahead in each row cost ~20%); bfloat16 / int8 rows are 2-4x shorter in
       // bytes and run ~2x faster when the next block's bytes are requested in address order.
-      const char* next = reinterpret_cast<const char*>(w3 + I);
       int64_t i = 0;
       for (; i + 2 * kV <= I; i += 2 * kV) {
-        if (sizeof(T) < 4) {  // bf16 / int8: prefetch the next block of 4 rows, in address order
-          const char* p = next + i * 4 * int64_t(sizeof(T));
+        if constexpr (sizeof(T) < 4) {  // bf16 / int8: prefetch the next block of 4 rows, in address order
+          const char* p = reinterpret_cast<const char*>(w3 + I) + i * 4 * int64_t(sizeof(T));
           for (int64_t q = 0; q < 8 * kV * int64_t(sizeof(T)); q += 64) _mm_prefetch(p + q, _MM_HINT_T0);
         }
         const __m256 xv = _mm256_loadu_ps(xr + i), xu = _mm256_loadu_ps(xr + i + kV);
