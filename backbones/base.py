@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .ops import cpu_kernels
@@ -76,6 +77,26 @@ class Backbone(nn.Module):
         return y[:, 0], state
 
 
+class _RMSNormFn(torch.autograd.Function):
+    """RMSNorm of the rows of x (N, d) float32 on CPU through the compiled norm kernels
+    (``csrc/gated_norm_cpu.cpp`` without a gate): one pass per row forward and backward, only the
+    (N, 1) inverse RMS saved (the composite keeps (N, d) intermediates and runs ~10 ops backward)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        w = w.contiguous()
+        out, r = cpu_kernels.ops().gated_rmsnorm_fwd(x, x.new_empty(0), w, x.shape[1], eps)
+        ctx.save_for_backward(x, w, r)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, go: Tensor):  # type: ignore[override]
+        x, w, r = ctx.saved_tensors
+        gx, _, gw = cpu_kernels.ops().gated_rmsnorm_bwd(go.contiguous(), x, x.new_empty(0), w, r)
+        return gx, gw, None
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm (no mean subtraction, learned scale)."""
 
@@ -87,9 +108,29 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and _rows_fast(x, self.weight):  # one token per row (decoding): one fused call
             return cpu_kernels.ops().rms_norm_rows(x.contiguous(), self.weight, self.eps)
+        if _norm_compiled(x, self.weight):  # float32 CPU: one compiled pass per row (and backward)
+            x2 = x.reshape(-1, x.shape[-1])
+            if x2.stride(-1) != 1:
+                x2 = x2.contiguous()
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _RMSNormFn.apply(x2, self.weight, self.eps).view(x.shape)
+            w = self.weight.detach().contiguous()
+            return cpu_kernels.ops().gated_rmsnorm_fwd(x2, x2.new_empty(0), w, x.shape[-1], self.eps)[0].view(x.shape)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.float()).to(x.dtype)
+
+
+def _norm_compiled(x: Tensor, w: Tensor) -> bool:
+    """The compiled row kernels of :class:`_RMSNormFn` apply: float32 CPU input and weight, some rows."""
+    return (
+        x.dtype == torch.float32
+        and w.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.dim() >= 2
+        and x.numel() > 0
+        and cpu_kernels.has_op("gated_rmsnorm_bwd")
+    )
 
 
 def _rows_fast(x: Tensor, w: Tensor) -> bool:
