@@ -61,11 +61,13 @@ def test_gemm_into_matches_torch_mm(monkeypatch, backend):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_matches_f_linear_values_and_grads(always_big, dtype, bias):
+@pytest.mark.parametrize("oi", [(7, 12), (64, 4), (48, 8), (96, 16)])  # the last three: skinny gradient GEMMs
+def test_linear_matches_f_linear_values_and_grads(always_big, dtype, bias, oi):
+    o, i = oi
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(2, 9, 12, generator=g, dtype=dtype)
-    w0, b0 = torch.randn(7, 12, generator=g, dtype=dtype), torch.randn(7, generator=g, dtype=dtype)
-    dy = torch.randn(2, 9, 7, generator=g, dtype=dtype)
+    x0 = torch.randn(2, 9, i, generator=g, dtype=dtype)
+    w0, b0 = torch.randn(o, i, generator=g, dtype=dtype), torch.randn(o, generator=g, dtype=dtype)
+    dy = torch.randn(2, 9, o, generator=g, dtype=dtype)
     outs = []
     for fn in (bigbuf.linear, F.linear):
         x, w, b = (t.clone().requires_grad_(True) for t in (x0, w0, b0))
@@ -75,7 +77,19 @@ def test_linear_matches_f_linear_values_and_grads(always_big, dtype, bias):
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for i, (p, q) in enumerate(zip(*outs)):
         assert (p - q).abs().max().item() <= tol * (1 + q.abs().max().item()), i
-    assert outs[0][0].shape == (2, 8, 7)
+    assert outs[0][0].shape == (2, 8, o)
+    assert all(t.is_contiguous() for t in outs[0][1:3])  # the transposed skinny products come back contiguous
+
+
+@pytest.mark.parametrize("oi", [(128, 4), (512, 16), (36, 128), (8, 8), (3, 2)])
+def test_gradient_gemms_match_plain_products(oi):
+    """The weight / input gradient GEMMs of the pooled linear (transposed where the product is
+    skinny) equal g^T x and g W."""
+    o, i = oi
+    gen = torch.Generator().manual_seed(1)
+    g2, x2, w = (torch.randn(*s, generator=gen) for s in ((3000, o), (3000, i), (o, i)))
+    torch.testing.assert_close(bigbuf._wgrad(g2, x2, w), g2.t() @ x2, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(bigbuf._dgrad(g2, w), g2 @ w, rtol=1e-4, atol=1e-4)
 
 
 def test_mamba_on_the_pooled_path_matches_reference(always_big):

@@ -129,14 +129,38 @@ class _LinearFn(torch.autograd.Function):
         g2 = g.reshape(-1, g.shape[-1])  # (m, o)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = empty(g2.shape[0], weight.shape[1], dtype=g.dtype, device=g.device)  # (m, i)
-            gemm(g2, weight, gx)
-            gx = gx.view(*x.shape)
+            gx = _dgrad(g2, weight).view(*x.shape)
         if ctx.needs_input_grad[1]:
-            gw = gemm(g2.t(), x.reshape(-1, x.shape[-1]), torch.empty_like(weight))  # (o, i)
+            gw = _wgrad(g2, x.reshape(-1, x.shape[-1]), weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
         return gx, gw, gb
+
+
+# Skinny products: MKL's float32 GEMM is slow when the output has very few columns (measured on the
+# AMD EPYC of benchmarks/results/backbones.md, 32,768 rows, one thread: the weight gradient of a
+# (128, 4) dt projection 12.4 ms as g^T x, 1.4 ms as (x^T g)^T; its input gradient 5.2 ms as g W,
+# 2.5 ms as (W^T g^T)^T). A Mamba layer's dt projection has i = dt_rank = d_model / 16 inputs, so
+# d_model 32-256 (dt_rank 2-16) is in that regime; the transposed product is formed instead.
+SKINNY_WGRAD_MAX = 16  # wgrad of a weight (o, i) with i <= this < o: computed as (x^T g)^T
+SKINNY_DGRAD_MAX = 8  # dgrad with i <= this < o: computed as (W^T g^T)^T, then made contiguous
+
+
+def _wgrad(g2: Tensor, x2: Tensor, weight: Tensor) -> Tensor:
+    """The weight gradient g2^T x2 (o, i) of a linear layer, g2 (m, o), x2 (m, i)."""
+    o, i = weight.shape
+    if i <= SKINNY_WGRAD_MAX and i < o:
+        return torch.mm(x2.t(), g2).t().contiguous()
+    return gemm(g2.t(), x2, torch.empty_like(weight))
+
+
+def _dgrad(g2: Tensor, weight: Tensor) -> Tensor:
+    """The input gradient g2 W (m, i) of a linear layer, g2 (m, o), weight (o, i); pooled when large."""
+    o, i = weight.shape
+    if i <= SKINNY_DGRAD_MAX and i < o:
+        return torch.mm(weight.t(), g2.t()).t().contiguous()
+    gx = empty(g2.shape[0], i, dtype=g2.dtype, device=g2.device)  # (m, i)
+    return gemm(g2, weight, gx)
 
 
 ONEDNN_MIN_ELEMENTS = 1 << 16  # smaller outputs stay on F.linear (per-call overheads dominate there)
