@@ -29,11 +29,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "has_op", "load", "ops"]
+__all__ = ["available", "built_with_openmp", "has_op", "load", "ops"]
 
 _SRC = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
 _SRCS = sorted(_SRC.parent.glob("*.cpp"))  # every kernel source, built into one library
 _HEADERS = sorted(_SRC.parent.glob("*.h"))  # shared by them (part of the cache key)
+# -fopenmp: at::parallel_for is a header template whose OpenMP region only exists when the caller is
+# compiled with OpenMP; without it every kernel's parallel_for runs on the calling thread alone.
+# The extension then uses the libgomp that PyTorch has already loaded (same soname).
+_CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-Wno-ignored-attributes"]
+_LDFLAGS = ["-fopenmp"]
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
@@ -46,11 +51,12 @@ def _cpu_has_avx2() -> bool:
     return " avx2" in flags and " fma" in flags
 
 
-def _build_dir() -> Path:
+def _build_dir(cflags: list[str], ldflags: list[str]) -> Path:
     h = hashlib.sha256()
     for src in (*_SRCS, *_HEADERS):
         h.update(src.read_bytes())
     h.update(torch.__version__.encode())
+    h.update(" ".join(cflags + ldflags).encode())
     h.update(platform.machine().encode())
     root = Path(os.environ.get("LONGSTREAM_CACHE", Path.home() / ".cache" / "longstream"))
     d = root / f"ext-{h.hexdigest()[:16]}"
@@ -58,8 +64,34 @@ def _build_dir() -> Path:
     return d
 
 
+def _load_or_build(cflags: list[str], ldflags: list[str], verbose: bool) -> bool:
+    """Load the cached library built with these flags, or build it; raises when the build fails."""
+    build_dir = _build_dir(cflags, ldflags)
+    so = build_dir / "longstream_cpu_ops.so"
+    if so.exists():  # built before for this source + torch + flags + arch: skip the ninja check
+        try:
+            torch.ops.load_library(str(so))
+            if hasattr(torch.ops.longstream_ops, "scan_fwd"):
+                return True
+        except (OSError, RuntimeError):
+            pass  # stale or broken: rebuild below
+    from torch.utils import cpp_extension
+
+    cpp_extension.load(
+        name="longstream_cpu_ops",
+        sources=[str(p) for p in _SRCS],
+        extra_cflags=cflags,
+        extra_ldflags=ldflags,
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=verbose,
+    )
+    return hasattr(torch.ops.longstream_ops, "scan_fwd")
+
+
 def load(verbose: bool = False) -> bool:
-    """Build (or load the cached) extension; return True when its ops are usable."""
+    """Build (or load the cached) extension; return True when its ops are usable. A compiler without
+    OpenMP (``-fopenmp`` fails) gets the same kernels built without it: correct, one thread each."""
     with _LOCK:
         if "ok" in _STATE:
             return bool(_STATE["ok"])
@@ -67,36 +99,27 @@ def load(verbose: bool = False) -> bool:
         if os.environ.get("LONGSTREAM_NO_EXT", "0") not in ("", "0") or not _cpu_has_avx2():
             _STATE["ok"] = False
             return False
-        try:
-            build_dir = _build_dir()
-            so = build_dir / "longstream_cpu_ops.so"
-            if so.exists():  # built before for this source + torch + arch: skip the ninja check
-                try:
-                    torch.ops.load_library(str(so))
-                    if hasattr(torch.ops.longstream_ops, "scan_fwd"):
-                        _STATE["ok"] = True
-                        return True
-                except (OSError, RuntimeError):
-                    pass  # stale or broken: rebuild below
-            from torch.utils import cpp_extension
-
-            cpp_extension.load(
-                name="longstream_cpu_ops",
-                sources=[str(p) for p in _SRCS],
-                extra_cflags=["-O3", "-mavx2", "-mfma", "-Wno-ignored-attributes"],
-                build_directory=str(build_dir),
-                is_python_module=False,
-                verbose=verbose,
-            )
-            ok = hasattr(torch.ops.longstream_ops, "scan_fwd")
-        except Exception as e:  # noqa: BLE001 - any build failure means "use the PyTorch path"
+        serial = [f for f in _CFLAGS if f != "-fopenmp"]
+        for cflags, ldflags in ((_CFLAGS, _LDFLAGS), (serial, [])):
+            try:
+                ok = _load_or_build(cflags, ldflags, verbose)
+                _STATE["openmp"] = ok and "-fopenmp" in cflags
+                break
+            except Exception as e:  # noqa: BLE001 - any build failure means "try without OpenMP, then PyTorch"
+                err = e
+        else:
             warnings.warn(
-                f"longstream: compiled CPU kernels unavailable ({type(e).__name__}: {str(e)[:200]}); "
+                f"longstream: compiled CPU kernels unavailable ({type(err).__name__}: {str(err)[:200]}); "
                 "using the pure-PyTorch path (slower). Install a C++ compiler and ninja to enable them.",
                 stacklevel=2,
             )
         _STATE["ok"] = ok
         return ok
+
+
+def built_with_openmp() -> bool:
+    """True when the loaded kernels were built with OpenMP (their parallel regions use torch's threads)."""
+    return load() and bool(_STATE.get("openmp"))
 
 
 def available() -> bool:

@@ -24,6 +24,7 @@
 
 #include <immintrin.h>
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <list>
@@ -120,6 +121,20 @@ at::Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 }
 // Python entry: an uninitialised contiguous float32 CPU tensor of this shape (pooled when large).
 at::Tensor pool_empty(at::IntArrayRef sizes) { return empty_big(sizes, at::TensorOptions().dtype(at::kFloat)); }
+// How many threads one at::parallel_for region of these kernels really runs on (1 when the library
+// was built without OpenMP: the region is a plain loop then); tests check it follows torch's setting.
+int64_t kernel_threads() {
+  std::atomic<int64_t> most{0};
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
+    const int64_t t = (int64_t)at::get_thread_num() + 1;
+    int64_t cur = most.load();
+    while (t > cur && !most.compare_exchange_weak(cur, t)) {
+    }
+    volatile double sink = 0;  // a little work per chunk, so every thread gets one
+    for (int i = 0; i < 20000; ++i) sink = sink + i;
+  });
+  return most.load();
+}
 // Frees every cached block; returns the bytes released.
 int64_t pool_trim() {
   std::list<std::pair<size_t, void*>> blocks;
@@ -700,6 +715,7 @@ TORCH_LIBRARY(longstream_ops, m) {
   m.def("conv_fwd(Tensor x, Tensor w, Tensor bias, Tensor cache, bool silu) -> Tensor");
   m.def("pool_empty(int[] size) -> Tensor", &pool_empty);  // no tensor inputs: a catch-all kernel
   m.def("pool_trim() -> int", &pool_trim);
+  m.def("kernel_threads() -> int", &kernel_threads);
 }
 
 TORCH_LIBRARY_IMPL(longstream_ops, CPU, m) {
