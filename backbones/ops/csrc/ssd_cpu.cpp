@@ -19,7 +19,8 @@
 // ssd_bwd_into(same, gx, gB, gC): the same with gx, gB, gC written into given buffers (row-strided views
 //   allowed, e.g. slices of one (b, l, e + 2 g n) gradient of the conv output) -> {gdt, gA, gD, g entering}
 // Large outputs come from the block pool of scan_cpu.cpp (pool.h).
-// All float32; x, B, C may be row-strided views (dense last two dims), the rest contiguous. Split over (b, g) with at::parallel_for.
+// All float32; x, B, C may be row-strided views (dense last two dims), the rest contiguous. Split over
+// (b, g) with at::parallel_for, and over heads within a group when (b, g) gives fewer items than threads.
 // Registered as torch.ops.longstream_ops.{ssd_fwd, ssd_bwd} (a fragment of the library).
 
 #include <ATen/ATen.h>
@@ -112,6 +113,24 @@ Dims dims(const at::Tensor& x, const at::Tensor& B, const at::Tensor& C, int64_t
   return d;
 }
 
+// Heads of one group are independent given the group's B, C, so a (batch, group) item can be cut
+// into S parts of j / S heads; each part recomputes the chunk's C B^T (T^2 n, shared by the group's
+// heads). Cut only when there are fewer items than threads (batch 1 with one group is otherwise a
+// single task): S = the smallest divisor of j that gives every thread an item.
+int64_t head_splits(const Dims& d) {
+  const int64_t items = d.b * d.g, threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (items >= threads || d.j < 2) return 1;
+  for (int64_t S = 2; S < d.j; ++S)
+    if (d.j % S == 0 && items * S >= threads) return S;
+  return d.j;
+}
+
+// the dims of one item of S: j / S heads of a group
+Dims split_heads(Dims d, int64_t S) {
+  d.j /= S;
+  return d;
+}
+
 void check(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == dim, name,
               " must be a contiguous float32 CPU tensor with ", dim, " dims");
@@ -193,20 +212,22 @@ void advance(const Dims& d, Chunk& ck, std::vector<float>& xw, float* sg, const 
 std::vector<at::Tensor> ssd_fwd(at::Tensor x, at::Tensor dt, at::Tensor A, at::Tensor B, at::Tensor C, at::Tensor D,
                                 at::Tensor st, int64_t T, int64_t K) {
   check_all(x, dt, A, B, C, D, st, T);
-  const Dims d = dims(x, B, C, T, K);
+  const Dims full = dims(x, B, C, T, K);
+  const int64_t S = head_splits(full), jg = full.j;  // jg: heads per group
+  const Dims d = split_heads(full, S);
   auto y = longstream_empty_big({d.b, d.l, d.h, d.p});
   auto s = st.clone();
   auto saved = K > 0 ? longstream_empty_big({d.b, d.nb, d.h, d.p, d.n}) : at::empty({0}, x.options());
   const float *xp = x.data_ptr<float>(), *dtp = dt.data_ptr<float>(), *Ap = A.data_ptr<float>(),
               *Bp = B.data_ptr<float>(), *Cp = C.data_ptr<float>(), *Dp = D.numel() ? D.data_ptr<float>() : nullptr;
   float *yp = y.data_ptr<float>(), *sp = s.data_ptr<float>(), *svp = K > 0 ? saved.data_ptr<float>() : nullptr;
-  const int64_t hp = d.h * d.p, gn = d.g * d.n, jp = d.j * d.p, pn = d.p * d.n;
-  at::parallel_for(0, d.b * d.g, 1, [&](int64_t i0, int64_t i1) {
+  const int64_t hp = d.h * d.p, jp = d.j * d.p, pn = d.p * d.n;
+  at::parallel_for(0, d.b * d.g * S, 1, [&](int64_t i0, int64_t i1) {
     FtzGuard ftz;
     Chunk ck(d);
     std::vector<float> xw(d.T * jp);
     for (int64_t it = i0; it < i1; ++it) {
-      const int64_t bi = it / d.g, gi = it % d.g, h0 = gi * d.j;
+      const int64_t bi = it / (d.g * S), gi = it / S % d.g, h0 = gi * jg + it % S * d.j;
       float* sg = sp + (bi * d.h + h0) * pn;  // (j p, n) of this group, contiguous
       for (int64_t k = 0; k < d.c; ++k) {
         const int64_t t0 = k * d.T;
@@ -254,11 +275,17 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
   check_rows(gx, "gx"), check_rows(gB, "gB"), check_rows(gC, "gC");
   TORCH_CHECK(gx.sizes() == x.sizes() && gB.sizes() == B.sizes() && gC.sizes() == C.sizes(),
               "ssd_bwd_into: gradient buffers must have the shapes of x, B, C");
-  const Dims d = dims(x, B, C, T, K);
+  const Dims full = dims(x, B, C, T, K);
+  const int64_t S = head_splits(full), jg = full.j;  // jg: heads per group
+  const Dims d = split_heads(full, S);
   TORCH_CHECK(saved.size(1) == d.nb, "ssd_bwd: saved states do not match the length");
   auto gdt = at::empty_like(dt);
   const int64_t sgxb = gx.stride(0), sgxl = gx.stride(1), sgBb = gB.stride(0), sgBl = gB.stride(1),
                 sgCb = gC.stride(0), sgCl = gC.stride(1);
+  // parts 1 .. S-1 of a group write their gB, gC shares here (summed into gB, gC at the end)
+  auto extra = S > 1 ? longstream_empty_big({S - 1, 2, d.b, d.l, d.g, d.n}) : at::empty({0}, x.options());
+  float* exp_ = S > 1 ? extra.data_ptr<float>() : nullptr;
+  const int64_t ex_b = d.l * d.g * d.n, ex_l = d.g * d.n, ex_part = 2 * d.b * ex_b;
   auto gA = at::zeros({d.b, d.h}, x.options()), gD = at::zeros({d.b, d.h, d.p}, x.options());
   auto gs = gfin.clone();  // becomes the gradient of the entering state
   const float *gyp = gy.data_ptr<float>(), *xp = x.data_ptr<float>(), *dtp = dt.data_ptr<float>(),
@@ -268,15 +295,18 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
         *gCp = gC.data_ptr<float>(), *gAp = gA.data_ptr<float>(), *gDp = gD.data_ptr<float>(),
         *gsp = gs.data_ptr<float>();
   const int64_t hp = d.h * d.p, jp = d.j * d.p, pn = d.p * d.n, T_ = d.T, j = d.j, p = d.p;
-  // gB, gC of a group are written by exactly one (b, g) item; several heads accumulate into them
-  at::parallel_for(0, d.b * d.g, 1, [&](int64_t i0, int64_t i1) {
+  // gB, gC of a group are written by exactly one item per part; several heads accumulate into them
+  at::parallel_for(0, d.b * d.g * S, 1, [&](int64_t i0, int64_t i1) {
     FtzGuard ftz;
     Chunk ck(d);
     // with K == 1 every entering state is saved: read in place, nothing recomputed
     std::vector<float> xw(T_ * jp), states(d.K > 1 ? d.K * d.j * pn : 0), gye(T_ * jp), gxdt(T_ * jp),
         BG(T_ * jp), gM(T_ * T_), gCB(T_ * T_), gcs(T_ * j), gsn(d.j * pn), colsum(T_), gCq(d.j * T_ * d.n);
     for (int64_t it = i0; it < i1; ++it) {
-      const int64_t bi = it / d.g, gi = it % d.g, h0 = gi * d.j;
+      const int64_t bi = it / (d.g * S), gi = it / S % d.g, part = it % S, h0 = gi * jg + part * d.j;
+      float* const gBb = part ? exp_ + (part - 1) * ex_part : gBp;
+      float* const gCb = part ? exp_ + (part - 1) * ex_part + d.b * ex_b : gCp;
+      const int64_t tBb = part ? ex_b : sgBb, tBl = part ? ex_l : sgBl, tCb = part ? ex_b : sgCb, tCl = part ? ex_l : sgCl;
       float* G = gsp + (bi * d.h + h0) * pn;  // grad of the state leaving the current chunk (j p, n)
       auto ptrs = [&](int64_t k, const float*& xg, const float*& dtg, const float*& Bg, const float*& Cg) {
         const int64_t t0 = k * T_;
@@ -305,8 +335,8 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
           const float* gyg = gyp + (bi * d.l + t0) * hp + h0 * p;
           float* gxg = gxp + bi * sgxb + t0 * sgxl + h0 * p;
           float* gdtg = gdtp + (bi * d.l + t0) * d.h + h0;
-          float* gBg = gBp + bi * sgBb + t0 * sgBl + gi * d.n;
-          float* gCg = gCp + bi * sgCb + t0 * sgCl + gi * d.n;
+          float* gBg = gBb + bi * tBb + t0 * tBl + gi * d.n;
+          float* gCg = gCb + bi * tCb + t0 * tCl + gi * d.n;
           const float* s0 = d.K > 1 ? states.data() + (k - k0) * d.j * pn : sv_blk;
           ck.load(d, xg, dtg, Ap + h0, Bg, Cg);
           std::fill(gcs.begin(), gcs.end(), 0.0f);
@@ -317,7 +347,7 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
           for (int64_t q = 0; q < j; ++q)
             gemm(false, false, T_, d.n, p, gyg + q * p, hp, s0 + q * pn, d.n, 0.0f, gCq.data() + q * T_ * d.n, d.n);
           for (int64_t t = 0; t < T_; ++t) {
-            float* gc = gCg + t * sgCl;
+            float* gc = gCg + t * tCl;
             const float* cr = Cg + t * d.sCl;
             std::fill(gc, gc + d.n, 0.0f);
             for (int64_t q = 0; q < j; ++q) {
@@ -360,8 +390,8 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
             }
             for (int64_t s = 0; s < T_; ++s) gcs[s * j + q] -= colsum[s];
           }
-          gemm(false, false, T_, d.n, T_, gCB.data(), T_, Bg, d.sBl, 1.0f, gCg, sgCl);  // gC += gCB B
-          gemm(true, false, T_, d.n, T_, gCB.data(), T_, Cg, d.sCl, 0.0f, gBg, sgBl);   // gB = gCB^T C
+          gemm(false, false, T_, d.n, T_, gCB.data(), T_, Bg, d.sBl, 1.0f, gCg, tCl);  // gC += gCB B
+          gemm(true, false, T_, d.n, T_, gCB.data(), T_, Cg, d.sCl, 0.0f, gBg, tBl);   // gB = gCB^T C
           // (d) chunk input to the leaving state: sum_s w_s xdt_s B_s^T
           gemm(false, true, T_, jp, d.n, Bg, d.sBl, G, d.n, 0.0f, BG.data(), jp);  // (T, j p) = B G^T
           for (int64_t s = 0; s < T_; ++s)
@@ -378,7 +408,7 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
               gcs[s * j + q] -= gw;
               gcs[(T_ - 1) * j + q] += gw;
             }
-          gemm(false, false, T_, d.n, jp, xw.data(), jp, G, d.n, 1.0f, gBg, sgBl);  // gB += (xdt w) G
+          gemm(false, false, T_, d.n, jp, xw.data(), jp, G, d.n, 1.0f, gBg, tBl);  // gB += (xdt w) G
           // (f) reverse cumsum to a = dt A, then dt, A, x, D
           for (int64_t q = 0; q < j; ++q) {
             const float Aq = Ap[h0 + q];
@@ -408,6 +438,11 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
       }
     }
   });
+  for (int64_t q = 1; q < S; ++q) {  // block order: the same sums at any thread count with this S
+    auto e = extra.select(0, q - 1);
+    gB.add_(e.select(0, 0));
+    gC.add_(e.select(0, 1));
+  }
   return {gdt, gA, gD, gs};
 }
 
