@@ -32,6 +32,14 @@ def _seed() -> None:
 
 
 @pytest.fixture
+def restore_threads():
+    """For tests that change ``torch.set_num_threads``: the count is put back afterwards."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def data_root() -> Path:
     """The shared data root (``LONGSTREAM_DATA``)."""
     return Path(os.environ["LONGSTREAM_DATA"])

@@ -9,17 +9,10 @@ import pytest
 import torch
 
 from longstream.backbones import RMSNorm
-from longstream.backbones.registry import list_mixers
 from longstream.backbones.ops import cpu_kernels
+from longstream.backbones.registry import list_mixers
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.has_op("kernel_threads"), reason="compiled CPU kernels not built")
-
-
-@pytest.fixture
-def restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPU cores")

@@ -179,7 +179,7 @@ def test_compiled_ssd_matches_float64_reference(D_shape, K):
 @needs_ssd_kernel
 @pytest.mark.parametrize("threads", [2, 3, 4])
 @pytest.mark.parametrize("K", [1, 3])
-def test_compiled_ssd_head_split_matches_float64_reference(threads, K):
+def test_compiled_ssd_head_split_matches_float64_reference(threads, K, restore_threads):
     """Batch 1 with one group is a single (batch, group) item, so with several threads the kernel
     cuts it by heads (2, 4 and 4 parts of the 4 heads here; the later parts' gB / gC shares are summed
     at the end): forward and every gradient against the float64 reference, and against 1 thread."""
@@ -192,17 +192,13 @@ def test_compiled_ssd_head_split_matches_float64_reference(threads, K):
     ref = [t.double().requires_grad_() for t in base]
     yr, sr = ssd_scan_ref(*ref[:6], initial_state=ref[6])
     ((yr * wy.double()).sum() + (sr * ws.double()).sum()).backward()
-    n0 = torch.get_num_threads()
     outs = []
-    try:
-        for nt in (1, threads):
-            torch.set_num_threads(nt)
-            ins = [t.clone().requires_grad_() for t in base]
-            y, s = ssd_mod._SSDCppFn.apply(*ins, T, K)
-            ((y * wy).sum() + (s * ws).sum()).backward()
-            outs.append([y.detach(), s.detach()] + [t.grad for t in ins])
-    finally:
-        torch.set_num_threads(n0)
+    for nt in (1, threads):
+        torch.set_num_threads(nt)
+        ins = [t.clone().requires_grad_() for t in base]
+        y, s = ssd_mod._SSDCppFn.apply(*ins, T, K)
+        ((y * wy).sum() + (s * ws).sum()).backward()
+        outs.append([y.detach(), s.detach()] + [t.grad for t in ins])
     names = ["y", "state", "x", "dt", "A", "B", "C", "D", "entering state"]
     for name, one, many, want in zip(names, outs[0], outs[1], [yr, sr] + [t.grad for t in ref]):
         close(many, want, atol=1e-4, rtol=1e-4, msg=f"{name} at {threads} threads")

@@ -284,7 +284,7 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
                 sgCb = gC.stride(0), sgCl = gC.stride(1);
   // parts 1 .. S-1 of a group write their gB, gC shares here (summed into gB, gC at the end)
   auto extra = S > 1 ? longstream_empty_big({S - 1, 2, d.b, d.l, d.g, d.n}) : at::empty({0}, x.options());
-  float* exp_ = S > 1 ? extra.data_ptr<float>() : nullptr;
+  float* side = S > 1 ? extra.data_ptr<float>() : nullptr;
   const int64_t ex_b = d.l * d.g * d.n, ex_l = d.g * d.n, ex_part = 2 * d.b * ex_b;
   auto gA = at::zeros({d.b, d.h}, x.options()), gD = at::zeros({d.b, d.h, d.p}, x.options());
   auto gs = gfin.clone();  // becomes the gradient of the entering state
@@ -304,8 +304,8 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
         BG(T_ * jp), gM(T_ * T_), gCB(T_ * T_), gcs(T_ * j), gsn(d.j * pn), colsum(T_), gCq(d.j * T_ * d.n);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t bi = it / (d.g * S), gi = it / S % d.g, part = it % S, h0 = gi * jg + part * d.j;
-      float* const gBb = part ? exp_ + (part - 1) * ex_part : gBp;
-      float* const gCb = part ? exp_ + (part - 1) * ex_part + d.b * ex_b : gCp;
+      float* const gBb = part ? side + (part - 1) * ex_part : gBp;
+      float* const gCb = part ? side + (part - 1) * ex_part + d.b * ex_b : gCp;
       const int64_t tBb = part ? ex_b : sgBb, tBl = part ? ex_l : sgBl, tCb = part ? ex_b : sgCb, tCl = part ? ex_l : sgCl;
       float* G = gsp + (bi * d.h + h0) * pn;  // grad of the state leaving the current chunk (j p, n)
       auto ptrs = [&](int64_t k, const float*& xg, const float*& dtg, const float*& Bg, const float*& Cg) {
@@ -438,7 +438,7 @@ std::vector<at::Tensor> ssd_bwd_into(at::Tensor gy, at::Tensor gfin, at::Tensor 
       }
     }
   });
-  for (int64_t q = 1; q < S; ++q) {  // block order: the same sums at any thread count with this S
+  for (int64_t q = 1; q < S; ++q) {  // in part order: the same sums on every call with this S
     auto e = extra.select(0, q - 1);
     gB.add_(e.select(0, 0));
     gC.add_(e.select(0, 1));
